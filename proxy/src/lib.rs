@@ -1,0 +1,19 @@
+//! Switchyard's wire path: a PostgreSQL protocol proxy that forwards frames
+//! untouched unless a routing rule applies.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod filters;
+pub mod frame;
+pub mod metrics;
+pub mod relay;
+pub mod server;
+pub mod session;
+pub mod startup;
+pub mod stream;
+pub mod tls;
+pub mod upstream;
+
+pub use config::{ProxyConfig, ServeArgs};
+pub use server::{Proxy, ProxyHandle};

@@ -1,0 +1,243 @@
+//! The steady-state relay: frames are pumped from one socket to the other in
+//! read-sized batches, inspected only where a filter asks to, and written out
+//! as the same bytes unless a filter replaced a frame.
+//!
+//! A batch is whatever one read returned; writing it at once keeps pipelines
+//! pipelined and gives one write per read, which is what PgBouncer does too.
+
+use std::io;
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::frame::{FrameError, FrameScanner, Scan};
+use crate::metrics::Traffic;
+
+/// What a filter wants done with one complete frame.
+#[derive(Debug)]
+pub enum Action {
+    /// Forward the frame as it is.
+    Forward,
+    /// Send these bytes instead (empty: swallow the frame).
+    Replace(Bytes),
+    /// Forward the frame, then end the pump (e.g. after `Terminate`).
+    ForwardAndStop,
+}
+
+/// Looks at frames as they pass.
+pub trait FrameFilter {
+    /// Called for each complete frame; `frame` includes tag and length.
+    fn on_frame(&mut self, tag: u8, frame: &[u8]) -> Action;
+}
+
+/// How a pump ended without error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PumpEnd {
+    /// The reading side closed.
+    Eof,
+    /// A filter asked to stop.
+    Stopped,
+}
+
+/// How a pump failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PumpError {
+    /// Reading failed.
+    #[error("read: {0}")]
+    Read(io::Error),
+    /// Writing failed.
+    #[error("write: {0}")]
+    Write(io::Error),
+    /// The reading side sent a frame we refuse.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// One direction's buffer and framing state.
+pub struct Pump {
+    buf: BytesMut,
+    raw_remaining: usize,
+    scanner: FrameScanner,
+    traffic: Traffic,
+    writing: bool,
+    read_total: u64,
+}
+
+const READ_CHUNK: usize = 64 * 1024;
+
+impl Pump {
+    /// A pump that starts with `leftover` bytes already read.
+    pub fn new(leftover: BytesMut, scanner: FrameScanner, traffic: Traffic) -> Self {
+        Pump {
+            buf: leftover,
+            raw_remaining: 0,
+            scanner,
+            traffic,
+            writing: false,
+            read_total: 0,
+        }
+    }
+
+    /// Whether the written stream ends on a frame boundary, so that the proxy
+    /// may add a message of its own.
+    pub fn at_boundary(&self) -> bool {
+        self.raw_remaining == 0 && self.buf.is_empty() && !self.writing
+    }
+
+    /// Bytes this pump has read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read_total
+    }
+
+    /// Moves frames from `rd` to `wr` until EOF, a filter stop, or an error.
+    pub async fn run<R, W, F>(&mut self, rd: &mut R, wr: &mut W, filter: &mut F) -> Result<PumpEnd, PumpError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+        F: FrameFilter,
+    {
+        loop {
+            if !self.buf.is_empty() {
+                let (out, stop) = self.take_batch(filter)?;
+                if !out.is_empty() {
+                    self.writing = true;
+                    wr.write_all(&out).await.map_err(PumpError::Write)?;
+                    wr.flush().await.map_err(PumpError::Write)?;
+                    self.writing = false;
+                }
+                if stop {
+                    return Ok(PumpEnd::Stopped);
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            let n = rd.read_buf(&mut self.buf).await.map_err(PumpError::Read)?;
+            if n == 0 {
+                return Ok(PumpEnd::Eof);
+            }
+            self.traffic.bytes.inc_by(n as u64);
+            self.read_total += n as u64;
+        }
+    }
+
+    /// Splits off everything forwardable now; pure apart from the buffer.
+    fn take_batch<F: FrameFilter>(&mut self, filter: &mut F) -> Result<(Bytes, bool), FrameError> {
+        let mut pos = 0;
+        let mut frames = 0u64;
+        let mut stop = false;
+        let mut edits: Vec<(Range<usize>, Bytes)> = Vec::new();
+        if self.raw_remaining > 0 {
+            pos = self.raw_remaining.min(self.buf.len());
+            self.raw_remaining -= pos;
+        }
+        while self.raw_remaining == 0 && !stop {
+            match self.scanner.scan(&self.buf[pos..])? {
+                Scan::Frame { tag, len } => {
+                    frames += 1;
+                    match filter.on_frame(tag, &self.buf[pos..pos + len]) {
+                        Action::Forward => {}
+                        Action::Replace(bytes) => edits.push((pos..pos + len, bytes)),
+                        Action::ForwardAndStop => stop = true,
+                    }
+                    pos += len;
+                }
+                Scan::Partial {
+                    available,
+                    remaining,
+                } => {
+                    frames += 1;
+                    pos += available;
+                    self.raw_remaining = remaining;
+                }
+                Scan::Incomplete => break,
+            }
+        }
+        if frames > 0 {
+            self.traffic.frames.inc_by(frames);
+        }
+        let chunk = self.buf.split_to(pos).freeze();
+        if edits.is_empty() {
+            return Ok((chunk, stop));
+        }
+        let mut out = BytesMut::with_capacity(chunk.len());
+        let mut at = 0;
+        for (range, bytes) in edits {
+            out.extend_from_slice(&chunk[at..range.start]);
+            out.extend_from_slice(&bytes);
+            at = range.end;
+        }
+        out.extend_from_slice(&chunk[at..]);
+        Ok((out.freeze(), stop))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::Frame;
+
+    struct Swallow(u8);
+    impl FrameFilter for Swallow {
+        fn on_frame(&mut self, tag: u8, _frame: &[u8]) -> Action {
+            if tag == self.0 {
+                Action::Replace(Bytes::new())
+            } else {
+                Action::Forward
+            }
+        }
+    }
+
+    fn scanner() -> FrameScanner {
+        FrameScanner {
+            max_frame: 1 << 20,
+            stream_threshold: 64,
+            bulk_tags: b"d",
+        }
+    }
+
+    #[tokio::test]
+    async fn forwards_bytes_unchanged_and_applies_edits() {
+        let mut input = BytesMut::new();
+        Frame::new(b'Q', &b"select 1\0"[..]).encode(&mut input);
+        Frame::new(b'H', Bytes::new()).encode(&mut input);
+        Frame::new(b'S', Bytes::new()).encode(&mut input);
+        let mut big = BytesMut::new();
+        Frame::new(b'd', vec![7u8; 1000]).encode(&mut big);
+        input.extend_from_slice(&big);
+
+        let mut out = Vec::new();
+        let mut pump = Pump::new(BytesMut::new(), scanner(), Traffic::default());
+        let end = pump
+            .run(&mut &input[..], &mut out, &mut Swallow(b'X'))
+            .await
+            .unwrap();
+        assert_eq!(end, PumpEnd::Eof);
+        assert_eq!(out, input.to_vec());
+        assert!(pump.at_boundary());
+
+        let mut out = Vec::new();
+        let mut pump = Pump::new(BytesMut::new(), scanner(), Traffic::default());
+        pump.run(&mut &input[..], &mut out, &mut Swallow(b'H')).await.unwrap();
+        assert_eq!(out.len(), input.len() - 5);
+    }
+
+    #[tokio::test]
+    async fn streams_a_frame_larger_than_the_limit_for_bulk_tags_only() {
+        let small = FrameScanner {
+            max_frame: 100,
+            ..scanner()
+        };
+        let bulk = Frame::new(b'd', vec![1u8; 10_000]).to_bytes();
+        let mut out = Vec::new();
+        let mut pump = Pump::new(BytesMut::new(), small, Traffic::default());
+        pump.run(&mut &bulk[..], &mut out, &mut Swallow(0)).await.unwrap();
+        assert_eq!(out, bulk.to_vec());
+
+        let query = Frame::new(b'Q', vec![b'x'; 10_000]).to_bytes();
+        let mut pump = Pump::new(BytesMut::new(), small, Traffic::default());
+        let err = pump.run(&mut &query[..], &mut Vec::new(), &mut Swallow(0)).await;
+        assert!(matches!(err, Err(PumpError::Frame(FrameError::TooLarge { .. }))));
+    }
+}

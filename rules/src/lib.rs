@@ -1,0 +1,1 @@
+//! Migration and routing model for Switchyard (pure logic, no I/O).

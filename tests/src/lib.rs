@@ -1,0 +1,14 @@
+//! The end-to-end harness: throwaway PostgreSQL clusters, test certificates,
+//! an in-process proxy, and helpers to run real client programs.
+//!
+//! Nothing here mocks the database; every test talks to a real server it
+//! started itself and stops when the handle drops, even on panic.
+
+pub mod certs;
+pub mod cluster;
+pub mod proxy;
+pub mod tools;
+
+pub use certs::TestCerts;
+pub use cluster::{Cluster, ClusterOptions};
+pub use proxy::{TestProxy, TestProxyOptions};

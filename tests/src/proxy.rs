@@ -1,0 +1,110 @@
+//! `switchyard serve`'s wire proxy running in the test process.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use switchyard::metrics::ProxyMetrics;
+use switchyard::tls::UpstreamTlsMode;
+use switchyard::{Proxy, ProxyConfig, ProxyHandle};
+
+use crate::certs::TestCerts;
+use crate::cluster::Cluster;
+
+/// How to set up a test proxy.
+#[derive(Debug, Clone)]
+pub struct TestProxyOptions {
+    /// TLS for application connections.
+    pub client_tls: Option<TestCerts>,
+    /// TLS to the server.
+    pub upstream_tls: UpstreamTlsMode,
+    /// Verify the server against the cluster's CA.
+    pub verify_upstream: bool,
+    /// Client message size limit.
+    pub max_message_bytes: usize,
+    /// Drain window on shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl Default for TestProxyOptions {
+    fn default() -> Self {
+        TestProxyOptions {
+            client_tls: None,
+            upstream_tls: UpstreamTlsMode::Disable,
+            verify_upstream: false,
+            max_message_bytes: ProxyConfig::default().max_message_bytes,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A proxy in front of a test cluster.
+pub struct TestProxy {
+    handle: Option<ProxyHandle>,
+    /// Where applications connect.
+    pub addr: SocketAddr,
+    /// Its metrics, readable by tests.
+    pub metrics: ProxyMetrics,
+}
+
+impl TestProxy {
+    /// Starts a proxy on a free port in front of `cluster`.
+    pub async fn start(cluster: &Cluster, options: TestProxyOptions) -> anyhow::Result<Self> {
+        let config = ProxyConfig {
+            listen: "127.0.0.1:0".into(),
+            upstream: format!("{}:{}", if options.verify_upstream { "localhost" } else { "127.0.0.1" }, cluster.port),
+            upstream_tls: options.upstream_tls,
+            upstream_ca: options.verify_upstream.then(|| cluster.certs.ca.clone()),
+            tls: options.client_tls.map(|c| (c.cert, c.key)),
+            max_message_bytes: options.max_message_bytes,
+            drain_timeout: options.drain_timeout,
+            ..ProxyConfig::default()
+        };
+        let metrics = ProxyMetrics::new(&mut Registry::default());
+        let proxy = Proxy::bind(config, metrics.clone()).await?;
+        let handle = proxy.spawn();
+        Ok(TestProxy {
+            addr: handle.local_addr(),
+            handle: Some(handle),
+            metrics,
+        })
+    }
+
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// A connection string for `user` through the proxy.
+    pub fn conn_str(&self, user: &str, dbname: &str) -> String {
+        let password = crate::cluster::USERS.iter().find(|u| u.0 == user).map(|u| u.1).unwrap_or("");
+        format!("host=127.0.0.1 port={} user={user} password='{password}' dbname={dbname} sslmode=disable", self.port())
+    }
+
+    /// Connects with tokio-postgres through the proxy, driving the
+    /// connection in a background task.
+    pub async fn connect(&self, user: &str) -> anyhow::Result<tokio_postgres::Client> {
+        connect(&self.conn_str(user, "postgres")).await
+    }
+
+    /// Graceful shutdown: drain, then close.
+    pub async fn shutdown(mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.shutdown().await;
+        }
+    }
+
+    /// Starts the drain without waiting for it.
+    pub fn begin_shutdown(&mut self) -> Option<ProxyHandle> {
+        self.handle.take()
+    }
+}
+
+/// Connects with tokio-postgres (no TLS) and spawns the connection task.
+pub async fn connect(conn_str: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(conn_str, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}

@@ -1,0 +1,78 @@
+//! Running real client programs: psql, pgbench, and Python drivers from a
+//! virtualenv the harness sets up from PyPI.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use anyhow::{bail, Context};
+
+/// Runs a command and returns its output, failing with its stderr.
+pub fn run(cmd: &mut Command) -> anyhow::Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed ({}):\n{}\n{}",
+            cmd,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// A `psql` command against `port` as `user` (password via PGPASSWORD).
+pub fn psql(port: u16, user: &str, extra_env: &[(&str, &str)]) -> Command {
+    let password = crate::cluster::USERS.iter().find(|u| u.0 == user).map(|u| u.1).unwrap_or("");
+    let mut cmd = Command::new("psql");
+    cmd.args(["-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", user, "-d", "postgres"])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// A `pgbench` command against `port` as `user`.
+pub fn pgbench(port: u16, user: &str) -> Command {
+    let password = crate::cluster::USERS.iter().find(|u| u.0 == user).map(|u| u.1).unwrap_or("");
+    let mut cmd = Command::new("pgbench");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
+        .env("PGPASSWORD", password)
+        .env("PGSSLMODE", "disable");
+    cmd
+}
+
+static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+/// The Python interpreter of a virtualenv with psycopg and asyncpg, created
+/// once under the target directory and reused by later runs.
+pub fn python() -> anyhow::Result<PathBuf> {
+    VENV.get_or_init(|| make_venv().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn make_venv() -> anyhow::Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-venv");
+    let python = dir.join("bin/python");
+    let marker = dir.join(".switchyard-ready");
+    if marker.exists() {
+        return Ok(python);
+    }
+    run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
+    run(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "psycopg[binary]>=3.1",
+        "asyncpg>=0.29",
+        "SQLAlchemy>=2",
+    ]))?;
+    std::fs::write(&marker, "ok")?;
+    Ok(python)
+}
