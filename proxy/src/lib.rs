@@ -1,6 +1,7 @@
 //! Switchyard's wire path: a PostgreSQL protocol proxy that forwards frames
 //! untouched unless a routing rule applies.
 
+pub mod app;
 pub mod auth;
 pub mod config;
 pub mod error;

@@ -1,13 +1,9 @@
 //! The `switchyard` binary: `serve`, `demo` and `ctl`.
 
-use std::sync::{Arc, Mutex};
-
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use prometheus_client::registry::Registry;
+use switchyard::app::App;
 use switchyard::server::State;
-use switchyard::{Proxy, ProxyConfig, ServeArgs};
-use switchyard_control::http;
+use switchyard::{ProxyConfig, ServeArgs};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
@@ -42,18 +38,8 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = ProxyConfig::resolve(&args, std::env::var("SWITCHYARD_CONTROL_TOKEN").ok())?;
-    let mut registry = Registry::default();
-    let metrics = switchyard::metrics::ProxyMetrics::new(&mut registry);
-    let control = http::bind(&config.control_listen, config.control_token.is_some()).await?;
-    let proxy = Proxy::bind(config, metrics).await.context("starting the proxy")?;
-    let handle = proxy.spawn();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let api = Arc::new(http::ApiState {
-        registry: Mutex::new(registry),
-    });
-    let api_task = tokio::spawn(http::serve(control, api, stop_rx));
-
-    let drainer = handle.drainer();
+    let app = App::start(config).await?;
+    let drainer = app.drainer();
     tokio::spawn(async move {
         let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
             return;
@@ -64,8 +50,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         drainer.send_replace(State::Closing);
     });
-    handle.wait().await;
-    let _ = stop_tx.send(true);
-    let _ = api_task.await;
+    app.wait().await;
     Ok(())
 }

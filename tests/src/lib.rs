@@ -7,6 +7,7 @@
 pub mod certs;
 pub mod cluster;
 pub mod proxy;
+pub mod raw;
 pub mod tools;
 
 pub use certs::TestCerts;

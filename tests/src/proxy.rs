@@ -3,10 +3,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use prometheus_client::registry::Registry;
+use switchyard::app::App;
 use switchyard::metrics::ProxyMetrics;
 use switchyard::tls::UpstreamTlsMode;
-use switchyard::{Proxy, ProxyConfig, ProxyHandle};
+use switchyard::ProxyConfig;
 
 use crate::certs::TestCerts;
 use crate::cluster::Cluster;
@@ -40,9 +40,11 @@ impl Default for TestProxyOptions {
 
 /// A proxy in front of a test cluster.
 pub struct TestProxy {
-    handle: Option<ProxyHandle>,
+    app: Option<App>,
     /// Where applications connect.
     pub addr: SocketAddr,
+    /// The control API (healthz, metrics).
+    pub control_addr: SocketAddr,
     /// Its metrics, readable by tests.
     pub metrics: ProxyMetrics,
 }
@@ -58,15 +60,15 @@ impl TestProxy {
             tls: options.client_tls.map(|c| (c.cert, c.key)),
             max_message_bytes: options.max_message_bytes,
             drain_timeout: options.drain_timeout,
+            control_listen: "127.0.0.1:0".into(),
             ..ProxyConfig::default()
         };
-        let metrics = ProxyMetrics::new(&mut Registry::default());
-        let proxy = Proxy::bind(config, metrics.clone()).await?;
-        let handle = proxy.spawn();
+        let app = App::start(config).await?;
         Ok(TestProxy {
-            addr: handle.local_addr(),
-            handle: Some(handle),
-            metrics,
+            addr: app.proxy_addr,
+            control_addr: app.control_addr,
+            metrics: app.metrics.clone(),
+            app: Some(app),
         })
     }
 
@@ -89,14 +91,14 @@ impl TestProxy {
 
     /// Graceful shutdown: drain, then close.
     pub async fn shutdown(mut self) {
-        if let Some(handle) = self.handle.take() {
-            handle.shutdown().await;
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
         }
     }
 
-    /// Starts the drain without waiting for it.
-    pub fn begin_shutdown(&mut self) -> Option<ProxyHandle> {
-        self.handle.take()
+    /// Takes the running app, e.g. to drain it in a background task.
+    pub fn take_app(&mut self) -> Option<App> {
+        self.app.take()
     }
 }
 

@@ -1,0 +1,68 @@
+//! `switchyard serve` as a library: the wire proxy and the control API in one
+//! process, started and stopped together.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::registry::Registry;
+use switchyard_control::http;
+use tokio::sync::watch;
+
+use crate::metrics::ProxyMetrics;
+use crate::server::{Proxy, ProxyHandle, State};
+use crate::ProxyConfig;
+
+/// A running `serve`.
+pub struct App {
+    proxy: ProxyHandle,
+    api_stop: watch::Sender<bool>,
+    api_task: tokio::task::JoinHandle<()>,
+    /// Where applications connect.
+    pub proxy_addr: SocketAddr,
+    /// Where the control API listens.
+    pub control_addr: SocketAddr,
+    /// The proxy's metrics.
+    pub metrics: ProxyMetrics,
+}
+
+impl App {
+    /// Binds both listeners and starts serving.
+    pub async fn start(config: ProxyConfig) -> anyhow::Result<Self> {
+        let mut registry = Registry::default();
+        let metrics = ProxyMetrics::new(&mut registry);
+        let control = http::bind(&config.control_listen, config.control_token.is_some()).await?;
+        let control_addr = control.local_addr()?;
+        let proxy = Proxy::bind(config, metrics.clone()).await?.spawn();
+        let (api_stop, stop_rx) = watch::channel(false);
+        let api = Arc::new(http::ApiState {
+            registry: Mutex::new(registry),
+        });
+        let api_task = tokio::spawn(http::serve(control, api, stop_rx));
+        Ok(App {
+            proxy_addr: proxy.local_addr(),
+            proxy,
+            api_stop,
+            api_task,
+            control_addr,
+            metrics,
+        })
+    }
+
+    /// A sender that moves the proxy through drain and close (for signals).
+    pub fn drainer(&self) -> Arc<watch::Sender<State>> {
+        self.proxy.drainer()
+    }
+
+    /// Waits for the proxy to stop (after a drain), then stops the API.
+    pub async fn wait(self) {
+        self.proxy.wait().await;
+        let _ = self.api_stop.send(true);
+        let _ = self.api_task.await;
+    }
+
+    /// Drains and stops everything.
+    pub async fn shutdown(self) {
+        self.drainer().send_replace(State::Draining);
+        self.wait().await;
+    }
+}
