@@ -73,7 +73,10 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>, mut stop: watch:
     }
 }
 
-async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    state: Arc<ApiState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         (&Method::GET, "/metrics") => {
@@ -84,13 +87,24 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response
             };
             match encoded {
                 Ok(()) => Response::builder()
-                    .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+                    .header(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )
                     .body(Full::new(Bytes::from(text)))
                     .unwrap_or_default(),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
+                Err(e) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    &e.to_string(),
+                ),
             }
         }
-        (_, path) => error(StatusCode::NOT_FOUND, "not_found", &format!("no route for {path}")),
+        (_, path) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no route for {path}"),
+        ),
     };
     Ok(response)
 }
@@ -106,5 +120,8 @@ pub fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>
 
 /// The API's error shape: `{"error": {"code", "message"}}`.
 pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    json(status, serde_json::json!({"error": {"code": code, "message": message}}))
+    json(
+        status,
+        serde_json::json!({"error": {"code": code, "message": message}}),
+    )
 }

@@ -141,16 +141,24 @@ impl ProxyConfig {
     pub fn resolve(args: &ServeArgs, token_env: Option<String>) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.clone(), e))?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::Read(path.clone(), e))?;
                 toml::from_str(&text).map_err(|e| ConfigError::Parse(path.clone(), e))?
             }
             None => FileConfig::default(),
         };
         let d = ProxyConfig::default();
-        let tls = match (args.tls_cert.clone().or(file.tls_cert), args.tls_key.clone().or(file.tls_key)) {
+        let tls = match (
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+        ) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
-            _ => return Err(ConfigError::Invalid("tls_cert and tls_key go together".into())),
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "tls_cert and tls_key go together".into(),
+                ))
+            }
         };
         let token_file = args.control_token_file.clone().or(file.control_token_file);
         let control_token = match token_file {
@@ -167,17 +175,43 @@ impl ProxyConfig {
         };
         Ok(ProxyConfig {
             listen: args.listen.clone().or(file.listen).unwrap_or(d.listen),
-            upstream: args.upstream.clone().or(file.upstream).unwrap_or(d.upstream),
-            upstream_tls: args.upstream_tls.or(file.upstream_tls).unwrap_or(d.upstream_tls),
+            upstream: args
+                .upstream
+                .clone()
+                .or(file.upstream)
+                .unwrap_or(d.upstream),
+            upstream_tls: args
+                .upstream_tls
+                .or(file.upstream_tls)
+                .unwrap_or(d.upstream_tls),
             upstream_ca: args.upstream_ca.clone().or(file.upstream_ca),
             tls,
-            control_listen: args.control_listen.clone().or(file.control_listen).unwrap_or(d.control_listen),
+            control_listen: args
+                .control_listen
+                .clone()
+                .or(file.control_listen)
+                .unwrap_or(d.control_listen),
             database_url: args.database_url.clone().or(file.database_url),
             control_token,
-            max_message_bytes: args.max_message_bytes.or(file.max_message_bytes).unwrap_or(d.max_message_bytes),
-            startup_timeout: secs(args.startup_timeout_secs, file.startup_timeout_secs, d.startup_timeout),
-            drain_timeout: secs(args.drain_timeout_secs, file.drain_timeout_secs, d.drain_timeout),
-            connect_timeout: secs(args.connect_timeout_secs, file.connect_timeout_secs, d.connect_timeout),
+            max_message_bytes: args
+                .max_message_bytes
+                .or(file.max_message_bytes)
+                .unwrap_or(d.max_message_bytes),
+            startup_timeout: secs(
+                args.startup_timeout_secs,
+                file.startup_timeout_secs,
+                d.startup_timeout,
+            ),
+            drain_timeout: secs(
+                args.drain_timeout_secs,
+                file.drain_timeout_secs,
+                d.drain_timeout,
+            ),
+            connect_timeout: secs(
+                args.connect_timeout_secs,
+                file.connect_timeout_secs,
+                d.connect_timeout,
+            ),
         })
     }
 
@@ -199,7 +233,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sy-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
-        std::fs::write(&path, "listen = \"0.0.0.0:1\"\nupstream = \"db:5433\"\nupstream_tls = \"verify-full\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:1\"\nupstream = \"db:5433\"\nupstream_tls = \"verify-full\"\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             config: Some(path),
             listen: Some("127.0.0.1:2".into()),
@@ -224,6 +262,9 @@ mod tests {
             config: Some(path),
             ..Default::default()
         };
-        assert!(matches!(ProxyConfig::resolve(&args, None), Err(ConfigError::Parse(..))));
+        assert!(matches!(
+            ProxyConfig::resolve(&args, None),
+            Err(ConfigError::Parse(..))
+        ));
     }
 }

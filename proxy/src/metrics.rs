@@ -53,12 +53,24 @@ impl ProxyMetrics {
             upstream_connect_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
         };
         let r = registry.sub_registry_with_prefix("switchyard_proxy");
-        r.register("sessions", "Client sessions opened", m.sessions_total.clone());
-        r.register("sessions_active", "Client sessions open now", m.sessions_active.clone());
+        r.register(
+            "sessions",
+            "Client sessions opened",
+            m.sessions_total.clone(),
+        );
+        r.register(
+            "sessions_active",
+            "Client sessions open now",
+            m.sessions_active.clone(),
+        );
         r.register("bytes", "Bytes relayed", m.bytes.clone());
         r.register("frames", "Protocol messages relayed", m.frames.clone());
         r.register("errors", "Sessions ended by an error", m.errors.clone());
-        r.register("cancel_requests", "Cancel requests forwarded", m.cancels.clone());
+        r.register(
+            "cancel_requests",
+            "Cancel requests forwarded",
+            m.cancels.clone(),
+        );
         r.register(
             "upstream_connect_seconds",
             "Time to connect to the upstream server",

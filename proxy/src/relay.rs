@@ -91,7 +91,12 @@ impl Pump {
     }
 
     /// Moves frames from `rd` to `wr` until EOF, a filter stop, or an error.
-    pub async fn run<R, W, F>(&mut self, rd: &mut R, wr: &mut W, filter: &mut F) -> Result<PumpEnd, PumpError>
+    pub async fn run<R, W, F>(
+        &mut self,
+        rd: &mut R,
+        wr: &mut W,
+        filter: &mut F,
+    ) -> Result<PumpEnd, PumpError>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -219,7 +224,9 @@ mod tests {
 
         let mut out = Vec::new();
         let mut pump = Pump::new(BytesMut::new(), scanner(), Traffic::default());
-        pump.run(&mut &input[..], &mut out, &mut Swallow(b'H')).await.unwrap();
+        pump.run(&mut &input[..], &mut out, &mut Swallow(b'H'))
+            .await
+            .unwrap();
         assert_eq!(out.len(), input.len() - 5);
     }
 
@@ -232,12 +239,19 @@ mod tests {
         let bulk = Frame::new(b'd', vec![1u8; 10_000]).to_bytes();
         let mut out = Vec::new();
         let mut pump = Pump::new(BytesMut::new(), small, Traffic::default());
-        pump.run(&mut &bulk[..], &mut out, &mut Swallow(0)).await.unwrap();
+        pump.run(&mut &bulk[..], &mut out, &mut Swallow(0))
+            .await
+            .unwrap();
         assert_eq!(out, bulk.to_vec());
 
         let query = Frame::new(b'Q', vec![b'x'; 10_000]).to_bytes();
         let mut pump = Pump::new(BytesMut::new(), small, Traffic::default());
-        let err = pump.run(&mut &query[..], &mut Vec::new(), &mut Swallow(0)).await;
-        assert!(matches!(err, Err(PumpError::Frame(FrameError::TooLarge { .. }))));
+        let err = pump
+            .run(&mut &query[..], &mut Vec::new(), &mut Swallow(0))
+            .await;
+        assert!(matches!(
+            err,
+            Err(PumpError::Frame(FrameError::TooLarge { .. }))
+        ));
     }
 }

@@ -97,7 +97,9 @@ impl Proxy {
 
     /// The address applications connect to.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// Starts accepting in a background task.
@@ -105,8 +107,17 @@ impl Proxy {
         let addr = self.local_addr();
         let drain = self.shared.config.drain_timeout;
         let state_tx = Arc::new(self.state_tx);
-        let task = tokio::spawn(accept_loop(self.shared, self.listener, state_tx.clone(), drain));
-        ProxyHandle { addr, state_tx, task }
+        let task = tokio::spawn(accept_loop(
+            self.shared,
+            self.listener,
+            state_tx.clone(),
+            drain,
+        ));
+        ProxyHandle {
+            addr,
+            state_tx,
+            task,
+        }
     }
 }
 
@@ -141,7 +152,12 @@ impl ProxyHandle {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, state_tx: Arc<watch::Sender<State>>, drain: Duration) {
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    state_tx: Arc<watch::Sender<State>>,
+    drain: Duration,
+) {
     let mut sessions = JoinSet::new();
     let mut state = shared.state.clone();
     info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), upstream = %shared.config.upstream, "proxy listening");
@@ -162,10 +178,20 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, state_tx: Arc<w
         }
     }
     drop(listener);
-    info!(open_sessions = sessions.len(), drain_secs = drain.as_secs(), "draining");
-    let drained = tokio::time::timeout(drain, async { while sessions.join_next().await.is_some() {} }).await;
+    info!(
+        open_sessions = sessions.len(),
+        drain_secs = drain.as_secs(),
+        "draining"
+    );
+    let drained = tokio::time::timeout(drain, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
     if drained.is_err() {
-        warn!(open_sessions = sessions.len(), "drain timeout reached; closing sessions");
+        warn!(
+            open_sessions = sessions.len(),
+            "drain timeout reached; closing sessions"
+        );
         state_tx.send_replace(State::Closing);
         let closed = tokio::time::timeout(Duration::from_secs(5), async {
             while sessions.join_next().await.is_some() {}

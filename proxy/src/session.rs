@@ -73,7 +73,11 @@ async fn serve(
     let timeout = shared.config.startup_timeout;
     let negotiated = tokio::time::timeout(timeout, negotiate(shared, tcp)).await;
     let (mut client, startup) = match negotiated {
-        Err(_) => return Err(SessionError::Protocol("timed out waiting for startup".into())),
+        Err(_) => {
+            return Err(SessionError::Protocol(
+                "timed out waiting for startup".into(),
+            ))
+        }
         Ok(Err(e)) => return Err(e),
         Ok(Ok(Negotiated::Cancelled)) => return Ok("cancel request"),
         Ok(Ok(Negotiated::Refused(mut client, e))) => {
@@ -87,7 +91,8 @@ async fn serve(
     summary.database = startup.database().to_owned();
     info!(%peer, user = %summary.user, database = %summary.database, tls = client.is_tls(), "session opened");
 
-    let connected = tokio::time::timeout(timeout, authenticate(shared, &mut client, &startup)).await;
+    let connected =
+        tokio::time::timeout(timeout, authenticate(shared, &mut client, &startup)).await;
     let (server, key, client_buf, server_buf) = match connected {
         Ok(Ok(Some(parts))) => parts,
         Ok(Ok(None)) => return Ok("authentication refused by server"),
@@ -179,13 +184,18 @@ async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Negotiated, Sessio
     }
 }
 
-async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<Bytes, SessionError> {
+async fn read_packet<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Bytes, SessionError> {
     loop {
         if let Some(len) = startup::packet_len(buf)? {
             return Ok(buf.split_to(len).freeze());
         }
         if stream.read_buf(buf).await? == 0 {
-            return Err(SessionError::ClientIo(std::io::ErrorKind::UnexpectedEof.into()));
+            return Err(SessionError::ClientIo(
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
         }
     }
 }
@@ -234,8 +244,14 @@ async fn authenticate(
                 if code == 10 && server.is_tls() && auth::claims_channel_binding_support(&reply) {
                     server = plain_sasl_connection(shared, startup, &mut sbuf).await?;
                 }
-                server.write_all(&reply.to_bytes()).await.map_err(|_| SessionError::UpstreamLost)?;
-                server.flush().await.map_err(|_| SessionError::UpstreamLost)?;
+                server
+                    .write_all(&reply.to_bytes())
+                    .await
+                    .map_err(|_| SessionError::UpstreamLost)?;
+                server
+                    .flush()
+                    .await
+                    .map_err(|_| SessionError::UpstreamLost)?;
             }
             b'E' => {
                 frame.encode(&mut out);
@@ -273,7 +289,9 @@ async fn plain_sasl_connection(
             shared.upstream.mode
         )));
     }
-    info!("client offered SCRAM channel binding; continuing login over a plain upstream connection");
+    info!(
+        "client offered SCRAM channel binding; continuing login over a plain upstream connection"
+    );
     let mut server = connect(shared, startup, false).await?;
     sbuf.clear();
     let frame = read_server_frame(&mut server, sbuf).await?;
@@ -285,31 +303,55 @@ async fn plain_sasl_connection(
     Ok(server)
 }
 
-async fn connect(shared: &Shared, startup: &StartupMessage, allow_tls: bool) -> Result<MaybeTls, SessionError> {
+async fn connect(
+    shared: &Shared,
+    startup: &StartupMessage,
+    allow_tls: bool,
+) -> Result<MaybeTls, SessionError> {
     let (mut server, took) = shared.upstream.connect(allow_tls).await.map_err(|e| {
         shared.metrics.error("upstream_connect");
         SessionError::UpstreamConnect(e)
     })?;
-    shared.metrics.upstream_connect_seconds.observe(took.as_secs_f64());
-    server.write_all(&startup.raw).await.map_err(|_| SessionError::UpstreamLost)?;
-    server.flush().await.map_err(|_| SessionError::UpstreamLost)?;
+    shared
+        .metrics
+        .upstream_connect_seconds
+        .observe(took.as_secs_f64());
+    server
+        .write_all(&startup.raw)
+        .await
+        .map_err(|_| SessionError::UpstreamLost)?;
+    server
+        .flush()
+        .await
+        .map_err(|_| SessionError::UpstreamLost)?;
     Ok(server)
 }
 
-async fn read_server_frame(server: &mut MaybeTls, buf: &mut BytesMut) -> Result<Frame, SessionError> {
-    read_frame(server, buf, SERVER_MAX_FRAME).await.map_err(|e| match e {
-        SessionError::ClientIo(_) => SessionError::UpstreamLost,
-        other => other,
-    })
+async fn read_server_frame(
+    server: &mut MaybeTls,
+    buf: &mut BytesMut,
+) -> Result<Frame, SessionError> {
+    read_frame(server, buf, SERVER_MAX_FRAME)
+        .await
+        .map_err(|e| match e {
+            SessionError::ClientIo(_) => SessionError::UpstreamLost,
+            other => other,
+        })
 }
 
-async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut, max: usize) -> Result<Frame, SessionError> {
+async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Frame, SessionError> {
     loop {
         if let Some(frame) = take_frame(buf, max)? {
             return Ok(frame);
         }
         if stream.read_buf(buf).await? == 0 {
-            return Err(SessionError::ClientIo(std::io::ErrorKind::UnexpectedEof.into()));
+            return Err(SessionError::ClientIo(
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
         }
     }
 }
@@ -361,37 +403,47 @@ async fn relay(
     summary.bytes_in = c2s.bytes_read();
     summary.bytes_out = s2c.bytes_read();
 
-    let (result, to_client, to_server): (Result<&'static str, SessionError>, Option<Bytes>, bool) = match outcome {
-        Outcome::Client(Ok(PumpEnd::Stopped)) => (Ok("client terminated"), None, false),
-        Outcome::Client(Ok(PumpEnd::Eof)) => (Ok("client disconnected"), None, c2s.at_boundary()),
-        Outcome::Client(Err(PumpError::Read(e))) => (Err(SessionError::ClientIo(e)), None, c2s.at_boundary()),
-        Outcome::Client(Err(PumpError::Write(_))) | Outcome::Server(Ok(_)) | Outcome::Server(Err(PumpError::Read(_))) => {
-            let e = SessionError::UpstreamLost;
-            let frame = (!server_filter.fatal_seen).then(|| e.to_frame());
-            (Err(e), frame, false)
-        }
-        Outcome::Client(Err(PumpError::Frame(f))) => {
-            let e = SessionError::from(f);
-            let frame = e.to_frame();
-            (Err(e), Some(frame), false)
-        }
-        Outcome::Server(Err(PumpError::Write(e))) => (Err(SessionError::ClientIo(e)), None, c2s.at_boundary()),
-        Outcome::Server(Err(PumpError::Frame(f))) => {
-            let e = SessionError::Protocol(format!("invalid message from server: {f}"));
-            let frame = e.to_frame();
-            (Err(e), Some(frame), false)
-        }
-        Outcome::Shutdown => {
-            let e = SessionError::Shutdown;
-            let frame = e.to_frame();
-            (Err(e), Some(frame), c2s.at_boundary())
-        }
-    };
+    let (result, to_client, to_server): (Result<&'static str, SessionError>, Option<Bytes>, bool) =
+        match outcome {
+            Outcome::Client(Ok(PumpEnd::Stopped)) => (Ok("client terminated"), None, false),
+            Outcome::Client(Ok(PumpEnd::Eof)) => {
+                (Ok("client disconnected"), None, c2s.at_boundary())
+            }
+            Outcome::Client(Err(PumpError::Read(e))) => {
+                (Err(SessionError::ClientIo(e)), None, c2s.at_boundary())
+            }
+            Outcome::Client(Err(PumpError::Write(_)))
+            | Outcome::Server(Ok(_))
+            | Outcome::Server(Err(PumpError::Read(_))) => {
+                let e = SessionError::UpstreamLost;
+                let frame = (!server_filter.fatal_seen).then(|| e.to_frame());
+                (Err(e), frame, false)
+            }
+            Outcome::Client(Err(PumpError::Frame(f))) => {
+                let e = SessionError::from(f);
+                let frame = e.to_frame();
+                (Err(e), Some(frame), false)
+            }
+            Outcome::Server(Err(PumpError::Write(e))) => {
+                (Err(SessionError::ClientIo(e)), None, c2s.at_boundary())
+            }
+            Outcome::Server(Err(PumpError::Frame(f))) => {
+                let e = SessionError::Protocol(format!("invalid message from server: {f}"));
+                let frame = e.to_frame();
+                (Err(e), Some(frame), false)
+            }
+            Outcome::Shutdown => {
+                let e = SessionError::Shutdown;
+                let frame = e.to_frame();
+                (Err(e), Some(frame), c2s.at_boundary())
+            }
+        };
     if let Some(frame) = to_client.filter(|_| s2c.at_boundary()) {
         let _ = tokio::time::timeout(Duration::from_secs(1), write_final(&mut cw, &frame)).await;
     }
     if to_server {
-        let _ = tokio::time::timeout(Duration::from_secs(1), write_final(&mut sw, &TERMINATE)).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), write_final(&mut sw, &TERMINATE)).await;
     }
     let _ = cw.shutdown().await;
     result

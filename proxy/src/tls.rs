@@ -111,7 +111,8 @@ pub fn client_config(
     mode: UpstreamTlsMode,
     ca: Option<&Path>,
 ) -> Result<Option<Arc<ClientConfig>>, TlsError> {
-    let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder =
+        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let config = match mode {
         UpstreamTlsMode::Disable => return Ok(None),
         UpstreamTlsMode::Prefer | UpstreamTlsMode::Require => builder
@@ -135,7 +136,8 @@ pub fn client_config(
 
 /// The name checked against the upstream certificate.
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
-    ServerName::try_from(host.to_owned()).map_err(|e| format!("invalid upstream host {host:?}: {e}"))
+    ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("invalid upstream host {host:?}: {e}"))
 }
 
 /// `sslmode=require` semantics: encrypt, but trust any certificate.
@@ -160,7 +162,12 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -169,7 +176,12 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -53,9 +53,13 @@ impl Upstream {
         let Some(tls) = self.tls.as_ref().filter(|_| allow_tls) else {
             return Ok(MaybeTls::Plain(tcp));
         };
-        tcp.write_all(&SSL_REQUEST).await.map_err(|e| e.to_string())?;
+        tcp.write_all(&SSL_REQUEST)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut answer = [0u8; 1];
-        tcp.read_exact(&mut answer).await.map_err(|e| e.to_string())?;
+        tcp.read_exact(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
         match answer[0] {
             b'S' => {
                 let name = server_name(&self.host)?;

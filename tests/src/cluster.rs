@@ -43,7 +43,9 @@ impl Cluster {
     /// Starts a cluster.
     pub fn start_with(options: ClusterOptions) -> anyhow::Result<Self> {
         let bindir = find_bindir()?;
-        let dir = tempfile::Builder::new().prefix("switchyard-pg-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("switchyard-pg-")
+            .tempdir()?;
         let run_as = is_root().then(|| "postgres".to_string());
         let certs = TestCerts::generate(dir.path(), "server")?;
         let mut cluster = Cluster {
@@ -59,7 +61,17 @@ impl Cluster {
         let data = cluster.data_dir();
         cluster.run_checked(
             "initdb",
-            &["-D", path_str(&data), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"],
+            &[
+                "-D",
+                path_str(&data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
         )?;
         let sock = cluster.dir.path().display().to_string();
         let mut conf = vec![
@@ -95,7 +107,21 @@ impl Cluster {
             cluster.port = free_port()?;
             let opts = format!("-p {}", cluster.port);
             let log = cluster.dir.path().join("server.log");
-            let out = cluster.run("pg_ctl", &["-D", path_str(&data), "-l", path_str(&log), "-o", &opts, "-w", "-t", "60", "start"])?;
+            let out = cluster.run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    path_str(&data),
+                    "-l",
+                    path_str(&log),
+                    "-o",
+                    &opts,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
+            )?;
             if out.status.success() {
                 cluster.create_roles()?;
                 return Ok(cluster);
@@ -112,7 +138,11 @@ impl Cluster {
     fn create_roles(&self) -> anyhow::Result<()> {
         let mut sql = String::new();
         for (user, password, method) in USERS {
-            let enc = if method == "md5" { "md5" } else { "scram-sha-256" };
+            let enc = if method == "md5" {
+                "md5"
+            } else {
+                "scram-sha-256"
+            };
             sql.push_str(&format!(
                 "SET password_encryption = '{enc}'; CREATE ROLE {user} LOGIN SUPERUSER PASSWORD '{password}';\n"
             ));
@@ -126,7 +156,16 @@ impl Cluster {
         let out = Command::new("psql")
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-h"])
             .arg(self.dir.path())
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres", "-c", sql])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ])
             .output()?;
         if !out.status.success() {
             bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -141,7 +180,11 @@ impl Cluster {
 
     /// A tokio-postgres / libpq connection string for `user` directly to the server.
     pub fn conn_str(&self, user: &str, dbname: &str) -> String {
-        let password = USERS.iter().find(|u| u.0 == user).map(|u| u.1).unwrap_or("");
+        let password = USERS
+            .iter()
+            .find(|u| u.0 == user)
+            .map(|u| u.1)
+            .unwrap_or("");
         format!("host=127.0.0.1 port={} user={user} password='{password}' dbname={dbname} sslmode=disable", self.port)
     }
 
@@ -162,7 +205,18 @@ impl Cluster {
         let log = self.dir.path().join("server.log");
         self.run_checked(
             "pg_ctl",
-            &["-D", path_str(&data), "-l", path_str(&log), "-o", &opts, "-m", "fast", "-w", "restart"],
+            &[
+                "-D",
+                path_str(&data),
+                "-l",
+                path_str(&log),
+                "-o",
+                &opts,
+                "-m",
+                "fast",
+                "-w",
+                "restart",
+            ],
         )?;
         Ok(())
     }
@@ -170,7 +224,10 @@ impl Cluster {
     /// `pg_ctl stop -m fast`.
     pub fn stop(&self) -> anyhow::Result<()> {
         let data = self.data_dir();
-        self.run_checked("pg_ctl", &["-D", path_str(&data), "-m", "fast", "-w", "stop"])?;
+        self.run_checked(
+            "pg_ctl",
+            &["-D", path_str(&data), "-m", "fast", "-w", "stop"],
+        )?;
         Ok(())
     }
 
@@ -182,7 +239,11 @@ impl Cluster {
     fn run(&self, bin: &str, args: &[&str]) -> anyhow::Result<Output> {
         let program = self.bindir.join(bin);
         let out = match &self.run_as {
-            Some(user) => Command::new("runuser").args(["-u", user, "--"]).arg(&program).args(args).output(),
+            Some(user) => Command::new("runuser")
+                .args(["-u", user, "--"])
+                .arg(&program)
+                .args(args)
+                .output(),
             None => Command::new(&program).args(args).output(),
         };
         out.with_context(|| format!("running {}", program.display()))
@@ -191,7 +252,11 @@ impl Cluster {
     fn run_checked(&self, bin: &str, args: &[&str]) -> anyhow::Result<Output> {
         let out = self.run(bin, args)?;
         if !out.status.success() {
-            bail!("{bin} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "{bin} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(out)
     }
@@ -200,7 +265,10 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let data = self.data_dir();
-        let _ = self.run("pg_ctl", &["-D", path_str(&data), "-m", "immediate", "-w", "stop"]);
+        let _ = self.run(
+            "pg_ctl",
+            &["-D", path_str(&data), "-m", "immediate", "-w", "stop"],
+        );
     }
 }
 
@@ -229,7 +297,10 @@ fn is_root() -> bool {
 }
 
 fn chown_to_postgres(dir: &Path) -> anyhow::Result<()> {
-    let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status()?;
+    let status = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(dir)
+        .status()?;
     if !status.success() {
         bail!("chown of {} failed", dir.display());
     }

@@ -54,7 +54,15 @@ impl TestProxy {
     pub async fn start(cluster: &Cluster, options: TestProxyOptions) -> anyhow::Result<Self> {
         let config = ProxyConfig {
             listen: "127.0.0.1:0".into(),
-            upstream: format!("{}:{}", if options.verify_upstream { "localhost" } else { "127.0.0.1" }, cluster.port),
+            upstream: format!(
+                "{}:{}",
+                if options.verify_upstream {
+                    "localhost"
+                } else {
+                    "127.0.0.1"
+                },
+                cluster.port
+            ),
             upstream_tls: options.upstream_tls,
             upstream_ca: options.verify_upstream.then(|| cluster.certs.ca.clone()),
             tls: options.client_tls.map(|c| (c.cert, c.key)),
@@ -79,7 +87,11 @@ impl TestProxy {
 
     /// A connection string for `user` through the proxy.
     pub fn conn_str(&self, user: &str, dbname: &str) -> String {
-        let password = crate::cluster::USERS.iter().find(|u| u.0 == user).map(|u| u.1).unwrap_or("");
+        let password = crate::cluster::USERS
+            .iter()
+            .find(|u| u.0 == user)
+            .map(|u| u.1)
+            .unwrap_or("");
         format!("host=127.0.0.1 port={} user={user} password='{password}' dbname={dbname} sslmode=disable", self.port())
     }
 

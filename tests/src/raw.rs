@@ -56,12 +56,20 @@ impl RawConn {
 
     /// Connects and logs in as `user` (trust auth) with protocol `3.minor`
     /// and extra startup parameters; returns the messages up to ReadyForQuery.
-    pub async fn login(port: u16, user: &str, minor: u16, extra: &[(&str, &str)]) -> anyhow::Result<(Self, Vec<Msg>)> {
+    pub async fn login(
+        port: u16,
+        user: &str,
+        minor: u16,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<(Self, Vec<Msg>)> {
         let mut conn = Self::connect(port).await?;
         let mut body = BytesMut::new();
         body.put_u16(3);
         body.put_u16(minor);
-        for (k, v) in [("user", user), ("database", "postgres")].iter().chain(extra.iter()) {
+        for (k, v) in [("user", user), ("database", "postgres")]
+            .iter()
+            .chain(extra.iter())
+        {
             body.put_slice(k.as_bytes());
             body.put_u8(0);
             body.put_slice(v.as_bytes());
@@ -93,7 +101,8 @@ impl RawConn {
     pub async fn recv(&mut self) -> anyhow::Result<Option<Msg>> {
         loop {
             if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
                 if self.buf.len() > len {
                     let tag = self.buf.get_u8();
                     self.buf.advance(4);
@@ -101,9 +110,10 @@ impl RawConn {
                     return Ok(Some(Msg { tag, body }));
                 }
             }
-            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.buf))
-                .await
-                .context("timed out waiting for the proxy")??;
+            let n =
+                tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.buf))
+                    .await
+                    .context("timed out waiting for the proxy")??;
             if n == 0 {
                 return Ok(None);
             }

@@ -24,11 +24,27 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<Output> {
 
 /// A `psql` command against `port` as `user` (password via PGPASSWORD).
 pub fn psql(port: u16, user: &str, extra_env: &[(&str, &str)]) -> Command {
-    let password = crate::cluster::USERS.iter().find(|u| u.0 == user).map(|u| u.1).unwrap_or("");
+    let password = crate::cluster::USERS
+        .iter()
+        .find(|u| u.0 == user)
+        .map(|u| u.1)
+        .unwrap_or("");
     let mut cmd = Command::new("psql");
-    cmd.args(["-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", user, "-d", "postgres"])
-        .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "10");
+    cmd.args([
+        "-X",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        user,
+        "-d",
+        "postgres",
+    ])
+    .env("PGPASSWORD", password)
+    .env("PGCONNECT_TIMEOUT", "10");
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
@@ -37,7 +53,11 @@ pub fn psql(port: u16, user: &str, extra_env: &[(&str, &str)]) -> Command {
 
 /// A `pgbench` command against `port` as `user`.
 pub fn pgbench(port: u16, user: &str) -> Command {
-    let password = crate::cluster::USERS.iter().find(|u| u.0 == user).map(|u| u.1).unwrap_or("");
+    let password = crate::cluster::USERS
+        .iter()
+        .find(|u| u.0 == user)
+        .map(|u| u.1)
+        .unwrap_or("");
     let mut cmd = Command::new("pgbench");
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
         .env("PGPASSWORD", password)
@@ -75,4 +95,24 @@ fn make_venv() -> anyhow::Result<PathBuf> {
     ]))?;
     std::fs::write(&marker, "ok")?;
     Ok(python)
+}
+
+/// A minimal HTTP/1.1 GET, returning status code and body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status line")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
 }

@@ -8,7 +8,9 @@ use switchyard_tests::{Cluster, TestProxy, TestProxyOptions};
 
 async fn setup() -> (Cluster, TestProxy) {
     let cluster = Cluster::start().expect("cluster");
-    let proxy = TestProxy::start(&cluster, TestProxyOptions::default()).await.expect("proxy");
+    let proxy = TestProxy::start(&cluster, TestProxyOptions::default())
+        .await
+        .expect("proxy");
     (cluster, proxy)
 }
 
@@ -17,11 +19,19 @@ async fn tokio_postgres_every_auth_method_simple_and_extended() {
     let (_cluster, proxy) = setup().await;
     for user in ["trust_user", "md5_user", "scram_user"] {
         let c = proxy.connect(user).await.unwrap();
-        let row = c.query_one("select current_user::text, $1::int + 1", &[&41i32]).await.unwrap();
+        let row = c
+            .query_one("select current_user::text, $1::int + 1", &[&41i32])
+            .await
+            .unwrap();
         assert_eq!(row.get::<_, String>(0), user);
         assert_eq!(row.get::<_, i32>(1), 42);
 
-        let msgs = c.simple_query("create temp table t(a int); insert into t values (1),(2); select sum(a) from t").await.unwrap();
+        let msgs = c
+            .simple_query(
+                "create temp table t(a int); insert into t values (1),(2); select sum(a) from t",
+            )
+            .await
+            .unwrap();
         let sums: Vec<_> = msgs
             .iter()
             .filter_map(|m| match m {
@@ -37,12 +47,19 @@ async fn tokio_postgres_every_auth_method_simple_and_extended() {
 async fn pipelined_queries_and_prepared_statement_reuse() {
     let (_cluster, proxy) = setup().await;
     let c = proxy.connect("scram_user").await.unwrap();
-    let stmt = c.prepare("select $1::int * 2, repeat('x', $1::int)").await.unwrap();
+    let stmt = c
+        .prepare("select $1::int * 2, repeat('x', $1::int)")
+        .await
+        .unwrap();
     // tokio-postgres pipelines concurrent queries on one connection.
     let futures = (0..200).map(|i| {
         let c = &c;
         let stmt = &stmt;
-        async move { c.query_one(stmt, &[&i]).await.map(|r| (i, r.get::<_, i32>(0), r.get::<_, String>(1))) }
+        async move {
+            c.query_one(stmt, &[&i])
+                .await
+                .map(|r| (i, r.get::<_, i32>(0), r.get::<_, String>(1)))
+        }
     });
     let rows = try_join_all(futures).await.unwrap();
     for (i, doubled, xs) in rows {
@@ -50,7 +67,13 @@ async fn pipelined_queries_and_prepared_statement_reuse() {
         assert_eq!(xs.len(), i as usize);
     }
     // The same statement again, after the pipeline.
-    assert_eq!(c.query_one(&stmt, &[&21i32]).await.unwrap().get::<_, i32>(0), 42);
+    assert_eq!(
+        c.query_one(&stmt, &[&21i32])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        42
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,9 +89,22 @@ async fn psql_runs_a_script() {
          select string_agg(name, ',' order by id) from items where id <= 3;\n",
     )
     .unwrap();
-    let out = run(psql(proxy.port(), "md5_user", &[("PGSSLMODE", "disable")]).args(["-At", "-f"]).arg(&script)).unwrap();
+    let out = run(psql(proxy.port(), "md5_user", &[("PGSSLMODE", "disable")])
+        .args(["-At", "-f"])
+        .arg(&script))
+    .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = stdout.lines().filter(|l| !l.is_empty() && !l.starts_with("INSERT") && !l.starts_with("CREATE") && !l.starts_with("BEGIN") && !l.starts_with("UPDATE") && !l.starts_with("COMMIT")).collect();
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("INSERT")
+                && !l.starts_with("CREATE")
+                && !l.starts_with("BEGIN")
+                && !l.starts_with("UPDATE")
+                && !l.starts_with("COMMIT")
+        })
+        .collect();
     assert_eq!(lines, vec!["10", "ITEM 1,ITEM 2,ITEM 3"]);
 }
 
@@ -79,10 +115,18 @@ async fn pgbench_init_and_run_in_every_query_mode() {
     tokio::task::spawn_blocking(move || {
         run(pgbench(port, "scram_user").args(["-i", "-s", "1", "-q", "postgres"])).unwrap();
         for mode in ["simple", "extended", "prepared"] {
-            let out = run(pgbench(port, "scram_user").args(["-M", mode, "-c", "4", "-j", "2", "-t", "200", "postgres"])).unwrap();
+            let out = run(pgbench(port, "scram_user")
+                .args(["-M", mode, "-c", "4", "-j", "2", "-t", "200", "postgres"]))
+            .unwrap();
             let text = String::from_utf8_lossy(&out.stdout);
-            assert!(text.contains("number of transactions actually processed: 800/800"), "{mode}: {text}");
-            assert!(text.contains("number of failed transactions: 0"), "{mode}: {text}");
+            assert!(
+                text.contains("number of transactions actually processed: 800/800"),
+                "{mode}: {text}"
+            );
+            assert!(
+                text.contains("number of failed transactions: 0"),
+                "{mode}: {text}"
+            );
         }
     })
     .await
@@ -92,7 +136,10 @@ async fn pgbench_init_and_run_in_every_query_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_psycopg3_and_asyncpg() {
     let (_cluster, proxy) = setup().await;
-    let python = tokio::task::spawn_blocking(python).await.unwrap().expect("python venv with psycopg and asyncpg");
+    let python = tokio::task::spawn_blocking(python)
+        .await
+        .unwrap()
+        .expect("python venv with psycopg and asyncpg");
     let port = proxy.port();
     let script = format!(
         r#"

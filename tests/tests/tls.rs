@@ -6,18 +6,30 @@ use switchyard_tests::{Cluster, TestCerts, TestProxy, TestProxyOptions};
 
 const UPSTREAM_SSL: &str = "select ssl from pg_stat_ssl where pid = pg_backend_pid()";
 
-fn psql_tls(proxy: &TestProxy, ca: &TestCerts, user: &str, sql: &str, extra: &[(&str, &str)]) -> std::process::Output {
+fn psql_tls(
+    proxy: &TestProxy,
+    ca: &TestCerts,
+    user: &str,
+    sql: &str,
+    extra: &[(&str, &str)],
+) -> std::process::Output {
     let ca = ca.ca.display().to_string();
     let mut env = vec![("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", ca.as_str())];
     env.extend_from_slice(extra);
-    psql(proxy.port(), user, &env).args(["-At", "-c", sql]).output().unwrap()
+    psql(proxy.port(), user, &env)
+        .args(["-At", "-c", sql])
+        .output()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_over_tls_terminated_at_the_proxy_with_default_channel_binding() {
     let cluster = Cluster::start().unwrap();
     let client_certs = TestCerts::generate(cluster.scratch(), "proxy").unwrap();
-    for (mode, upstream_ssl) in [(UpstreamTlsMode::Disable, "f"), (UpstreamTlsMode::Prefer, "f")] {
+    for (mode, upstream_ssl) in [
+        (UpstreamTlsMode::Disable, "f"),
+        (UpstreamTlsMode::Prefer, "f"),
+    ] {
         let proxy = TestProxy::start(
             &cluster,
             TestProxyOptions {
@@ -35,23 +47,53 @@ async fn scram_over_tls_terminated_at_the_proxy_with_default_channel_binding() {
             let certs = client_certs.clone();
             move || {
                 let ca = certs.ca.display().to_string();
-                psql(proxy_port, "scram_user", &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", &ca)])
-                    .args(["-At", "-c", &format!("select current_user, ({UPSTREAM_SSL})")])
-                    .output()
-                    .unwrap()
+                psql(
+                    proxy_port,
+                    "scram_user",
+                    &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", &ca)],
+                )
+                .args([
+                    "-At",
+                    "-c",
+                    &format!("select current_user, ({UPSTREAM_SSL})"),
+                ])
+                .output()
+                .unwrap()
             }
         })
         .await
         .unwrap();
-        assert!(out.status.success(), "{mode}: {}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("scram_user|{upstream_ssl}"));
+        assert!(
+            out.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("scram_user|{upstream_ssl}")
+        );
 
         // md5 and channel_binding=disable keep upstream TLS under prefer.
-        let expect = if mode == UpstreamTlsMode::Prefer { "t" } else { "f" };
-        for (user, extra) in [("md5_user", vec![]), ("scram_user", vec![("PGCHANNELBINDING", "disable")])] {
+        let expect = if mode == UpstreamTlsMode::Prefer {
+            "t"
+        } else {
+            "f"
+        };
+        for (user, extra) in [
+            ("md5_user", vec![]),
+            ("scram_user", vec![("PGCHANNELBINDING", "disable")]),
+        ] {
             let out = psql_tls(&proxy, &client_certs, user, UPSTREAM_SSL, &extra);
-            assert!(out.status.success(), "{user}: {}", String::from_utf8_lossy(&out.stderr));
-            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expect, "{user} under {mode}");
+            assert!(
+                out.status.success(),
+                "{user}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                expect,
+                "{user} under {mode}"
+            );
         }
         proxy.shutdown().await;
     }
@@ -73,9 +115,24 @@ async fn channel_binding_under_required_upstream_tls_is_refused_clearly() {
     .unwrap();
     let out = psql_tls(&proxy, &client_certs, "scram_user", "select 1", &[]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("channel_binding=disable"), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = psql_tls(&proxy, &client_certs, "scram_user", UPSTREAM_SSL, &[("PGCHANNELBINDING", "disable")]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t", "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("channel_binding=disable"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = psql_tls(
+        &proxy,
+        &client_certs,
+        "scram_user",
+        UPSTREAM_SSL,
+        &[("PGCHANNELBINDING", "disable")],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "t",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +169,10 @@ async fn upstream_tls_verify_full_checks_the_server_certificate() {
     ))
     .await
     .unwrap_err();
-    let db = err.downcast_ref::<tokio_postgres::Error>().and_then(|e| e.as_db_error()).expect("a server error");
+    let db = err
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(|e| e.as_db_error())
+        .expect("a server error");
     assert_eq!(db.code().code(), "08001");
     assert!(db.message().contains("TLS handshake"), "{}", db.message());
     app.shutdown().await;
