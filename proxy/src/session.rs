@@ -391,7 +391,7 @@ async fn relay(
     let mut s2c = Pump::new(server_buf, server_scanner, s2c_traffic);
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut sr, mut sw) = tokio::io::split(server);
-    let mut client_filter = ClientFilter::default();
+    let mut client_filter = ClientFilter;
     let mut server_filter = ServerFilter::default();
     let mut state = shared.state.clone();
 
