@@ -1,0 +1,72 @@
+//! PgBouncer in session mode, as the reference proxy.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use switchyard_tests::cluster::free_port;
+use switchyard_tests::Cluster;
+
+/// A running PgBouncer, stopped on drop.
+pub struct PgBouncer {
+    child: Child,
+    /// Its listen port.
+    pub port: u16,
+}
+
+impl PgBouncer {
+    /// Starts PgBouncer in front of `cluster` (trust auth, session pooling).
+    pub fn start(cluster: &Cluster) -> anyhow::Result<Self> {
+        let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .context("pgbouncer not found: apt-get install pgbouncer")?;
+        let dir = cluster.scratch().join("pgbouncer");
+        std::fs::create_dir_all(&dir)?;
+        let port = free_port()?;
+        let users = dir.join("users.txt");
+        std::fs::write(&users, "\"trust_user\" \"\"\n")?;
+        let ini = dir.join("pgbouncer.ini");
+        std::fs::write(
+            &ini,
+            format!(
+                "[databases]\npostgres = host=127.0.0.1 port={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+                 unix_socket_dir =\nauth_type = trust\nauth_file = {}\npool_mode = session\nmax_client_conn = 200\n\
+                 default_pool_size = 40\nlogfile = {}\npidfile = {}\nignore_startup_parameters = extra_float_digits\n",
+                cluster.port,
+                users.display(),
+                dir.join("pgbouncer.log").display(),
+                dir.join("pgbouncer.pid").display(),
+            ),
+        )?;
+        Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status()?;
+        let mut cmd = Command::new(bin);
+        if is_root() {
+            cmd.args(["-u", "postgres"]);
+        }
+        let child = cmd.arg(&ini).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let bouncer = PgBouncer { child, port };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(bouncer);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("pgbouncer did not start; see {}", dir.join("pgbouncer.log").display())
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
