@@ -1,0 +1,118 @@
+//! Text edits at parser locations, so that a rewrite keeps the statement's
+//! own text (comments, sqlcommenter tags, formatting) and only inserts or
+//! replaces what it must.
+
+use sqlparser::tokenizer::{Location, Span};
+
+/// Maps sqlparser's 1-based (line, column-in-chars) locations to byte offsets.
+#[derive(Debug)]
+pub struct SourceMap<'a> {
+    text: &'a str,
+    line_starts: Vec<usize>,
+}
+
+impl<'a> SourceMap<'a> {
+    /// Indexes `text`.
+    pub fn new(text: &'a str) -> Self {
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        SourceMap { text, line_starts }
+    }
+
+    /// The byte offset of `loc`, or `None` for an empty location.
+    pub fn offset(&self, loc: Location) -> Option<usize> {
+        if loc.line == 0 || loc.column == 0 {
+            return None;
+        }
+        let start = *self.line_starts.get(loc.line as usize - 1)?;
+        let line = &self.text[start..];
+        let col = loc.column as usize - 1;
+        match line.char_indices().nth(col) {
+            Some((i, _)) => Some(start + i),
+            None if line.chars().count() == col => Some(start + line.len()),
+            None => None,
+        }
+    }
+
+    /// The byte range a span covers (its end is inclusive in sqlparser).
+    pub fn range(&self, span: Span) -> Option<std::ops::Range<usize>> {
+        let start = self.offset(span.start)?;
+        let end = self.offset(span.end)?;
+        (start <= end).then_some(start..end)
+    }
+
+    /// The source text of a span.
+    pub fn slice(&self, span: Span) -> Option<&'a str> {
+        self.range(span).map(|r| &self.text[r])
+    }
+
+    /// The whole text.
+    pub fn text(&self) -> &'a str {
+        self.text
+    }
+}
+
+/// A set of non-overlapping edits applied in one pass.
+#[derive(Debug, Default)]
+pub struct Edits {
+    edits: Vec<(usize, usize, String)>,
+}
+
+impl Edits {
+    /// Inserts `text` at byte offset `at`.
+    pub fn insert(&mut self, at: usize, text: impl Into<String>) {
+        self.edits.push((at, at, text.into()));
+    }
+
+    /// Replaces bytes `range` with `text`.
+    pub fn replace(&mut self, range: std::ops::Range<usize>, text: impl Into<String>) {
+        self.edits.push((range.start, range.end, text.into()));
+    }
+
+    /// Whether nothing is to change.
+    pub fn is_empty(&self) -> bool {
+        self.edits.is_empty()
+    }
+
+    /// Applies the edits; insertions at one offset keep their order.
+    pub fn apply(mut self, text: &str) -> String {
+        self.edits.sort_by_key(|(start, end, _)| (*start, *end));
+        let mut out = String::with_capacity(text.len() + 64);
+        let mut at = 0;
+        for (start, end, insert) in self.edits {
+            if start < at {
+                continue;
+            }
+            out.push_str(&text[at..start]);
+            out.push_str(&insert);
+            at = end;
+        }
+        out.push_str(&text[at..]);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_locations_across_lines_and_multibyte_chars() {
+        let text = "select 'é',\n  x";
+        let map = SourceMap::new(text);
+        assert_eq!(map.offset(Location { line: 1, column: 1 }), Some(0));
+        assert_eq!(map.offset(Location { line: 1, column: 10 }), Some(11));
+        assert_eq!(map.offset(Location { line: 2, column: 3 }), Some(15));
+        assert_eq!(&text[15..], "x");
+        assert_eq!(map.offset(Location { line: 0, column: 0 }), None);
+    }
+
+    #[test]
+    fn applies_edits_in_order() {
+        let mut e = Edits::default();
+        e.insert(5, ", b");
+        e.replace(0..0, "");
+        e.insert(5, ", c");
+        assert_eq!(e.apply("(a)  x"), "(a)  , b, cx");
+    }
+}
