@@ -36,10 +36,14 @@ fn parse_args() -> anyhow::Result<Options> {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("wire") => {}
-        _ => bail!("usage: switchyard-bench wire [--seconds N] [--rounds N] [--scale N] [--out FILE]"),
+        _ => bail!(
+            "usage: switchyard-bench wire [--seconds N] [--rounds N] [--scale N] [--out FILE]"
+        ),
     }
     while let Some(flag) = args.next() {
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--seconds" => o.seconds = value.parse()?,
             "--rounds" => o.rounds = value.parse()?,
@@ -53,14 +57,28 @@ fn parse_args() -> anyhow::Result<Options> {
 
 fn main() -> anyhow::Result<()> {
     let options = parse_args()?;
-    let workers: usize = std::env::var("SWITCHYARD_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let workers: usize = std::env::var("SWITCHYARD_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
         .build()?;
     let cluster = Cluster::start()?;
-    run(Command::new("pgbench")
-        .args(["-i", "-q", "-s", &options.scale.to_string(), "-h", "127.0.0.1", "-p", &cluster.port.to_string(), "-U", "trust_user", "postgres"]))?;
+    run(Command::new("pgbench").args([
+        "-i",
+        "-q",
+        "-s",
+        &options.scale.to_string(),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &cluster.port.to_string(),
+        "-U",
+        "trust_user",
+        "postgres",
+    ]))?;
 
     let config = ProxyConfig {
         listen: "127.0.0.1:0".into(),
@@ -77,12 +95,19 @@ fn main() -> anyhow::Result<()> {
         ("switchyard", app.proxy_addr.port()),
         ("pgbouncer", bouncer.port),
     ];
-    let cells: Vec<(&str, u32)> = vec![("simple", 1), ("prepared", 1), ("simple", 16), ("prepared", 16)];
+    let cells: Vec<(&str, u32)> = vec![
+        ("simple", 1),
+        ("prepared", 1),
+        ("simple", 16),
+        ("prepared", 16),
+    ];
     let mut samples: Vec<Sample> = Vec::new();
     for round in 0..options.rounds {
         for (mode, clients) in &cells {
             for (path, port) in paths {
-                let logdir = cluster.scratch().join(format!("log-{round}-{path}-{mode}-{clients}"));
+                let logdir = cluster
+                    .scratch()
+                    .join(format!("log-{round}-{path}-{mode}-{clients}"));
                 std::fs::create_dir_all(&logdir)?;
                 let s = pgbench_run(port, mode, *clients, options.seconds, &logdir)?;
                 eprintln!(
@@ -106,7 +131,10 @@ fn main() -> anyhow::Result<()> {
     if let Some(dir) = Path::new(&options.out).parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&options.out, serde_json::to_string_pretty(&report::to_json(&samples, &table))?)?;
+    std::fs::write(
+        &options.out,
+        serde_json::to_string_pretty(&report::to_json(&samples, &table))?,
+    )?;
     eprintln!("raw numbers written to {}", options.out);
     drop(bouncer);
     runtime.block_on(async {
@@ -115,12 +143,36 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pgbench_run(port: u16, mode: &str, clients: u32, seconds: u32, logdir: &Path) -> anyhow::Result<Sample> {
+fn pgbench_run(
+    port: u16,
+    mode: &str,
+    clients: u32,
+    seconds: u32,
+    logdir: &Path,
+) -> anyhow::Result<Sample> {
     let threads = clients.min(2);
     let prefix = logdir.join("tx");
     let out = run(Command::new("pgbench")
-        .args(["-n", "-S", "-M", mode, "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "trust_user"])
-        .args(["-c", &clients.to_string(), "-j", &threads.to_string(), "-T", &seconds.to_string()])
+        .args([
+            "-n",
+            "-S",
+            "-M",
+            mode,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "trust_user",
+        ])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &threads.to_string(),
+            "-T",
+            &seconds.to_string(),
+        ])
         .arg("--log")
         .arg(format!("--log-prefix={}", prefix.display()))
         .arg("postgres")
@@ -136,7 +188,11 @@ fn pgbench_run(port: u16, mode: &str, clients: u32, seconds: u32, logdir: &Path)
     for entry in std::fs::read_dir(logdir)? {
         let text = std::fs::read_to_string(entry?.path())?;
         for line in text.lines() {
-            if let Some(us) = line.split_whitespace().nth(2).and_then(|v| v.parse::<u64>().ok()) {
+            if let Some(us) = line
+                .split_whitespace()
+                .nth(2)
+                .and_then(|v| v.parse::<u64>().ok())
+            {
                 latencies.push(us);
             }
         }

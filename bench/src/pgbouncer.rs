@@ -39,12 +39,19 @@ impl PgBouncer {
                 dir.join("pgbouncer.pid").display(),
             ),
         )?;
-        Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status()?;
+        Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status()?;
         let mut cmd = Command::new(bin);
         if is_root() {
             cmd.args(["-u", "postgres"]);
         }
-        let child = cmd.arg(&ini).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let child = cmd
+            .arg(&ini)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
         let bouncer = PgBouncer { child, port };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -52,7 +59,10 @@ impl PgBouncer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("pgbouncer did not start; see {}", dir.join("pgbouncer.log").display())
+        bail!(
+            "pgbouncer did not start; see {}",
+            dir.join("pgbouncer.log").display()
+        )
     }
 }
 

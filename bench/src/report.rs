@@ -40,7 +40,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn summarise(samples: &[Sample]) -> Table {
     let mut groups: BTreeMap<(Cell, String), Vec<&Sample>> = BTreeMap::new();
     for s in samples {
-        groups.entry((s.cell.clone(), s.path.clone())).or_default().push(s);
+        groups
+            .entry((s.cell.clone(), s.path.clone()))
+            .or_default()
+            .push(s);
     }
     groups
         .into_iter()
@@ -65,9 +68,13 @@ pub fn render(table: &Table) -> String {
     };
     for cell in cells {
         let get = |p: &str| table.get(&(cell.clone(), p.to_string())).copied();
-        let (Some(direct), Some(bouncer)) = (get("direct"), get("pgbouncer")) else { continue };
+        let (Some(direct), Some(bouncer)) = (get("direct"), get("pgbouncer")) else {
+            continue;
+        };
         for path in ["direct", "switchyard", "pgbouncer"] {
-            let Some((tps, avg, p99)) = get(path) else { continue };
+            let Some((tps, avg, p99)) = get(path) else {
+                continue;
+            };
             out.push_str(&format!(
                 "| {} | {} | {path} | {tps:.0} | {avg:.1} | {p99:.1} | {:.2} | {:.2} | {:+.1} |\n",
                 cell.mode,
