@@ -21,12 +21,50 @@ fn is_reserved(word: &str) -> bool {
     // Reserved words that are plausible column names.
     matches!(
         word,
-        "all" | "and" | "any" | "as" | "asc" | "both" | "case" | "check" | "column" | "constraint"
-            | "default" | "desc" | "distinct" | "do" | "else" | "end" | "for" | "from" | "group"
-            | "having" | "in" | "limit" | "not" | "null" | "offset" | "on" | "only" | "or"
-            | "order" | "primary" | "references" | "select" | "table" | "then" | "to" | "user"
-            | "using" | "when" | "where" | "with" | "window" | "returning" | "unique" | "user_"
-    ) && word != "user_"
+        "all"
+            | "and"
+            | "any"
+            | "as"
+            | "asc"
+            | "both"
+            | "case"
+            | "check"
+            | "column"
+            | "constraint"
+            | "default"
+            | "desc"
+            | "distinct"
+            | "do"
+            | "else"
+            | "end"
+            | "for"
+            | "from"
+            | "group"
+            | "having"
+            | "in"
+            | "limit"
+            | "not"
+            | "null"
+            | "offset"
+            | "on"
+            | "only"
+            | "or"
+            | "order"
+            | "primary"
+            | "references"
+            | "select"
+            | "table"
+            | "then"
+            | "to"
+            | "user"
+            | "using"
+            | "when"
+            | "where"
+            | "with"
+            | "window"
+            | "returning"
+            | "unique"
+    )
 }
 
 /// Folds one identifier as written: unquoted to lower case, quoted verbatim.
@@ -78,7 +116,10 @@ mod tests {
         assert_eq!(quote("Email"), "\"Email\"");
         assert_eq!(quote("user"), "\"user\"");
         assert_eq!(quote("a\"b"), "\"a\"\"b\"");
-        assert_eq!(split_qualified("public.\"a.b\""), Some(vec!["public".into(), "a.b".into()]));
+        assert_eq!(
+            split_qualified("public.\"a.b\""),
+            Some(vec!["public".into(), "a.b".into()])
+        );
         assert_eq!(split_qualified("\"open"), None);
     }
 }

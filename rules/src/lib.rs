@@ -1,1 +1,18 @@
-//! Migration and routing model for Switchyard (pure logic, no I/O).
+//! Migration and routing model for Switchyard (pure logic, no I/O): the
+//! phases and routing modes, versioned rule sets, the pre-filter, the SQL
+//! rewriter and the rewrite cache.
+
+pub mod active;
+pub mod fixtures;
+pub mod ident;
+pub mod model;
+pub mod prefilter;
+pub mod rewrite;
+pub mod template;
+
+pub use active::ActiveRules;
+pub use model::{
+    ColumnFact, ColumnMapping, Phase, QualifiedName, ReadRoute, Routing, RuleSet, TableFacts,
+    TableRules, WriteRoute,
+};
+pub use rewrite::{Rewrite, Unsupported};

@@ -1,7 +1,6 @@
 //! The migration and routing model: phases, routing modes, column mappings
 //! and the versioned rule set the proxy reads.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -204,6 +203,10 @@ pub struct RuleSet {
     pub database: String,
     /// Rules per table.
     pub tables: Vec<TableRules>,
+    /// Other relations that share a routed table's bare name, so that an
+    /// unqualified name resolves through `search_path` as PostgreSQL would.
+    #[serde(default)]
+    pub shadows: Vec<QualifiedName>,
 }
 
 impl RuleSet {
@@ -226,15 +229,6 @@ impl RuleSet {
     pub fn table(&self, table: &QualifiedName) -> Option<&TableRules> {
         self.tables.iter().find(|t| &t.facts.name == table)
     }
-
-    /// Active tables by bare name, for resolving unqualified names.
-    pub fn by_bare_name(&self) -> HashMap<&str, Vec<&TableRules>> {
-        let mut map: HashMap<&str, Vec<&TableRules>> = HashMap::new();
-        for t in &self.tables {
-            map.entry(t.facts.name.name.as_str()).or_default().push(t);
-        }
-        map
-    }
 }
 
 #[cfg(test)]
@@ -256,7 +250,11 @@ mod tests {
             (Phase::Completed, None),
         ];
         for (phase, routing) in expect {
-            assert_eq!(phase.routing().map(|r| (r.reads, r.writes)), routing, "{phase:?}");
+            assert_eq!(
+                phase.routing().map(|r| (r.reads, r.writes)),
+                routing,
+                "{phase:?}"
+            );
         }
         assert!(!Phase::Contracted.routing().unwrap().legacy_exists());
         assert!(Phase::ReadsSwitched.routing().unwrap().legacy_exists());
@@ -264,12 +262,18 @@ mod tests {
 
     #[test]
     fn qualified_names_fold_like_postgres() {
-        assert_eq!(QualifiedName::parse("Users"), Some(QualifiedName::new("public", "users")));
+        assert_eq!(
+            QualifiedName::parse("Users"),
+            Some(QualifiedName::new("public", "users"))
+        );
         assert_eq!(
             QualifiedName::parse("\"App\".\"Users\""),
             Some(QualifiedName::new("App", "Users"))
         );
-        assert_eq!(QualifiedName::new("public", "Odd Name").to_string(), "public.\"Odd Name\"");
+        assert_eq!(
+            QualifiedName::new("public", "Odd Name").to_string(),
+            "public.\"Odd Name\""
+        );
         assert_eq!(QualifiedName::parse("a.b.c"), None);
     }
 }

@@ -44,12 +44,13 @@ impl Template {
     /// qualified references (`t.column`) count too, qualifier and all.
     pub fn compile(expr: &str, column: &str) -> Result<Self, TemplateError> {
         let dialect = PostgreSqlDialect {};
-        let tokens = Tokenizer::new(&dialect, expr)
-            .tokenize()
-            .map_err(|e| TemplateError::Tokenize {
-                expr: expr.to_owned(),
-                reason: e.to_string(),
-            })?;
+        let tokens =
+            Tokenizer::new(&dialect, expr)
+                .tokenize()
+                .map_err(|e| TemplateError::Tokenize {
+                    expr: expr.to_owned(),
+                    reason: e.to_string(),
+                })?;
         let mut parts = Vec::new();
         let mut text = String::new();
         let mut holes = 0;

@@ -101,7 +101,13 @@ mod tests {
         let text = "select 'é',\n  x";
         let map = SourceMap::new(text);
         assert_eq!(map.offset(Location { line: 1, column: 1 }), Some(0));
-        assert_eq!(map.offset(Location { line: 1, column: 10 }), Some(11));
+        assert_eq!(
+            map.offset(Location {
+                line: 1,
+                column: 10
+            }),
+            Some(10)
+        );
         assert_eq!(map.offset(Location { line: 2, column: 3 }), Some(15));
         assert_eq!(&text[15..], "x");
         assert_eq!(map.offset(Location { line: 0, column: 0 }), None);

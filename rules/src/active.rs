@@ -1,0 +1,127 @@
+//! A rule set compiled for the hot path: templates parsed, the pre-filter
+//! built, and name lookups indexed. Built once per rules version.
+
+use std::sync::Arc;
+
+use crate::model::{ColumnMapping, QualifiedName, RuleSet, TableRules};
+use crate::prefilter::TableFilter;
+use crate::rewrite::{self, Rewrite};
+use crate::template::{Template, TemplateError};
+
+/// One column pair with its compiled expressions.
+#[derive(Debug, Clone)]
+pub struct CompiledMapping {
+    /// The pair as configured.
+    pub mapping: ColumnMapping,
+    /// `forward`, with holes for the legacy column.
+    pub forward: Template,
+    /// `backward`, with holes for the new column.
+    pub backward: Template,
+}
+
+/// One routed table.
+#[derive(Debug, Clone)]
+pub struct CompiledTable {
+    /// Rules and catalog facts.
+    pub rules: TableRules,
+    /// Its active pairs.
+    pub mappings: Vec<CompiledMapping>,
+}
+
+/// Why a rule set cannot be compiled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// A forward or backward expression is unusable.
+    #[error("migration {migration}: {source}")]
+    Template {
+        /// The migration.
+        migration: String,
+        /// What is wrong.
+        source: TemplateError,
+    },
+}
+
+/// The rules the proxy applies, ready for rewriting.
+#[derive(Debug, Clone, Default)]
+pub struct ActiveRules {
+    /// The source rule set.
+    pub set: Arc<RuleSet>,
+    /// The routed tables with active mappings.
+    pub tables: Vec<CompiledTable>,
+    /// The pre-filter over their names.
+    pub filter: TableFilter,
+}
+
+impl ActiveRules {
+    /// Compiles `set`; mappings whose routing rewrites nothing are left out.
+    pub fn compile(set: RuleSet) -> Result<Self, RuleError> {
+        let mut tables = Vec::new();
+        for table in &set.tables {
+            let mut mappings = Vec::new();
+            for m in table.mappings.iter().filter(|m| m.routing.is_active()) {
+                let err = |source| RuleError::Template {
+                    migration: m.migration.clone(),
+                    source,
+                };
+                mappings.push(CompiledMapping {
+                    forward: Template::compile(&m.forward, &m.legacy).map_err(err)?,
+                    backward: Template::compile(&m.backward, &m.new).map_err(err)?,
+                    mapping: m.clone(),
+                });
+            }
+            if !mappings.is_empty() {
+                tables.push(CompiledTable {
+                    rules: table.clone(),
+                    mappings,
+                });
+            }
+        }
+        let filter = TableFilter::new(tables.iter().map(|t| t.rules.facts.name.name.as_str()));
+        Ok(ActiveRules {
+            set: Arc::new(set),
+            tables,
+            filter,
+        })
+    }
+
+    /// The rules version.
+    pub fn version(&self) -> u64 {
+        self.set.version
+    }
+
+    /// Rewrites one query string (possibly several statements) for
+    /// `search_path` (schemas in order, `$user` already resolved).
+    pub fn rewrite(&self, sql: &str, search_path: &[String]) -> Rewrite {
+        rewrite::rewrite(self, sql, search_path)
+    }
+
+    /// The routed table `name` resolves to under `search_path`.
+    pub fn resolve(
+        &self,
+        schema: Option<&str>,
+        name: &str,
+        search_path: &[String],
+    ) -> Option<&CompiledTable> {
+        match schema {
+            Some(schema) => self.find(&QualifiedName::new(schema, name)),
+            None => {
+                // pg_catalog and pg_temp come first implicitly; a routed
+                // table is never there.
+                for schema in search_path {
+                    let qn = QualifiedName::new(schema.as_str(), name);
+                    if let Some(t) = self.find(&qn) {
+                        return Some(t);
+                    }
+                    if self.set.shadows.contains(&qn) {
+                        return None;
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn find(&self, name: &QualifiedName) -> Option<&CompiledTable> {
+        self.tables.iter().find(|t| &t.rules.facts.name == name)
+    }
+}

@@ -1,0 +1,240 @@
+//! Statement rewriting: parse (PostgreSQL dialect), find what touches a
+//! routed table, and edit the original text at the parser's locations.
+
+pub mod edits;
+mod write;
+
+use sqlparser::ast::{
+    CopySource, Expr, ObjectName, Query, SetExpr, Spanned, Statement, TableFactor,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::active::{ActiveRules, CompiledTable};
+use crate::ident;
+use crate::model::WriteRoute;
+use edits::{Edits, SourceMap};
+
+/// ORMs nest deeply; sqlparser's default of 50 is too low for some.
+const RECURSION_LIMIT: usize = 500;
+
+/// What became of a query string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewrite {
+    /// Forward it as it is.
+    Unchanged,
+    /// Send this text instead.
+    Rewritten(String),
+    /// It touches a routed table in a way we cannot rewrite.
+    Unsupported(Unsupported),
+}
+
+/// A statement that touches a routed table but cannot be rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported {
+    /// The migrations whose tables it touches.
+    pub migrations: Vec<String>,
+    /// Why.
+    pub reason: String,
+}
+
+pub(crate) struct Ctx<'a> {
+    pub rules: &'a ActiveRules,
+    pub search_path: &'a [String],
+    pub map: SourceMap<'a>,
+    pub edits: Edits,
+    pub unsupported: Option<Unsupported>,
+}
+
+impl<'a> Ctx<'a> {
+    /// The routed table an object name resolves to.
+    pub fn resolve(&self, name: &ObjectName) -> Option<&'a CompiledTable> {
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .filter_map(|p| p.as_ident())
+            .map(|i| {
+                if i.quote_style.is_some() {
+                    i.value.clone()
+                } else {
+                    i.value.to_lowercase()
+                }
+            })
+            .collect();
+        match parts.as_slice() {
+            [table] => self.rules.resolve(None, table, self.search_path),
+            [schema, table] => self.rules.resolve(Some(schema), table, self.search_path),
+            [_db, schema, table] => self.rules.resolve(Some(schema), table, self.search_path),
+            _ => None,
+        }
+    }
+
+    /// The source text of an expression. sqlparser's spans can stop short
+    /// (a call's closing parenthesis, `CASE`'s `END`), so the slice is used
+    /// only if it parses back to the same expression; otherwise the
+    /// expression is re-printed.
+    pub fn text(&self, expr: &Expr) -> String {
+        if let Some(range) = self.map.range(expr.span()) {
+            let slice = &self.map.text()[range];
+            let dialect = PostgreSqlDialect {};
+            let reparsed = Parser::new(&dialect)
+                .with_recursion_limit(RECURSION_LIMIT)
+                .try_with_sql(slice)
+                .and_then(|mut p| p.parse_expr());
+            if reparsed.is_ok_and(|e| &e == expr) {
+                return slice.to_owned();
+            }
+        }
+        expr.to_string()
+    }
+
+    /// Marks the whole string as not rewritable.
+    pub fn refuse(&mut self, table: &CompiledTable, reason: impl Into<String>) {
+        if self.unsupported.is_none() {
+            self.unsupported = Some(Unsupported {
+                migrations: migrations_of(table),
+                reason: reason.into(),
+            });
+        }
+    }
+}
+
+fn migrations_of(table: &CompiledTable) -> Vec<String> {
+    let mut m: Vec<String> = table
+        .mappings
+        .iter()
+        .map(|m| m.mapping.migration.clone())
+        .collect();
+    m.dedup();
+    m
+}
+
+/// Rewrites `sql` under `rules`.
+pub fn rewrite(rules: &ActiveRules, sql: &str, search_path: &[String]) -> Rewrite {
+    if !rules.filter.may_touch(sql) {
+        return Rewrite::Unchanged;
+    }
+    let dialect = PostgreSqlDialect {};
+    let parsed = Parser::new(&dialect)
+        .with_recursion_limit(RECURSION_LIMIT)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements());
+    let statements = match parsed {
+        Ok(s) => s,
+        Err(e) => {
+            let mut migrations: Vec<String> = rules
+                .tables
+                .iter()
+                .filter(|t| {
+                    crate::prefilter::TableFilter::new([t.rules.facts.name.name.as_str()])
+                        .may_touch(sql)
+                })
+                .flat_map(migrations_of)
+                .collect();
+            migrations.dedup();
+            return Rewrite::Unsupported(Unsupported {
+                migrations,
+                reason: format!("the statement cannot be parsed: {e}"),
+            });
+        }
+    };
+    let mut ctx = Ctx {
+        rules,
+        search_path,
+        map: SourceMap::new(sql),
+        edits: Edits::default(),
+        unsupported: None,
+    };
+    for statement in &statements {
+        visit_statement(&mut ctx, statement);
+    }
+    if let Some(u) = ctx.unsupported {
+        return Rewrite::Unsupported(u);
+    }
+    if ctx.edits.is_empty() {
+        Rewrite::Unchanged
+    } else {
+        Rewrite::Rewritten(std::mem::take(&mut ctx.edits).apply(sql))
+    }
+}
+
+fn visit_statement(ctx: &mut Ctx<'_>, statement: &Statement) {
+    match statement {
+        Statement::Insert(insert) => write::insert(ctx, insert),
+        Statement::Update(update) => write::update(ctx, update),
+        Statement::Query(query) => visit_query(ctx, query),
+        Statement::Prepare { statement, .. } => visit_statement(ctx, statement),
+        Statement::Copy {
+            source: CopySource::Table { table_name, .. },
+            to: false,
+            ..
+        } => {
+            if let Some(table) = ctx.resolve(table_name) {
+                if table
+                    .mappings
+                    .iter()
+                    .any(|m| m.mapping.routing.writes != WriteRoute::Legacy)
+                {
+                    ctx.refuse(
+                        table,
+                        format!(
+                            "COPY into {} cannot be dual-written",
+                            table.rules.facts.name
+                        ),
+                    );
+                }
+            }
+        }
+        Statement::Merge(merge) => {
+            if let TableFactor::Table { name, .. } = &merge.table {
+                if let Some(table) = ctx.resolve(name) {
+                    if table
+                        .mappings
+                        .iter()
+                        .any(|m| m.mapping.routing.writes != WriteRoute::Legacy)
+                    {
+                        ctx.refuse(table, "MERGE into a routed table is not rewritten");
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Finds data-modifying statements inside queries (CTEs, set operations).
+fn visit_query(ctx: &mut Ctx<'_>, query: &Query) {
+    if let Some(with) = &query.with {
+        for cte in &with.cte_tables {
+            visit_query(ctx, &cte.query);
+        }
+    }
+    visit_set_expr(ctx, &query.body);
+}
+
+fn visit_set_expr(ctx: &mut Ctx<'_>, body: &SetExpr) {
+    match body {
+        SetExpr::Query(q) => visit_query(ctx, q),
+        SetExpr::SetOperation { left, right, .. } => {
+            visit_set_expr(ctx, left);
+            visit_set_expr(ctx, right);
+        }
+        SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Merge(s) => visit_statement(ctx, s),
+        _ => {}
+    }
+}
+
+/// The folded column name an object name in a column list refers to.
+pub(crate) fn column_name(name: &ObjectName) -> Option<String> {
+    let last = name.0.last()?.as_ident()?;
+    Some(if last.quote_style.is_some() {
+        last.value.clone()
+    } else {
+        last.value.to_lowercase()
+    })
+}
+
+/// `name` quoted for SQL text.
+pub(crate) fn quoted(name: &str) -> String {
+    ident::quote(name)
+}

@@ -1,0 +1,326 @@
+//! Writes: INSERT, UPDATE and ON CONFLICT DO UPDATE set both columns of a
+//! pair under `both` routing, and the new column alone once the legacy one
+//! is gone. Text is inserted at the front of lists (before the first column,
+//! after a row's opening parenthesis), where parser locations are exact.
+
+use sqlparser::ast::{
+    Assignment, AssignmentTarget, Expr, Insert, OnConflictAction, OnInsert, SetExpr, Spanned,
+    TableFactor, TableObject, Update, Value,
+};
+
+use super::{column_name, quoted, Ctx};
+use crate::active::{CompiledMapping, CompiledTable};
+use crate::model::WriteRoute;
+use crate::template::Template;
+
+/// A value to add for a column the statement did not name.
+enum Source<'t> {
+    /// Computed from the value given for another column of the statement.
+    Column {
+        index: usize,
+        template: &'t Template,
+        cast: &'t str,
+        default: Option<&'t str>,
+    },
+    /// A constant expression (from a column default).
+    Fixed(String),
+}
+
+struct Addition<'t> {
+    column: String,
+    source: Source<'t>,
+}
+
+fn cast(value: &str, ty: &str) -> String {
+    format!("({value})::{ty}")
+}
+
+fn is_default(expr: &Expr) -> bool {
+    matches!(expr, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"))
+}
+
+fn null_or(default: Option<&str>) -> String {
+    default
+        .map(str::to_owned)
+        .unwrap_or_else(|| "NULL".to_owned())
+}
+
+/// What to add for one pair, given where the statement names its columns.
+fn plan<'t>(
+    m: &'t CompiledMapping,
+    table: &'t CompiledTable,
+    legacy: Option<usize>,
+    new: Option<usize>,
+) -> Result<Option<Addition<'t>>, String> {
+    let map = &m.mapping;
+    let legacy_default = table
+        .rules
+        .facts
+        .column(&map.legacy)
+        .and_then(|c| c.default.as_deref());
+    let new_default = table
+        .rules
+        .facts
+        .column(&map.new)
+        .and_then(|c| c.default.as_deref());
+    Ok(match (map.routing.writes, legacy, new) {
+        (WriteRoute::Legacy, _, _) | (WriteRoute::Both, Some(_), Some(_)) => None,
+        (WriteRoute::Both, Some(index), None) => Some(Addition {
+            column: map.new.clone(),
+            source: Source::Column {
+                index,
+                template: &m.forward,
+                cast: &map.legacy_type,
+                default: legacy_default,
+            },
+        }),
+        (WriteRoute::Both, None, Some(index)) => Some(Addition {
+            column: map.legacy.clone(),
+            source: Source::Column {
+                index,
+                template: &m.backward,
+                cast: &map.new_type,
+                default: new_default,
+            },
+        }),
+        (WriteRoute::Both, None, None) => legacy_default.map(|d| Addition {
+            column: map.new.clone(),
+            source: Source::Fixed(m.forward.fill(&cast(d, &map.legacy_type))),
+        }),
+        (WriteRoute::New, Some(_), _) => {
+            return Err(format!(
+                "column {} was dropped by migration {}; write {} instead",
+                map.legacy, map.migration, map.new
+            ))
+        }
+        (WriteRoute::New, None, _) => None,
+    })
+}
+
+/// The value of an addition for one row of given value texts.
+fn value_for(add: &Addition<'_>, row: &[String], row_exprs: Option<&[Expr]>) -> String {
+    match &add.source {
+        Source::Fixed(text) => text.clone(),
+        Source::Column {
+            index,
+            template,
+            cast: ty,
+            default,
+        } => {
+            let given = row_exprs.and_then(|r| r.get(*index));
+            if given.is_some_and(is_default) {
+                template.fill(&cast(&null_or(*default), ty))
+            } else {
+                template.fill(&cast(&row[*index], ty))
+            }
+        }
+    }
+}
+
+pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
+    let TableObject::TableName(name) = &ins.table else {
+        return;
+    };
+    let Some(table) = ctx.resolve(name) else {
+        return;
+    };
+    let facts = &table.rules.facts;
+    let values = ins.source.as_ref().and_then(|q| match q.body.as_ref() {
+        SetExpr::Values(v) => Some(v),
+        _ => None,
+    });
+    let explicit: Vec<String> = ins.columns.iter().filter_map(column_name).collect();
+    let implicit = explicit.is_empty();
+    let columns: Vec<String> = if !implicit {
+        explicit
+    } else {
+        let width = match (values, &ins.source) {
+            (Some(v), _) => v.rows.first().map(|r| r.content.len()).unwrap_or(0),
+            (None, Some(_)) => facts.columns.len(),
+            (None, None) => 0,
+        };
+        facts
+            .columns
+            .iter()
+            .take(width)
+            .map(|c| c.name.clone())
+            .collect()
+    };
+
+    let mut additions = Vec::new();
+    for m in &table.mappings {
+        let legacy = columns.iter().position(|c| *c == m.mapping.legacy);
+        let new = columns.iter().position(|c| *c == m.mapping.new);
+        match plan(m, table, legacy, new) {
+            Ok(Some(a)) => additions.push(a),
+            Ok(None) => {}
+            Err(reason) => return ctx.refuse(table, reason),
+        }
+    }
+    if let Some(OnInsert::OnConflict(oc)) = &ins.on {
+        if let OnConflictAction::DoUpdate(du) = &oc.action {
+            assignments(ctx, table, &du.assignments);
+        }
+    }
+    if additions.is_empty() {
+        return;
+    }
+    let Some(source) = &ins.source else {
+        return ctx.refuse(
+            table,
+            "INSERT ... DEFAULT VALUES with a column default to mirror",
+        );
+    };
+    if implicit && ins.source.is_some() && values.is_none() {
+        return ctx.refuse(table, "INSERT ... SELECT without a column list");
+    }
+
+    // The column list.
+    let added_columns: Vec<String> = additions.iter().map(|a| quoted(&a.column)).collect();
+    if implicit {
+        let end = match &ins.table_alias {
+            Some(alias) => alias.alias.span.end,
+            None => name.span().end,
+        };
+        let Some(at) = ctx.map.offset(end) else {
+            return ctx.refuse(table, "no source location for the INSERT target");
+        };
+        let all: Vec<String> = added_columns
+            .into_iter()
+            .chain(columns.iter().map(|c| quoted(c)))
+            .collect();
+        ctx.edits.insert(at, format!(" ({})", all.join(", ")));
+    } else {
+        let Some(at) = ins
+            .columns
+            .first()
+            .and_then(|c| ctx.map.offset(c.span().start))
+        else {
+            return ctx.refuse(table, "no source location for the INSERT column list");
+        };
+        ctx.edits
+            .insert(at, format!("{}, ", added_columns.join(", ")));
+    }
+
+    // The values.
+    match values {
+        Some(v) => {
+            for row in &v.rows {
+                let texts: Vec<String> = row.content.iter().map(|e| ctx.text(e)).collect();
+                let Some(at) = ctx.map.offset(row.opening_token.0.span.end) else {
+                    return ctx.refuse(table, "no source location for a VALUES row");
+                };
+                let vals: Vec<String> = additions
+                    .iter()
+                    .map(|a| value_for(a, &texts, Some(&row.content)))
+                    .collect();
+                ctx.edits.insert(at, format!("{}, ", vals.join(", ")));
+            }
+        }
+        None => {
+            // INSERT ... SELECT: wrap the query and compute from its columns.
+            let Some(range) = ctx.map.range(source.span()) else {
+                return ctx.refuse(table, "no source location for INSERT ... SELECT");
+            };
+            let width = columns.len();
+            let names: Vec<String> = (1..=width).map(|i| format!("_sy_{i}")).collect();
+            let refs: Vec<String> = names.iter().map(|n| format!("_sy.{n}")).collect();
+            let vals: Vec<String> = additions
+                .iter()
+                .map(|a| value_for(a, &refs, None))
+                .collect();
+            let original = &ctx.map.text()[range.clone()];
+            let wrapped = format!(
+                "SELECT {}, _sy.* FROM ({original}) AS _sy({})",
+                vals.join(", "),
+                names.join(", ")
+            );
+            ctx.edits.replace(range, wrapped);
+        }
+    }
+}
+
+pub(crate) fn update(ctx: &mut Ctx<'_>, upd: &Update) {
+    let TableFactor::Table { name, .. } = &upd.table.relation else {
+        return;
+    };
+    let Some(table) = ctx.resolve(name) else {
+        return;
+    };
+    assignments(ctx, table, &upd.assignments);
+}
+
+/// SET lists (UPDATE and ON CONFLICT DO UPDATE).
+fn assignments(ctx: &mut Ctx<'_>, table: &CompiledTable, list: &[Assignment]) {
+    // Flatten `col = v` and `(a, b) = (x, y)` into (column, value) pairs.
+    let mut pairs: Vec<(String, &Expr)> = Vec::new();
+    for a in list {
+        match &a.target {
+            AssignmentTarget::ColumnName(n) => {
+                if let Some(c) = column_name(n) {
+                    pairs.push((c, &a.value));
+                }
+            }
+            AssignmentTarget::Tuple(names) => {
+                let cols: Vec<String> = names.iter().filter_map(column_name).collect();
+                let touches = table
+                    .mappings
+                    .iter()
+                    .any(|m| cols.contains(&m.mapping.legacy) || cols.contains(&m.mapping.new));
+                match &a.value {
+                    Expr::Tuple(values) if values.len() == cols.len() => {
+                        pairs.extend(cols.into_iter().zip(values.iter()));
+                    }
+                    _ if touches => {
+                        return ctx.refuse(table, "a multi-column SET from a sub-select")
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let columns: Vec<String> = pairs.iter().map(|(c, _)| c.clone()).collect();
+    let texts: Vec<String> = pairs.iter().map(|(_, e)| ctx.text(e)).collect();
+    let exprs: Vec<Expr> = pairs.iter().map(|(_, e)| (*e).clone()).collect();
+    let mut added = Vec::new();
+    for m in &table.mappings {
+        let legacy = columns.iter().position(|c| *c == m.mapping.legacy);
+        let new = columns.iter().position(|c| *c == m.mapping.new);
+        match plan(m, table, legacy, new) {
+            // A SET list leaves unnamed columns alone: no default to mirror.
+            Ok(Some(Addition {
+                source: Source::Fixed(_),
+                ..
+            })) => {}
+            Ok(Some(a)) => added.push(format!(
+                "{} = {}",
+                quoted(&a.column),
+                value_for(&a, &texts, Some(&exprs))
+            )),
+            Ok(None) => {}
+            Err(reason) => return ctx.refuse(table, reason),
+        }
+    }
+    if added.is_empty() {
+        return;
+    }
+    // Our assignments go before the first one; a tuple target starts at the
+    // parenthesis just before its first name.
+    let anchor = list.first().and_then(|a| match &a.target {
+        AssignmentTarget::ColumnName(n) => ctx.map.offset(n.span().start),
+        AssignmentTarget::Tuple(names) => {
+            let at = ctx.map.offset(names.first()?.span().start)?;
+            let before = ctx.map.text()[..at].trim_end();
+            before.ends_with('(').then(|| before.len() - 1)
+        }
+    });
+    match anchor {
+        Some(at) => ctx.edits.insert(at, format!("{}, ", added.join(", "))),
+        None => ctx.refuse(table, "no source location for the SET list"),
+    }
+}
+
+#[allow(dead_code)]
+fn is_placeholder(expr: &Expr) -> bool {
+    matches!(expr, Expr::Value(v) if matches!(v.value, Value::Placeholder(_)))
+}

@@ -1,0 +1,142 @@
+use switchyard_rules::fixtures::users;
+use switchyard_rules::{ActiveRules, Phase, Rewrite};
+
+fn rw(phase: Phase, sql: &str) -> Rewrite {
+    let rules = ActiveRules::compile(users(phase.routing().unwrap())).unwrap();
+    rules.rewrite(sql, &["public".to_string()])
+}
+
+fn text(phase: Phase, sql: &str) -> String {
+    match rw(phase, sql) {
+        Rewrite::Rewritten(s) => s,
+        other => panic!("{sql}: {other:?}"),
+    }
+}
+
+const DW: Phase = Phase::DualWrite;
+
+#[test]
+fn untouched_statements_pass() {
+    assert_eq!(rw(DW, "select 1"), Rewrite::Unchanged);
+    assert_eq!(
+        rw(DW, "insert into orders(email) values ($1)"),
+        Rewrite::Unchanged
+    );
+    assert_eq!(
+        rw(DW, "insert into archive.users(email) values ($1)"),
+        Rewrite::Unchanged
+    );
+    assert_eq!(
+        rw(DW, "select email from users where id = $1"),
+        Rewrite::Unchanged
+    );
+    assert_eq!(
+        rw(Phase::Expanded, "insert into users(email) values ($1)"),
+        Rewrite::Unchanged
+    );
+    assert_eq!(
+        rw(
+            DW,
+            "insert into users(email, email_address) values ($1, $2)"
+        ),
+        Rewrite::Unchanged
+    );
+}
+
+#[test]
+fn insert_values_single_and_multi_row() {
+    assert_eq!(
+        text(DW, "INSERT INTO users (name, email) VALUES ($1, $2) RETURNING id"),
+        "INSERT INTO users (email_address, name, email) VALUES ((lower((($2)::character varying(320)))), $1, $2) RETURNING id"
+    );
+    assert_eq!(
+        text(DW, "insert into public.users(email) values ('A@x'), (DEFAULT), ($1)"),
+        "insert into public.users(email_address, email) values ((lower((('A@x')::character varying(320)))), 'A@x'), ((lower(((NULL)::character varying(320)))), DEFAULT), ((lower((($1)::character varying(320)))), $1)"
+    );
+}
+
+#[test]
+fn insert_without_column_list_uses_the_catalog() {
+    assert_eq!(
+        text(DW, "insert into users values (1, 'B@x', 'b')"),
+        "insert into users (email_address, id, email, name) values ((lower((('B@x')::character varying(320)))), 1, 'B@x', 'b')"
+    );
+}
+
+#[test]
+fn new_only_writes_get_the_legacy_column_through_backward() {
+    assert_eq!(
+        text(DW, "insert into users(email_address) values ($1)"),
+        "insert into users(email, email_address) values (((($1)::character varying(320))), $1)"
+    );
+}
+
+#[test]
+fn update_set_and_tuple_set() {
+    assert_eq!(
+        text(DW, "update users set email = $1 where id = $2"),
+        "update users set email_address = (lower((($1)::character varying(320)))), email = $1 where id = $2"
+    );
+    assert_eq!(
+        text(DW, "UPDATE users SET (name, email) = ('n', upper(email)) WHERE id = 1"),
+        "UPDATE users SET email_address = (lower(((upper(email))::character varying(320)))), (name, email) = ('n', upper(email)) WHERE id = 1"
+    );
+    assert_eq!(rw(DW, "update users set name = 'x'"), Rewrite::Unchanged);
+}
+
+#[test]
+fn upsert_sets_both_in_the_insert_and_the_update() {
+    assert_eq!(
+        text(DW, "insert into users(id, email) values ($1, $2) on conflict (id) do update set email = excluded.email"),
+        "insert into users(email_address, id, email) values ((lower((($2)::character varying(320)))), $1, $2) on conflict (id) do update set email_address = (lower(((excluded.email)::character varying(320)))), email = excluded.email"
+    );
+}
+
+#[test]
+fn insert_select_is_wrapped() {
+    assert_eq!(
+        text(DW, "insert into users(id, email) select id, mail from imports"),
+        "insert into users(email_address, id, email) SELECT (lower(((_sy._sy_2)::character varying(320)))), _sy.* FROM (select id, mail from imports) AS _sy(_sy_1, _sy_2)"
+    );
+}
+
+#[test]
+fn dml_in_ctes_and_prepare_and_multi_statement() {
+    assert_eq!(
+        text(DW, "with x as (update users set email = 'a' returning id) select * from x"),
+        "with x as (update users set email_address = (lower((('a')::character varying(320)))), email = 'a' returning id) select * from x"
+    );
+    assert_eq!(
+        text(DW, "PREPARE p(text) AS UPDATE users SET email = $1; select 1; update users set email = 'b'"),
+        "PREPARE p(text) AS UPDATE users SET email_address = (lower((($1)::character varying(320)))), email = $1; select 1; update users set email_address = (lower((('b')::character varying(320)))), email = 'b'"
+    );
+}
+
+#[test]
+fn comments_and_formatting_survive() {
+    let sql = "/* app:checkout */ UPDATE users\n  SET email = $1 -- trailing\n WHERE id = $2";
+    assert_eq!(
+        text(DW, sql),
+        "/* app:checkout */ UPDATE users\n  SET email_address = (lower((($1)::character varying(320)))), email = $1 -- trailing\n WHERE id = $2"
+    );
+}
+
+#[test]
+fn what_cannot_be_rewritten_is_reported() {
+    for sql in [
+        "copy users from stdin",
+        "select * from users for no key update",
+        "insert into users(email) values ($1) on conflict (lower(email)) do nothing",
+    ] {
+        match rw(DW, sql) {
+            Rewrite::Unsupported(u) => {
+                assert_eq!(u.migrations, vec!["users-email".to_string()], "{sql}")
+            }
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        rw(Phase::Contracted, "update users set email = 'x'"),
+        Rewrite::Unsupported(_)
+    ));
+}
