@@ -9,6 +9,7 @@ use switchyard_control::http;
 use tokio::sync::watch;
 
 use crate::metrics::ProxyMetrics;
+use crate::routing::RulesHub;
 use crate::server::{Proxy, ProxyHandle, State};
 use crate::ProxyConfig;
 
@@ -23,6 +24,8 @@ pub struct App {
     pub control_addr: SocketAddr,
     /// The proxy's metrics.
     pub metrics: ProxyMetrics,
+    /// The routing rules (installed in-process until the control plane publishes them).
+    pub rules: Arc<RulesHub>,
 }
 
 impl App {
@@ -40,6 +43,7 @@ impl App {
         let api_task = tokio::spawn(http::serve(control, api, stop_rx));
         Ok(App {
             proxy_addr: proxy.local_addr(),
+            rules: proxy.rules(),
             proxy,
             api_stop,
             api_task,

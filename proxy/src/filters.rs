@@ -1,49 +1,50 @@
-//! What the relay looks at in each direction.
-//!
-//! Today: the end of a session and the transaction status. Rule-driven
-//! rewriting hooks in here without touching the relay's I/O.
+//! What the relay looks at in each direction: the end of a session, the
+//! transaction status, and (through the session router) rule-driven
+//! rewriting and the replies owed for it.
+
+use std::sync::Arc;
 
 use crate::relay::{Action, FrameFilter};
+use crate::routing::SessionRouter;
 use crate::session::is_fatal;
 
 /// Frames from the application.
-#[derive(Debug, Default)]
-pub struct ClientFilter;
+pub struct ClientFilter {
+    /// Routing of this session.
+    pub router: Arc<SessionRouter>,
+}
 
 impl FrameFilter for ClientFilter {
-    fn on_frame(&mut self, tag: u8, _frame: &[u8]) -> Action {
+    fn on_frame(&mut self, tag: u8, frame: &[u8]) -> Action {
         match tag {
             b'X' => Action::ForwardAndStop,
-            _ => Action::Forward,
+            // CopyData never changes routing state.
+            b'd' => Action::Forward,
+            _ => self.router.on_client(tag, frame),
         }
     }
 }
 
 /// Frames from the server.
-#[derive(Debug)]
 pub struct ServerFilter {
     /// The server sent a FATAL error, so it will close the connection itself.
     pub fatal_seen: bool,
-    /// Transaction status of the last `ReadyForQuery` (`I`, `T` or `E`).
-    pub txn_status: u8,
-}
-
-impl Default for ServerFilter {
-    fn default() -> Self {
-        ServerFilter {
-            fatal_seen: false,
-            txn_status: b'I',
-        }
-    }
+    /// Routing of this session.
+    pub router: Arc<SessionRouter>,
 }
 
 impl FrameFilter for ServerFilter {
     fn on_frame(&mut self, tag: u8, frame: &[u8]) -> Action {
         match tag {
-            b'Z' if frame.len() == 6 => self.txn_status = frame[5],
-            b'E' if is_fatal(&frame[5..]) => self.fatal_seen = true,
-            _ => {}
+            // Rows, copy data, notices and notifications: nothing to track.
+            b'D' | b'd' | b'N' | b'A' | b'S' | b't' | b'V' | b'H' | b'W' | b'c' => Action::Forward,
+            b'E' => {
+                if is_fatal(&frame[5..]) {
+                    self.fatal_seen = true;
+                }
+                self.router.on_server(tag, frame)
+            }
+            _ => self.router.on_server(tag, frame),
         }
-        Action::Forward
     }
 }

@@ -9,6 +9,7 @@ pub mod filters;
 pub mod frame;
 pub mod metrics;
 pub mod relay;
+pub mod routing;
 pub mod server;
 pub mod session;
 pub mod startup;

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::ProxyConfig;
 use crate::metrics::ProxyMetrics;
+use crate::routing::RulesHub;
 use crate::tls;
 use crate::upstream::Upstream;
 
@@ -42,6 +43,8 @@ pub struct Shared {
     pub cancel_keys: DashMap<Bytes, ()>,
     /// The proxy's lifecycle state.
     pub state: watch::Receiver<State>,
+    /// Routing rules.
+    pub rules: Arc<RulesHub>,
 }
 
 /// Why the proxy could not start.
@@ -87,6 +90,7 @@ impl Proxy {
             metrics,
             cancel_keys: DashMap::new(),
             state,
+            rules: Arc::new(RulesHub::default()),
         });
         Ok(Proxy {
             shared,
@@ -105,6 +109,7 @@ impl Proxy {
     /// Starts accepting in a background task.
     pub fn spawn(self) -> ProxyHandle {
         let addr = self.local_addr();
+        let rules = self.shared.rules.clone();
         let drain = self.shared.config.drain_timeout;
         let state_tx = Arc::new(self.state_tx);
         let task = tokio::spawn(accept_loop(
@@ -117,6 +122,7 @@ impl Proxy {
             addr,
             state_tx,
             task,
+            rules,
         }
     }
 }
@@ -124,6 +130,7 @@ impl Proxy {
 /// Controls a running proxy.
 pub struct ProxyHandle {
     addr: SocketAddr,
+    rules: Arc<RulesHub>,
     state_tx: Arc<watch::Sender<State>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -144,6 +151,11 @@ impl ProxyHandle {
     /// Waits until the proxy has stopped (after `shutdown` from a signal).
     pub async fn wait(self) {
         let _ = self.task.await;
+    }
+
+    /// The routing rules of this proxy.
+    pub fn rules(&self) -> Arc<RulesHub> {
+        self.rules.clone()
     }
 
     /// A sender that starts the drain, for signal handlers.

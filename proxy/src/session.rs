@@ -14,6 +14,7 @@ use crate::error::{error_fields, SessionError};
 use crate::filters::{ClientFilter, ServerFilter};
 use crate::frame::{take_frame, Frame, FrameScanner};
 use crate::relay::{Pump, PumpEnd, PumpError};
+use crate::routing::SessionRouter;
 use crate::server::{wait_until, Shared, State};
 use crate::startup::{self, StartupMessage, StartupPacket};
 use crate::stream::MaybeTls;
@@ -110,7 +111,17 @@ async fn serve(
     if let Some(key) = &key {
         shared.cancel_keys.insert(key.clone(), ());
     }
-    let result = relay(shared, client, server, client_buf, server_buf, summary).await;
+    let search_path = startup_search_path(&startup);
+    let router = Arc::new(SessionRouter::new(
+        shared.rules.clone(),
+        startup.user(),
+        startup.database(),
+        search_path.as_deref(),
+    ));
+    let result = relay(
+        shared, client, server, client_buf, server_buf, router, summary,
+    )
+    .await;
     if let Some(key) = &key {
         shared.cancel_keys.remove(key);
     }
@@ -373,6 +384,7 @@ async fn relay(
     server: MaybeTls,
     client_buf: BytesMut,
     server_buf: BytesMut,
+    router: Arc<SessionRouter>,
     summary: &mut Summary,
 ) -> Result<&'static str, SessionError> {
     let client_scanner = FrameScanner {
@@ -391,8 +403,13 @@ async fn relay(
     let mut s2c = Pump::new(server_buf, server_scanner, s2c_traffic);
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut sr, mut sw) = tokio::io::split(server);
-    let mut client_filter = ClientFilter;
-    let mut server_filter = ServerFilter::default();
+    let mut client_filter = ClientFilter {
+        router: router.clone(),
+    };
+    let mut server_filter = ServerFilter {
+        fatal_seen: false,
+        router,
+    };
     let mut state = shared.state.clone();
 
     let outcome = tokio::select! {
@@ -457,4 +474,24 @@ async fn write_final<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io:
 /// Whether an `ErrorResponse` body is FATAL or PANIC (the server closes next).
 pub fn is_fatal(body: &[u8]) -> bool {
     matches!(error_fields(body).0, Some(b"FATAL") | Some(b"PANIC"))
+}
+
+/// The search path a session starts with: the `search_path` startup
+/// parameter, or `-c search_path=...` in `options`.
+fn startup_search_path(startup: &StartupMessage) -> Option<String> {
+    if let Some(sp) = startup.params.get("search_path") {
+        return Some(sp.clone());
+    }
+    let options = startup.params.get("options")?;
+    let mut words = options.split_whitespace();
+    while let Some(w) = words.next() {
+        let setting = match w {
+            "-c" => words.next()?,
+            w => w.strip_prefix("--").or_else(|| w.strip_prefix("-c"))?,
+        };
+        if let Some(v) = setting.strip_prefix("search_path=") {
+            return Some(v.to_owned());
+        }
+    }
+    None
 }

@@ -8,6 +8,7 @@ pub mod certs;
 pub mod cluster;
 pub mod proxy;
 pub mod raw;
+pub mod rules;
 pub mod tools;
 
 pub use certs::TestCerts;

@@ -101,6 +101,11 @@ impl TestProxy {
         connect(&self.conn_str(user, "postgres")).await
     }
 
+    /// The proxy's routing rules.
+    pub fn rules(&self) -> std::sync::Arc<switchyard::routing::RulesHub> {
+        self.app.as_ref().expect("running").rules.clone()
+    }
+
     /// Graceful shutdown: drain, then close.
     pub async fn shutdown(mut self) {
         if let Some(app) = self.app.take() {

@@ -1,0 +1,106 @@
+//! The rules every session of this proxy reads, swapped atomically, and the
+//! acknowledgement the control plane waits for.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use switchyard_rules::active::RuleError;
+use switchyard_rules::cache::RewriteCache;
+use switchyard_rules::{ActiveRules, RuleSet};
+use tracing::{info, warn};
+
+/// Shared routing state of one proxy instance.
+pub struct RulesHub {
+    current: ArcSwap<ActiveRules>,
+    /// Rewrites shared by all sessions.
+    pub cache: RewriteCache,
+    /// Versions still in use by sessions inside a transaction or pipeline.
+    pins: DashMap<u64, u64>,
+    next_session: AtomicU64,
+    logged: DashMap<String, ()>,
+    resync: DashMap<String, u64>,
+}
+
+impl Default for RulesHub {
+    fn default() -> Self {
+        RulesHub {
+            current: ArcSwap::from_pointee(ActiveRules::default()),
+            cache: RewriteCache::new(10_000),
+            pins: DashMap::new(),
+            next_session: AtomicU64::new(1),
+            logged: DashMap::new(),
+            resync: DashMap::new(),
+        }
+    }
+}
+
+impl RulesHub {
+    /// Compiles and installs a rule set: one atomic swap. Returns the time
+    /// the swap itself took.
+    pub fn install(&self, set: RuleSet) -> Result<Duration, RuleError> {
+        let version = set.version;
+        let active = Arc::new(ActiveRules::compile(set)?);
+        let started = Instant::now();
+        self.current.store(active);
+        let took = started.elapsed();
+        info!(
+            version,
+            swap_us = took.as_micros() as u64,
+            "rules installed"
+        );
+        Ok(took)
+    }
+
+    /// The rules new transactions run under.
+    pub fn current(&self) -> Arc<ActiveRules> {
+        self.current.load_full()
+    }
+
+    /// The lowest rules version any open transaction of this instance still
+    /// runs under (the current version when none lags behind).
+    pub fn acknowledged(&self) -> u64 {
+        let current = self.current.load().version();
+        self.pins.iter().map(|e| *e.value()).fold(current, u64::min)
+    }
+
+    /// A new session id.
+    pub fn register(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records that `session` runs under `version` until `unpin`.
+    pub fn pin(&self, session: u64, version: u64) {
+        self.pins.insert(session, version);
+    }
+
+    /// The session is idle: it holds no version.
+    pub fn unpin(&self, session: u64) {
+        self.pins.remove(&session);
+    }
+
+    /// Records that writes of `migrations` escaped the rewrite, so their
+    /// tables need another backfill pass before parity can pass.
+    pub fn note_resync(&self, migrations: &[String]) {
+        for m in migrations {
+            *self.resync.entry(m.clone()).or_insert(0) += 1;
+        }
+    }
+
+    /// Unrewritten writes per migration since start.
+    pub fn resync_needed(&self) -> Vec<(String, u64)> {
+        self.resync
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect()
+    }
+
+    /// Logs a statement that could not be rewritten, once per text.
+    pub fn log_unsupported(&self, sql: &str, reason: &str) {
+        if self.logged.len() < 10_000 && self.logged.insert(sql.to_owned(), ()).is_none() {
+            warn!(statement = %sql, reason, "statement touches a routed table but cannot be rewritten");
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Routing rules in the wire path: the shared hub, the per-session router
+//! and the messages they read and write.
+
+pub mod hub;
+pub mod messages;
+pub mod router;
+
+pub use hub::RulesHub;
+pub use router::SessionRouter;

@@ -1,0 +1,391 @@
+//! Per-session routing: rewrites statements under the session's rules
+//! version, re-prepares statements that were prepared under an older one,
+//! and keeps the queue of replies the server owes so that replies to
+//! injected messages are swallowed without desynchronising the client.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use switchyard_rules::cache::SearchPath;
+use switchyard_rules::{ActiveRules, ReadRoute, Rewrite, Unsupported};
+
+use super::hub::RulesHub;
+use super::messages::{self, Parse};
+use crate::relay::Action;
+
+/// A reply (or group of replies) the server owes, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Expect {
+    Parse { injected: Option<String> },
+    Bind,
+    Close { injected: bool },
+    Describe,
+    Execute,
+    Sync,
+    Query,
+    Function,
+}
+
+#[derive(Debug)]
+struct Prepared {
+    parse: Parse,
+    version: u64,
+    sent: String,
+}
+
+struct State {
+    rules: Arc<ActiveRules>,
+    idle: bool,
+    pinned: bool,
+    pending: VecDeque<Expect>,
+    statements: HashMap<String, Prepared>,
+    /// In extended-protocol COPY FROM STDIN, where the server ignores Sync.
+    copy_in: bool,
+}
+
+/// Routing state of one session, shared by its two directions.
+pub struct SessionRouter {
+    hub: Arc<RulesHub>,
+    id: u64,
+    database: String,
+    search_path: SearchPath,
+    state: Mutex<State>,
+}
+
+impl SessionRouter {
+    /// Routing for a session of `user` on `database`; `search_path` is the
+    /// startup setting, if any.
+    pub fn new(hub: Arc<RulesHub>, user: &str, database: &str, search_path: Option<&str>) -> Self {
+        let schemas = match search_path {
+            Some(sp) => sp
+                .split(',')
+                .filter_map(|s| switchyard_rules::ident::fold(s.trim()))
+                .map(|s| if s == "$user" { user.to_owned() } else { s })
+                .collect(),
+            None => vec![user.to_owned(), "public".to_owned()],
+        };
+        SessionRouter {
+            id: hub.register(),
+            state: Mutex::new(State {
+                rules: hub.current(),
+                idle: true,
+                pinned: false,
+                pending: VecDeque::new(),
+                statements: HashMap::new(),
+                copy_in: false,
+            }),
+            hub,
+            database: database.to_owned(),
+            search_path: SearchPath::new(schemas),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The rules version the session runs under now.
+    pub fn version(&self) -> u64 {
+        self.lock().rules.version()
+    }
+
+    /// Handles one frame from the client.
+    pub fn on_client(&self, tag: u8, frame: &[u8]) -> Action {
+        let body = &frame[5..];
+        let mut st = self.lock();
+        match tag {
+            b'Q' => {
+                self.adopt(&mut st);
+                st.pending.push_back(Expect::Query);
+                let Some(sql) = messages::query_text(body) else {
+                    return Action::Forward;
+                };
+                if starts_with_words(sql, &["discard", "all"])
+                    || starts_with_words(sql, &["deallocate", "all"])
+                {
+                    st.statements.clear();
+                }
+                match self.rewrite(&st.rules, sql) {
+                    Outcome::Same => Action::Forward,
+                    Outcome::Text(text) => Action::Replace(messages::query(&text)),
+                    Outcome::Refuse(message) => {
+                        Action::Replace(messages::query(&refusal(&message)))
+                    }
+                }
+            }
+            b'P' => {
+                self.adopt(&mut st);
+                st.pending.push_back(Expect::Parse { injected: None });
+                let Some(parse) = Parse::decode(body) else {
+                    return Action::Forward;
+                };
+                let (sent, action) = match self.rewrite(&st.rules, &parse.query) {
+                    Outcome::Same => (parse.query.clone(), Action::Forward),
+                    Outcome::Text(text) => {
+                        let frame = parse.frame_with(&text);
+                        (text, Action::Replace(frame))
+                    }
+                    Outcome::Refuse(message) => {
+                        let text = refusal(&message);
+                        let frame = parse.frame_with(&text);
+                        (text, Action::Replace(frame))
+                    }
+                };
+                let version = st.rules.version();
+                st.statements.insert(
+                    parse.name.clone(),
+                    Prepared {
+                        parse,
+                        version,
+                        sent,
+                    },
+                );
+                action
+            }
+            b'B' => {
+                self.adopt(&mut st);
+                let inject = messages::bind_statement(body).and_then(|n| self.refresh(&mut st, n));
+                st.pending.push_back(Expect::Bind);
+                with_prefix(inject, frame)
+            }
+            b'D' => {
+                self.adopt(&mut st);
+                let inject = match messages::target(body) {
+                    Some((b'S', name)) => self.refresh(&mut st, name),
+                    _ => None,
+                };
+                st.pending.push_back(Expect::Describe);
+                with_prefix(inject, frame)
+            }
+            b'E' => {
+                st.pending.push_back(Expect::Execute);
+                Action::Forward
+            }
+            b'C' => {
+                if let Some((b'S', name)) = messages::target(body) {
+                    if let Ok(name) = std::str::from_utf8(name) {
+                        st.statements.remove(name);
+                    }
+                }
+                st.pending.push_back(Expect::Close { injected: false });
+                Action::Forward
+            }
+            b'S' => {
+                if !st.copy_in {
+                    st.pending.push_back(Expect::Sync);
+                }
+                Action::Forward
+            }
+            b'c' | b'f' => {
+                st.copy_in = false;
+                Action::Forward
+            }
+            b'F' => {
+                self.adopt(&mut st);
+                st.pending.push_back(Expect::Function);
+                Action::Forward
+            }
+            _ => Action::Forward,
+        }
+    }
+
+    /// Handles one frame from the server.
+    pub fn on_server(&self, tag: u8, frame: &[u8]) -> Action {
+        let mut st = self.lock();
+        match tag {
+            b'1' => {
+                if let Some(Expect::Parse { injected }) = st.pending.front().cloned() {
+                    st.pending.pop_front();
+                    if injected.is_some() {
+                        return Action::Replace(Bytes::new());
+                    }
+                }
+            }
+            b'2' => pop_if(&mut st, |e| *e == Expect::Bind),
+            b'3' => {
+                if let Some(Expect::Close { injected }) = st.pending.front().cloned() {
+                    st.pending.pop_front();
+                    if injected {
+                        return Action::Replace(Bytes::new());
+                    }
+                }
+            }
+            // COPY FROM STDIN started by Execute: Syncs the client sent
+            // before its CopyDone are ignored by the server.
+            b'G' if st.pending.front() == Some(&Expect::Execute) => {
+                st.copy_in = true;
+                st.pending.retain(|e| *e != Expect::Sync);
+            }
+            b'n' => pop_if(&mut st, |e| *e == Expect::Describe),
+            b'T' => pop_if(&mut st, |e| *e == Expect::Describe),
+            b'C' | b'I' | b's' => pop_if(&mut st, |e| *e == Expect::Execute),
+            // In extended mode the server skips everything up to the next
+            // Sync; an injected Parse skipped that way must be redone.
+            b'E' if !matches!(
+                st.pending.front(),
+                Some(Expect::Query | Expect::Function) | None
+            ) =>
+            {
+                while let Some(e) = st.pending.front().cloned() {
+                    if e == Expect::Sync {
+                        break;
+                    }
+                    st.pending.pop_front();
+                    if let Expect::Parse {
+                        injected: Some(name),
+                    } = e
+                    {
+                        if let Some(p) = st.statements.get_mut(&name) {
+                            p.version = 0;
+                            p.sent.clear();
+                        }
+                    }
+                }
+            }
+            b'Z' => {
+                while let Some(e) = st.pending.pop_front() {
+                    if matches!(e, Expect::Sync | Expect::Query | Expect::Function) {
+                        break;
+                    }
+                }
+                st.idle = frame.get(5) == Some(&b'I');
+                if st.idle && st.pending.is_empty() && st.pinned {
+                    st.pinned = false;
+                    self.hub.unpin(self.id);
+                }
+            }
+            _ => {}
+        }
+        Action::Forward
+    }
+
+    /// Between transactions, with nothing in flight, take the newest rules;
+    /// then pin the version for the work that starts now.
+    fn adopt(&self, st: &mut State) {
+        if st.idle && st.pending.is_empty() {
+            let current = self.hub.current();
+            if current.version() != st.rules.version() {
+                st.rules = current;
+            }
+        }
+        if !st.pinned {
+            st.pinned = true;
+            self.hub.pin(self.id, st.rules.version());
+        }
+    }
+
+    /// Re-prepares `name` if it was prepared under another rules version and
+    /// its rewrite differs now; returns the Close+Parse to send first.
+    fn refresh(&self, st: &mut State, name: &[u8]) -> Option<Bytes> {
+        let name = std::str::from_utf8(name).ok()?;
+        let version = st.rules.version();
+        let rules = st.rules.clone();
+        let prepared = st.statements.get(name)?;
+        if prepared.version == version {
+            return None;
+        }
+        let text = match self.rewrite(&rules, &prepared.parse.query) {
+            Outcome::Same => prepared.parse.query.clone(),
+            Outcome::Text(t) => t,
+            Outcome::Refuse(m) => refusal(&m),
+        };
+        let prepared = st.statements.get_mut(name)?;
+        prepared.version = version;
+        if text == prepared.sent {
+            return None;
+        }
+        let parse = prepared.parse.frame_with(&text);
+        prepared.sent = text;
+        let mut out = BytesMut::new();
+        if !name.is_empty() {
+            out.extend_from_slice(&messages::close_statement(name));
+            st.pending.push_back(Expect::Close { injected: true });
+        }
+        out.extend_from_slice(&parse);
+        st.pending.push_back(Expect::Parse {
+            injected: Some(name.to_owned()),
+        });
+        Some(out.freeze())
+    }
+
+    fn rewrite(&self, rules: &ActiveRules, sql: &str) -> Outcome {
+        if rules.set.database != self.database {
+            return Outcome::Same;
+        }
+        let Some(result) = self.hub.cache.rewrite(rules, sql, &self.search_path) else {
+            return Outcome::Same;
+        };
+        match &*result {
+            Rewrite::Unchanged => Outcome::Same,
+            Rewrite::Rewritten(text) => Outcome::Text(text.clone()),
+            Rewrite::Unsupported(u) => self.unsupported(rules, sql, u),
+        }
+    }
+
+    /// Before reads switch, an unrewritable write is forwarded (the table
+    /// then needs another backfill pass); from then on it is refused.
+    fn unsupported(&self, rules: &ActiveRules, sql: &str, u: &Unsupported) -> Outcome {
+        self.hub.log_unsupported(sql, &u.reason);
+        let switched = rules.tables.iter().flat_map(|t| &t.mappings).any(|m| {
+            u.migrations.contains(&m.mapping.migration) && m.mapping.routing.reads == ReadRoute::New
+        });
+        if switched {
+            Outcome::Refuse(format!(
+                "Switchyard cannot route this statement for migration {}: {}",
+                u.migrations.join(", "),
+                u.reason
+            ))
+        } else {
+            self.hub.note_resync(&u.migrations);
+            Outcome::Same
+        }
+    }
+}
+
+impl Drop for SessionRouter {
+    fn drop(&mut self) {
+        self.hub.unpin(self.id);
+    }
+}
+
+enum Outcome {
+    Same,
+    Text(String),
+    Refuse(String),
+}
+
+fn pop_if(st: &mut State, pred: impl Fn(&Expect) -> bool) {
+    if st.pending.front().is_some_and(pred) {
+        st.pending.pop_front();
+    }
+}
+
+fn with_prefix(prefix: Option<Bytes>, frame: &[u8]) -> Action {
+    match prefix {
+        None => Action::Forward,
+        Some(p) => {
+            let mut out = BytesMut::with_capacity(p.len() + frame.len());
+            out.extend_from_slice(&p);
+            out.extend_from_slice(frame);
+            Action::Replace(out.freeze())
+        }
+    }
+}
+
+/// A statement that fails on the server with SQLSTATE 0A000 and `message`,
+/// so that the client gets a normal error and ReadyForQuery in order.
+fn refusal(message: &str) -> String {
+    format!(
+        "DO $switchyard$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '{}'; END $switchyard$",
+        message.replace('\'', "''").replace("$switchyard$", "")
+    )
+}
+
+fn starts_with_words(sql: &str, words: &[&str]) -> bool {
+    let mut rest = sql.split_whitespace();
+    words.iter().all(|w| {
+        rest.next()
+            .is_some_and(|x| x.trim_end_matches(';').eq_ignore_ascii_case(w))
+    })
+}

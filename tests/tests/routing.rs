@@ -1,0 +1,244 @@
+//! Rule-driven rewriting in the wire path, against real PostgreSQL.
+
+use std::sync::Arc;
+
+use switchyard::routing::RulesHub;
+use switchyard_rules::Phase;
+use switchyard_tests::rules::{install, single_pair, table_facts};
+use switchyard_tests::{Cluster, TestProxy, TestProxyOptions};
+
+struct Env {
+    _cluster: Cluster,
+    proxy: TestProxy,
+    direct: tokio_postgres::Client,
+    hub: Arc<RulesHub>,
+    version: u64,
+}
+
+impl Env {
+    async fn new() -> Env {
+        let cluster = Cluster::start().unwrap();
+        let proxy = TestProxy::start(&cluster, TestProxyOptions::default())
+            .await
+            .unwrap();
+        let direct = switchyard_tests::proxy::connect(&cluster.conn_str("trust_user", "postgres"))
+            .await
+            .unwrap();
+        direct
+            .batch_execute(
+                "create table users(id serial primary key, email varchar(320), name text, status int default 0);
+                 alter table users add column email_address varchar(320);",
+            )
+            .await
+            .unwrap();
+        let hub = proxy.rules();
+        Env {
+            _cluster: cluster,
+            proxy,
+            direct,
+            hub,
+            version: 0,
+        }
+    }
+
+    async fn phase(&mut self, phase: Phase) -> u64 {
+        self.version += 1;
+        let facts = table_facts(&self.direct, "public", "users").await.unwrap();
+        install(
+            &self.hub,
+            single_pair(
+                self.version,
+                "postgres",
+                facts,
+                "email",
+                "email_address",
+                "lower(email)",
+                "email_address",
+                phase,
+            ),
+        );
+        self.version
+    }
+
+    /// Rows where the new column does not mirror the legacy one.
+    async fn mismatches(&self) -> i64 {
+        self.direct
+            .query_one(
+                "select count(*) from users where email_address is distinct from lower(email)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    async fn new_value(&self, id: i32) -> Option<String> {
+        self.direct
+            .query_one("select email_address from users where id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_write_through_simple_and_extended_protocol() {
+    let mut env = Env::new().await;
+    env.phase(Phase::DualWrite).await;
+    let c = env.proxy.connect("trust_user").await.unwrap();
+    c.batch_execute(
+        "insert into users(email, name) values ('A@X.io', 'a'), ('B@x.io', 'b');
+         insert into users values (default, 'C@X.io', 'c');
+         update users set email = email || '.Uk' where name = 'a';",
+    )
+    .await
+    .unwrap();
+    let id: i32 = c
+        .query_one(
+            "insert into users(name, email) values ($1, $2) returning id",
+            &[&"d", &"D@X.io"],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    c.execute(
+        "update users set email = $1 where id = $2",
+        &[&"Dd@X.io", &id],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "insert into users(id, email) values ($1, $2) on conflict (id) do update set email = excluded.email",
+        &[&id, &"E@X.io"],
+    )
+    .await
+    .unwrap();
+    // A newer application version that writes only the new column.
+    c.execute(
+        "insert into users(email_address, name) values ($1, 'f')",
+        &[&"f@x.io"],
+    )
+    .await
+    .unwrap();
+    let legacy: String = env
+        .direct
+        .query_one("select email from users where name = 'f'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(legacy, "f@x.io");
+    assert_eq!(env.new_value(id).await.as_deref(), Some("e@x.io"));
+    assert_eq!(env.mismatches().await, 0);
+    let n: i64 = env
+        .direct
+        .query_one("select count(*) from users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_statement_follows_every_flip() {
+    let mut env = Env::new().await;
+    env.phase(Phase::Expanded).await;
+    let c = env.proxy.connect("scram_user").await.unwrap();
+    let insert = c
+        .prepare("insert into users(email) values ($1) returning id")
+        .await
+        .unwrap();
+    let select = c
+        .prepare("select id, email from users where id = $1")
+        .await
+        .unwrap();
+    let mut expect_mirrored = Vec::new();
+    for (i, phase) in [
+        Phase::Expanded,
+        Phase::DualWrite,
+        Phase::Expanded,
+        Phase::DualWrite,
+        Phase::Backfilled,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        env.phase(phase).await;
+        let id: i32 = c
+            .query_one(&insert, &[&format!("User{i}@X.io")])
+            .await
+            .unwrap()
+            .get(0);
+        // The result shape of other prepared statements is unchanged.
+        let row = c.query_one(&select, &[&id]).await.unwrap();
+        assert_eq!(row.get::<_, String>(1), format!("User{i}@X.io"));
+        let mirrored = env.new_value(id).await.is_some();
+        expect_mirrored.push((phase, mirrored));
+    }
+    assert_eq!(
+        expect_mirrored,
+        vec![
+            (Phase::Expanded, false),
+            (Phase::DualWrite, true),
+            (Phase::Expanded, false),
+            (Phase::DualWrite, true),
+            (Phase::Backfilled, true)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_runs_under_one_rules_version() {
+    let mut env = Env::new().await;
+    let v1 = env.phase(Phase::Expanded).await;
+    let c = env.proxy.connect("trust_user").await.unwrap();
+    c.batch_execute("begin; insert into users(id, email) values (1, 'One@x')")
+        .await
+        .unwrap();
+    assert_eq!(env.hub.acknowledged(), v1);
+    let v2 = env.phase(Phase::DualWrite).await;
+    // The open transaction keeps v1, and holds back the acknowledgement.
+    c.batch_execute("insert into users(id, email) values (2, 'Two@x')")
+        .await
+        .unwrap();
+    assert_eq!(env.hub.acknowledged(), v1);
+    c.batch_execute("commit").await.unwrap();
+    assert_eq!(env.hub.acknowledged(), v2);
+    c.batch_execute("insert into users(id, email) values (3, 'Three@x')")
+        .await
+        .unwrap();
+    assert_eq!(env.new_value(1).await, None);
+    assert_eq!(env.new_value(2).await, None);
+    assert_eq!(env.new_value(3).await.as_deref(), Some("three@x"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrewritable_writes_are_counted_before_the_switch_and_refused_after() {
+    let mut env = Env::new().await;
+    env.phase(Phase::DualWrite).await;
+    let c = env.proxy.connect("trust_user").await.unwrap();
+    let sink = c.copy_in("copy users(id, email) from stdin").await.unwrap();
+    futures_util::pin_mut!(sink);
+    futures_util::SinkExt::send(&mut sink, bytes::Bytes::from_static(b"10\tCopy@x\n"))
+        .await
+        .unwrap();
+    sink.finish().await.unwrap();
+    assert_eq!(
+        env.hub.resync_needed(),
+        vec![("users-email".to_string(), 1)]
+    );
+    assert_eq!(env.mismatches().await, 1, "the COPY bypassed dual-write");
+
+    env.phase(Phase::ReadsSwitched).await;
+    let err = c
+        .batch_execute("copy users(id, email) from stdin")
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+    assert_eq!(db.code().code(), "0A000");
+    assert!(db.message().contains("users-email"), "{}", db.message());
+    // The session is still usable.
+    assert_eq!(
+        c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
+}
