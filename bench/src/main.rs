@@ -4,7 +4,6 @@
 //! Each round runs every path for every cell back to back, so that the noise
 //! of a shared machine hits all paths alike; the median round is reported.
 
-mod pgbouncer;
 mod report;
 
 use std::path::Path;
@@ -88,7 +87,7 @@ fn main() -> anyhow::Result<()> {
         ..ProxyConfig::default()
     };
     let app = runtime.block_on(App::start(config))?;
-    let bouncer = pgbouncer::PgBouncer::start(&cluster)?;
+    let bouncer = switchyard_tests::pgbouncer::PgBouncer::start(&cluster)?;
 
     let paths = [
         ("direct", cluster.port),

@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod pgbouncer;
 pub mod proxy;
 pub mod raw;
 pub mod rules;

@@ -178,3 +178,40 @@ print("python ok")
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "python ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbouncer_in_front_of_switchyard() {
+    let (cluster, proxy) = setup().await;
+    let bouncer = switchyard_tests::pgbouncer::PgBouncer::start_for(&cluster, proxy.port())
+        .expect("pgbouncer");
+    let port = bouncer.port;
+    tokio::task::spawn_blocking(move || {
+        run(pgbench(port, "trust_user").args(["-i", "-s", "1", "-q", "postgres"])).unwrap();
+        for mode in ["simple", "prepared"] {
+            let out = run(pgbench(port, "trust_user")
+                .args(["-M", mode, "-c", "4", "-j", "2", "-t", "100", "postgres"]))
+            .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                text.contains("number of transactions actually processed: 400/400"),
+                "{mode}: {text}"
+            );
+        }
+    })
+    .await
+    .unwrap();
+    // The sessions really went through Switchyard.
+    assert!(proxy.metrics.sessions_total.get() >= 1);
+    let c = switchyard_tests::proxy::connect(&format!(
+        "host=127.0.0.1 port={port} user=trust_user dbname=postgres"
+    ))
+    .await
+    .unwrap();
+    let n: i64 = c
+        .query_one("select count(*) from pgbench_accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 100_000);
+    drop(bouncer);
+}

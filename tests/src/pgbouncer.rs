@@ -3,9 +3,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::cluster::free_port;
+use crate::Cluster;
 use anyhow::{bail, Context};
-use switchyard_tests::cluster::free_port;
-use switchyard_tests::Cluster;
 
 /// A running PgBouncer, stopped on drop.
 pub struct PgBouncer {
@@ -17,6 +17,12 @@ pub struct PgBouncer {
 impl PgBouncer {
     /// Starts PgBouncer in front of `cluster` (trust auth, session pooling).
     pub fn start(cluster: &Cluster) -> anyhow::Result<Self> {
+        Self::start_for(cluster, cluster.port)
+    }
+
+    /// Starts PgBouncer in front of `upstream_port` on 127.0.0.1 (e.g. a
+    /// Switchyard proxy), using `cluster`'s scratch directory.
+    pub fn start_for(cluster: &Cluster, upstream_port: u16) -> anyhow::Result<Self> {
         let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -33,7 +39,7 @@ impl PgBouncer {
                 "[databases]\npostgres = host=127.0.0.1 port={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
                  unix_socket_dir =\nauth_type = trust\nauth_file = {}\npool_mode = session\nmax_client_conn = 200\n\
                  default_pool_size = 40\nlogfile = {}\npidfile = {}\nignore_startup_parameters = extra_float_digits\n",
-                cluster.port,
+                upstream_port,
                 users.display(),
                 dir.join("pgbouncer.log").display(),
                 dir.join("pgbouncer.pid").display(),
