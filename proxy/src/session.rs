@@ -255,12 +255,7 @@ async fn authenticate(
                 if code == 10 && server.is_tls() && auth::claims_channel_binding_support(&reply) {
                     server = plain_sasl_connection(shared, startup, &mut sbuf).await?;
                 }
-                server
-                    .write_all(&reply.to_bytes())
-                    .await
-                    .map_err(|_| SessionError::UpstreamLost)?;
-                server
-                    .flush()
+                write_final(&mut server, &reply.to_bytes())
                     .await
                     .map_err(|_| SessionError::UpstreamLost)?;
             }
@@ -327,12 +322,7 @@ async fn connect(
         .metrics
         .upstream_connect_seconds
         .observe(took.as_secs_f64());
-    server
-        .write_all(&startup.raw)
-        .await
-        .map_err(|_| SessionError::UpstreamLost)?;
-    server
-        .flush()
+    write_final(&mut server, &startup.raw)
         .await
         .map_err(|_| SessionError::UpstreamLost)?;
     Ok(server)

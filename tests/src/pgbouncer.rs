@@ -3,7 +3,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::cluster::free_port;
+use crate::cluster::{free_port, is_root};
 use crate::Cluster;
 use anyhow::{bail, Context};
 
@@ -70,14 +70,6 @@ impl PgBouncer {
             dir.join("pgbouncer.log").display()
         )
     }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 impl Drop for PgBouncer {
