@@ -69,23 +69,32 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// The source text of an expression. sqlparser's spans can stop short
-    /// (a call's closing parenthesis, `CASE`'s `END`), so the slice is used
-    /// only if it parses back to the same expression; otherwise the
-    /// expression is re-printed.
-    pub fn text(&self, expr: &Expr) -> String {
-        if let Some(range) = self.map.range(expr.span()) {
-            let slice = &self.map.text()[range];
-            let dialect = PostgreSqlDialect {};
-            let reparsed = Parser::new(&dialect)
-                .with_recursion_limit(RECURSION_LIMIT)
-                .try_with_sql(slice)
-                .and_then(|mut p| p.parse_expr());
-            if reparsed.is_ok_and(|e| &e == expr) {
-                return slice.to_owned();
-            }
+    /// The exact source range of an expression. sqlparser's spans can stop
+    /// short (a call's closing parenthesis, `CASE`'s `END`), so the
+    /// expression is parsed again from its start and the range ends at the
+    /// last token that parse consumed; `None` if that parse disagrees.
+    pub fn range(&self, expr: &Expr) -> Option<std::ops::Range<usize>> {
+        let start = self.map.offset(expr.span().start)?;
+        let rest = &self.map.text()[start..];
+        let dialect = PostgreSqlDialect {};
+        let mut parser = Parser::new(&dialect)
+            .with_recursion_limit(RECURSION_LIMIT)
+            .try_with_sql(rest)
+            .ok()?;
+        let reparsed = parser.parse_expr().ok()?;
+        if &reparsed != expr {
+            return None;
         }
-        expr.to_string()
+        let end = SourceMap::new(rest).offset(parser.get_current_token().span.end)?;
+        Some(start..start + end)
+    }
+
+    /// The source text of an expression (re-printed if its range is unknown).
+    pub fn text(&self, expr: &Expr) -> String {
+        match self.range(expr) {
+            Some(r) => self.map.text()[r].to_owned(),
+            None => expr.to_string(),
+        }
     }
 
     /// Marks the whole string as not rewritable.
