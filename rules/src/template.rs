@@ -116,6 +116,31 @@ impl Template {
         out
     }
 
+    /// For a template with exactly one hole: the text before and after the
+    /// value, so that `fill(v) == before + v + after`.
+    pub fn around(&self) -> Option<(String, String)> {
+        let holes = self.parts.iter().filter(|p| matches!(p, Part::Hole)).count();
+        if holes != 1 {
+            return None;
+        }
+        let mut before = String::from("(");
+        let mut after = String::new();
+        let mut seen = false;
+        for part in &self.parts {
+            match part {
+                Part::Text(t) if seen => after.push_str(t),
+                Part::Text(t) => before.push_str(t),
+                Part::Hole => {
+                    before.push('(');
+                    after.push(')');
+                    seen = true;
+                }
+            }
+        }
+        after.push(')');
+        Some((before, after))
+    }
+
     /// Whether the template is the bare column (an identity mapping).
     pub fn is_identity(&self) -> bool {
         self.parts == [Part::Hole]
@@ -137,6 +162,14 @@ mod tests {
         let t = Template::compile("coalesce(x.status, 'status')::text", "status").unwrap();
         assert_eq!(t.fill("s"), "(coalesce((s), 'status')::text)");
         assert!(Template::compile("now()", "email").is_err());
+    }
+
+    #[test]
+    fn single_hole_templates_split_around_the_value() {
+        let t = Template::compile("lower(email)", "email").unwrap();
+        let (before, after) = t.around().unwrap();
+        assert_eq!(format!("{before}v{after}"), t.fill("v"));
+        assert!(Template::compile("email || email", "email").unwrap().around().is_none());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! routed table, and edit the original text at the parser's locations.
 
 pub mod edits;
+mod read;
 mod write;
 
 use sqlparser::ast::{
@@ -156,6 +157,9 @@ pub fn rewrite(rules: &ActiveRules, sql: &str, search_path: &[String]) -> Rewrit
     };
     for statement in &statements {
         visit_statement(&mut ctx, statement);
+        if let Some(mut reads) = read::Reads::new(&mut ctx) {
+            reads.statement(statement);
+        }
     }
     if let Some(u) = ctx.unsupported {
         return Rewrite::Unsupported(u);

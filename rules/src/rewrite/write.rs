@@ -5,7 +5,7 @@
 
 use sqlparser::ast::{
     Assignment, AssignmentTarget, Expr, Insert, OnConflictAction, OnInsert, SetExpr, Spanned,
-    TableFactor, TableObject, Update, Value,
+    TableFactor, TableObject, Update,
 };
 
 use super::{column_name, quoted, Ctx};
@@ -31,6 +31,18 @@ struct Addition<'t> {
     source: Source<'t>,
 }
 
+/// What one pair needs from a statement.
+enum Step<'t> {
+    /// Add a column the statement did not name.
+    Add(Addition<'t>),
+    /// The legacy column is gone: write the new one instead, through
+    /// `forward`, at the legacy column's place.
+    Redirect {
+        index: usize,
+        mapping: &'t CompiledMapping,
+    },
+}
+
 fn cast(value: &str, ty: &str) -> String {
     format!("({value})::{ty}")
 }
@@ -51,7 +63,7 @@ fn plan<'t>(
     table: &'t CompiledTable,
     legacy: Option<usize>,
     new: Option<usize>,
-) -> Result<Option<Addition<'t>>, String> {
+) -> Result<Option<Step<'t>>, String> {
     let map = &m.mapping;
     let legacy_default = table
         .rules
@@ -65,7 +77,7 @@ fn plan<'t>(
         .and_then(|c| c.default.as_deref());
     Ok(match (map.routing.writes, legacy, new) {
         (WriteRoute::Legacy, _, _) | (WriteRoute::Both, Some(_), Some(_)) => None,
-        (WriteRoute::Both, Some(index), None) => Some(Addition {
+        (WriteRoute::Both, Some(index), None) => Some(Step::Add(Addition {
             column: map.new.clone(),
             source: Source::Column {
                 index,
@@ -73,8 +85,8 @@ fn plan<'t>(
                 cast: &map.legacy_type,
                 default: legacy_default,
             },
-        }),
-        (WriteRoute::Both, None, Some(index)) => Some(Addition {
+        })),
+        (WriteRoute::Both, None, Some(index)) => Some(Step::Add(Addition {
             column: map.legacy.clone(),
             source: Source::Column {
                 index,
@@ -82,14 +94,17 @@ fn plan<'t>(
                 cast: &map.new_type,
                 default: new_default,
             },
+        })),
+        (WriteRoute::Both, None, None) => legacy_default.map(|d| {
+            Step::Add(Addition {
+                column: map.new.clone(),
+                source: Source::Fixed(m.forward.fill(&cast(d, &map.legacy_type))),
+            })
         }),
-        (WriteRoute::Both, None, None) => legacy_default.map(|d| Addition {
-            column: map.new.clone(),
-            source: Source::Fixed(m.forward.fill(&cast(d, &map.legacy_type))),
-        }),
-        (WriteRoute::New, Some(_), _) => {
+        (WriteRoute::New, Some(index), None) => Some(Step::Redirect { index, mapping: m }),
+        (WriteRoute::New, Some(_), Some(_)) => {
             return Err(format!(
-                "column {} was dropped by migration {}; write {} instead",
+                "the statement writes both {} (dropped by migration {}) and {}",
                 map.legacy, map.migration, map.new
             ))
         }
@@ -148,13 +163,34 @@ pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
     };
 
     let mut additions = Vec::new();
+    let mut redirects = Vec::new();
     for m in &table.mappings {
         let legacy = columns.iter().position(|c| *c == m.mapping.legacy);
         let new = columns.iter().position(|c| *c == m.mapping.new);
         match plan(m, table, legacy, new) {
-            Ok(Some(a)) => additions.push(a),
+            Ok(Some(Step::Add(a))) => additions.push(a),
+            Ok(Some(Step::Redirect { index, mapping })) => redirects.push((index, mapping)),
             Ok(None) => {}
             Err(reason) => return ctx.refuse(table, reason),
+        }
+    }
+    if !redirects.is_empty() {
+        if implicit || values.is_none() {
+            return ctx.refuse(table, "an INSERT into a contracted table must name its columns and use VALUES");
+        }
+        for (index, mapping) in &redirects {
+            let Some(col) = ins.columns.get(*index) else { return };
+            let Some(range) = ctx.map.range(col.span()).filter(|r| !r.is_empty()) else {
+                return ctx.refuse(table, "no source location for the INSERT column list");
+            };
+            ctx.edits.replace(range, quoted(&mapping.mapping.new));
+            for row in values.iter().flat_map(|v| &v.rows) {
+                if let Some(value) = row.content.get(*index) {
+                    if let Err(reason) = wrap_forward(ctx, mapping, value) {
+                        return ctx.refuse(table, reason);
+                    }
+                }
+            }
         }
     }
     if let Some(OnInsert::OnConflict(oc)) = &ins.on {
@@ -288,15 +324,35 @@ fn assignments(ctx: &mut Ctx<'_>, table: &CompiledTable, list: &[Assignment]) {
         let new = columns.iter().position(|c| *c == m.mapping.new);
         match plan(m, table, legacy, new) {
             // A SET list leaves unnamed columns alone: no default to mirror.
-            Ok(Some(Addition {
+            Ok(Some(Step::Add(Addition {
                 source: Source::Fixed(_),
                 ..
-            })) => {}
-            Ok(Some(a)) => added.push(format!(
+            }))) => {}
+            Ok(Some(Step::Add(a))) => added.push(format!(
                 "{} = {}",
                 quoted(&a.column),
                 value_for(&a, &texts, Some(&exprs))
             )),
+            Ok(Some(Step::Redirect { index, mapping })) => {
+                let target = list.iter().find_map(|a| match &a.target {
+                    AssignmentTarget::ColumnName(n)
+                        if column_name(n).as_deref() == Some(mapping.mapping.legacy.as_str()) =>
+                    {
+                        Some(n)
+                    }
+                    _ => None,
+                });
+                let Some(range) = target
+                    .and_then(|n| ctx.map.range(n.span()))
+                    .filter(|r| !r.is_empty())
+                else {
+                    return ctx.refuse(table, "a multi-column SET of a dropped column");
+                };
+                ctx.edits.replace(range, quoted(&mapping.mapping.new));
+                if let Err(reason) = wrap_forward(ctx, mapping, pairs[index].1) {
+                    return ctx.refuse(table, reason);
+                }
+            }
             Ok(None) => {}
             Err(reason) => return ctx.refuse(table, reason),
         }
@@ -320,7 +376,18 @@ fn assignments(ctx: &mut Ctx<'_>, table: &CompiledTable, list: &[Assignment]) {
     }
 }
 
-#[allow(dead_code)]
-fn is_placeholder(expr: &Expr) -> bool {
-    matches!(expr, Expr::Value(v) if matches!(v.value, Value::Placeholder(_)))
+/// Wraps a value in `forward(...)` with two insertions, so that read
+/// rewrites inside the value still apply.
+fn wrap_forward(ctx: &mut Ctx<'_>, mapping: &CompiledMapping, value: &Expr) -> Result<(), String> {
+    if is_default(value) {
+        return Err(format!("DEFAULT for dropped column {}", mapping.mapping.legacy));
+    }
+    let (before, after) = mapping
+        .forward
+        .around()
+        .ok_or_else(|| format!("forward of {} uses its column twice", mapping.mapping.migration))?;
+    let range = ctx.range(value).ok_or("no source location for a value")?;
+    ctx.edits.insert(range.start, format!("{before}("));
+    ctx.edits.insert(range.end, format!(")::{}{after}", mapping.mapping.legacy_type));
+    Ok(())
 }

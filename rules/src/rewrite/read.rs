@@ -1,0 +1,450 @@
+//! Reads under `new` routing: every reference that resolves to a routed
+//! table's legacy column is served from the new column through `backward`,
+//! cast to the legacy type, and a projected column keeps its output name.
+//!
+//! Names resolve by scope as PostgreSQL would: qualified names through the
+//! FROM items' aliases, unqualified names through the innermost query whose
+//! FROM items could own them. Expression forms the walker does not know are
+//! refused if they mention a legacy column, never passed over silently.
+
+use std::collections::HashSet;
+
+use sqlparser::ast::{
+    Delete, Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, InTarget, Insert,
+    JoinConstraint, JoinOperator, OrderBy, OrderByKind, Query, Select, SelectItem, SetExpr, Spanned, TableFactor,
+    TableWithJoins, Update,
+};
+
+use super::{quoted, Ctx};
+use crate::active::{CompiledMapping, CompiledTable};
+use crate::model::{ReadRoute, WriteRoute};
+use crate::prefilter::TableFilter;
+
+struct Item<'a> {
+    /// The range variable name: alias, or the bare table name.
+    visible: String,
+    table: Option<&'a CompiledTable>,
+}
+
+/// Walks one statement's reads.
+pub(crate) struct Reads<'c, 'a> {
+    ctx: &'c mut Ctx<'a>,
+    scopes: Vec<Vec<Item<'a>>>,
+    ctes: Vec<HashSet<String>>,
+    legacy_names: TableFilter,
+}
+
+fn fold(i: &Ident) -> String {
+    if i.quote_style.is_some() {
+        i.value.clone()
+    } else {
+        i.value.to_lowercase()
+    }
+}
+
+fn switched(m: &CompiledMapping) -> bool {
+    m.mapping.routing.reads == ReadRoute::New
+}
+
+impl<'c, 'a> Reads<'c, 'a> {
+    /// A walker, or `None` when no table's reads are switched.
+    pub fn new(ctx: &'c mut Ctx<'a>) -> Option<Self> {
+        let names: Vec<&str> = ctx
+            .rules
+            .tables
+            .iter()
+            .flat_map(|t| &t.mappings)
+            .filter(|m| switched(m))
+            .map(|m| m.mapping.legacy.as_str())
+            .collect();
+        if names.is_empty() {
+            return None;
+        }
+        let legacy_names = TableFilter::new(names);
+        Some(Reads {
+            ctx,
+            scopes: Vec::new(),
+            ctes: Vec::new(),
+            legacy_names,
+        })
+    }
+
+    fn refuse(&mut self, reason: String) {
+        let table = self
+            .ctx
+            .rules
+            .tables
+            .iter()
+            .find(|t| t.mappings.iter().any(switched))
+            .expect("a switched table exists");
+        self.ctx.refuse(table, reason);
+    }
+
+    pub fn query(&mut self, q: &Query) {
+        let mut names = HashSet::new();
+        if let Some(with) = &q.with {
+            for cte in &with.cte_tables {
+                self.query(&cte.query);
+                names.insert(fold(&cte.alias.name));
+            }
+        }
+        self.ctes.push(names);
+        self.set_expr(&q.body, q.order_by.as_ref());
+        self.ctes.pop();
+    }
+
+    fn set_expr(&mut self, body: &SetExpr, order_by: Option<&OrderBy>) {
+        match body {
+            SetExpr::Select(s) => self.select(s, order_by),
+            SetExpr::Query(q) => self.query(q),
+            SetExpr::SetOperation { left, right, .. } => {
+                self.set_expr(left, None);
+                self.set_expr(right, None);
+            }
+            SetExpr::Values(v) => {
+                for row in &v.rows {
+                    row.content.iter().for_each(|e| self.expr(e));
+                }
+            }
+            SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) => self.statement(s),
+            _ => {}
+        }
+    }
+
+    /// Reads inside a data-modifying statement.
+    pub fn statement(&mut self, s: &sqlparser::ast::Statement) {
+        use sqlparser::ast::Statement;
+        match s {
+            Statement::Query(q) => self.query(q),
+            Statement::Insert(i) => self.insert(i),
+            Statement::Update(u) => self.update(u),
+            Statement::Delete(d) => self.delete(d),
+            Statement::Prepare { statement, .. } => self.statement(statement),
+            _ => {}
+        }
+    }
+
+    fn insert(&mut self, ins: &Insert) {
+        if let Some(source) = &ins.source {
+            self.query(source);
+        }
+        let sqlparser::ast::TableObject::TableName(name) = &ins.table else { return };
+        let visible = match &ins.table_alias {
+            Some(a) => fold(&a.alias),
+            None => name.0.last().and_then(|p| p.as_ident()).map(fold).unwrap_or_default(),
+        };
+        let item = Item {
+            visible,
+            table: self.ctx.resolve(name),
+        };
+        self.scopes.push(vec![item]);
+        if let Some(sqlparser::ast::OnInsert::OnConflict(oc)) = &ins.on {
+            if let sqlparser::ast::OnConflictAction::DoUpdate(du) = &oc.action {
+                du.assignments.iter().for_each(|a| self.expr(&a.value));
+                if let Some(sel) = &du.selection {
+                    self.expr(sel);
+                }
+            }
+        }
+        if let Some(items) = &ins.returning {
+            self.projection(items);
+        }
+        self.scopes.pop();
+    }
+
+    fn update(&mut self, upd: &Update) {
+        let mut items = Vec::new();
+        self.table_with_joins(&upd.table, &mut items);
+        if let Some(sqlparser::ast::UpdateTableFromKind::AfterSet(from) | sqlparser::ast::UpdateTableFromKind::BeforeSet(from)) = &upd.from {
+            for t in from {
+                self.table_with_joins(t, &mut items);
+            }
+        }
+        self.scopes.push(items);
+        upd.assignments.iter().for_each(|a| self.expr(&a.value));
+        if let Some(sel) = &upd.selection {
+            self.expr(sel);
+        }
+        if let Some(r) = &upd.returning {
+            self.projection(r);
+        }
+        self.scopes.pop();
+    }
+
+    fn delete(&mut self, del: &Delete) {
+        let mut items = Vec::new();
+        let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &del.from;
+        for t in from {
+            self.table_with_joins(t, &mut items);
+        }
+        for t in del.using.iter().flatten() {
+            self.table_with_joins(t, &mut items);
+        }
+        self.scopes.push(items);
+        if let Some(sel) = &del.selection {
+            self.expr(sel);
+        }
+        if let Some(r) = &del.returning {
+            self.projection(r);
+        }
+        self.scopes.pop();
+    }
+
+    fn select(&mut self, s: &Select, order_by: Option<&OrderBy>) {
+        let mut items = Vec::new();
+        for t in &s.from {
+            self.table_with_joins(t, &mut items);
+        }
+        self.scopes.push(items);
+        self.projection(&s.projection);
+        for t in &s.from {
+            for j in &t.joins {
+                self.join_constraint(&j.join_operator);
+            }
+        }
+        for e in s.selection.iter().chain(s.having.iter()).chain(s.qualify.iter()) {
+            self.expr(e);
+        }
+        if let GroupByExpr::Expressions(exprs, _) = &s.group_by {
+            exprs.iter().for_each(|e| self.expr(e));
+        }
+        if let Some(OrderBy {
+            kind: OrderByKind::Expressions(list),
+            ..
+        }) = order_by
+        {
+            list.iter().for_each(|o| self.expr(&o.expr));
+        }
+        self.scopes.pop();
+    }
+
+    fn projection(&mut self, items: &[SelectItem]) {
+        for item in items {
+            match item {
+                SelectItem::UnnamedExpr(e) => match self.column_ref(e) {
+                    Some((replacement, name)) => self.replace(e, format!("{replacement} AS {}", quoted(&name))),
+                    None => self.expr(e),
+                },
+                SelectItem::ExprWithAlias { expr, .. } | SelectItem::ExprWithAliases { expr, .. } => self.expr(expr),
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                    let dropped = self
+                        .scopes
+                        .last()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|i| i.table)
+                        .flat_map(|t| &t.mappings)
+                        .any(|m| m.mapping.routing.writes == WriteRoute::New);
+                    if dropped {
+                        self.refuse("`*` over a table whose legacy column was dropped is not expanded yet".into());
+                    }
+                }
+            }
+        }
+    }
+
+    fn join_constraint(&mut self, op: &JoinOperator) {
+        use JoinOperator as J;
+        let c = match op {
+            J::Join(c) | J::Inner(c) | J::Left(c) | J::LeftOuter(c) | J::Right(c) | J::RightOuter(c)
+            | J::FullOuter(c) | J::CrossJoin(c) | J::Semi(c) | J::LeftSemi(c) | J::RightSemi(c) | J::Anti(c)
+            | J::LeftAnti(c) | J::RightAnti(c) | J::StraightJoin(c) => c,
+            _ => return,
+        };
+        match c {
+            JoinConstraint::On(e) => self.expr(e),
+            JoinConstraint::Using(cols) | JoinConstraint::UsingAlias(cols, _) => {
+                let text: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
+                if self.legacy_names.may_touch(&text.join(" ")) {
+                    self.refuse("JOIN ... USING a legacy column".into());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn table_with_joins(&mut self, t: &TableWithJoins, items: &mut Vec<Item<'a>>) {
+        self.factor(&t.relation, items);
+        for j in &t.joins {
+            self.factor(&j.relation, items);
+        }
+    }
+
+    fn factor(&mut self, f: &TableFactor, items: &mut Vec<Item<'a>>) {
+        match f {
+            TableFactor::Table { name, alias, .. } => {
+                let bare = name.0.last().and_then(|p| p.as_ident()).map(fold).unwrap_or_default();
+                let is_cte = name.0.len() == 1 && self.ctes.iter().any(|c| c.contains(&bare));
+                let table = if is_cte { None } else { self.ctx.resolve(name) };
+                let visible = alias.as_ref().map(|a| fold(&a.name)).unwrap_or(bare);
+                items.push(Item { visible, table });
+            }
+            TableFactor::Derived { subquery, alias, .. } => {
+                self.query(subquery);
+                items.push(Item {
+                    visible: alias.as_ref().map(|a| fold(&a.name)).unwrap_or_default(),
+                    table: None,
+                });
+            }
+            TableFactor::NestedJoin { table_with_joins, .. } => self.table_with_joins(table_with_joins, items),
+            other => {
+                if self.legacy_names.may_touch(&other.to_string()) {
+                    self.refuse(format!("a FROM item of this form mentions a legacy column: {other}"));
+                }
+                items.push(Item {
+                    visible: String::new(),
+                    table: None,
+                });
+            }
+        }
+    }
+
+    fn replace(&mut self, e: &Expr, text: String) {
+        match self.ctx.map.range(e.span()) {
+            Some(r) if !r.is_empty() => self.ctx.edits.replace(r, text),
+            _ => self.refuse(format!("no source location for {e}")),
+        }
+    }
+
+    /// If `e` is a column reference to a switched legacy column: the
+    /// replacement text and the output name.
+    fn column_ref(&mut self, e: &Expr) -> Option<(String, String)> {
+        let (qualifier, column) = match e {
+            Expr::Identifier(i) => (None, fold(i)),
+            Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+                (Some(fold(&parts[parts.len() - 2])), fold(&parts[parts.len() - 1]))
+            }
+            _ => return None,
+        };
+        let (item_name, mapping) = self.resolve(qualifier.as_deref(), &column)?;
+        let new_ref = format!("{}.{}", quoted(&item_name), quoted(&mapping.mapping.new));
+        let text = format!("{}::{}", mapping.backward.fill(&new_ref), mapping.mapping.legacy_type);
+        Some((format!("({text})"), column))
+    }
+
+    fn resolve(&mut self, qualifier: Option<&str>, column: &str) -> Option<(String, &'a CompiledMapping)> {
+        let find = |item: &Item<'a>| -> Option<&'a CompiledMapping> {
+            item.table?.mappings.iter().find(|m| m.mapping.legacy == column && switched(m))
+        };
+        match qualifier {
+            Some(q) => {
+                for scope in self.scopes.iter().rev() {
+                    if let Some(item) = scope.iter().find(|i| i.visible == q) {
+                        return find(item).map(|m| (item.visible.clone(), m));
+                    }
+                }
+                None
+            }
+            None => {
+                for (depth, scope) in self.scopes.iter().enumerate().rev() {
+                    if let Some((item, m)) = scope.iter().find_map(|i| find(i).map(|m| (i, m))) {
+                        return Some((item.visible.clone(), m));
+                    }
+                    if scope.iter().any(|i| i.table.is_none()) {
+                        // Owned by an unknown FROM item here, or an outer
+                        // reference: refuse if an outer routed table could own it.
+                        let outer = self.scopes[..depth].iter().flatten().any(|i| find(i).is_some());
+                        if outer {
+                            self.refuse(format!("ambiguous reference to {column}"));
+                        }
+                        return None;
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn expr(&mut self, e: &Expr) {
+        if let Some((replacement, _)) = self.column_ref(e) {
+            return self.replace(e, replacement);
+        }
+        match e {
+            Expr::Identifier(_) | Expr::CompoundIdentifier(_) | Expr::Value(_) | Expr::TypedString(_) => {}
+            Expr::BinaryOp { left, right, .. }
+            | Expr::AnyOp { left, right, .. }
+            | Expr::AllOp { left, right, .. }
+            | Expr::IsDistinctFrom(left, right)
+            | Expr::IsNotDistinctFrom(left, right) => {
+                self.expr(left);
+                self.expr(right);
+            }
+            Expr::UnaryOp { expr, .. }
+            | Expr::Nested(expr)
+            | Expr::IsNull(expr)
+            | Expr::IsNotNull(expr)
+            | Expr::IsTrue(expr)
+            | Expr::IsNotTrue(expr)
+            | Expr::IsFalse(expr)
+            | Expr::IsNotFalse(expr)
+            | Expr::IsUnknown(expr)
+            | Expr::IsNotUnknown(expr)
+            | Expr::Cast { expr, .. }
+            | Expr::Collate { expr, .. }
+            | Expr::Extract { expr, .. }
+            | Expr::AtTimeZone { timestamp: expr, .. } => self.expr(expr),
+            Expr::Between { expr, low, high, .. } => {
+                self.expr(expr);
+                self.expr(low);
+                self.expr(high);
+            }
+            Expr::Like { expr, pattern, .. } | Expr::ILike { expr, pattern, .. } | Expr::SimilarTo { expr, pattern, .. } => {
+                self.expr(expr);
+                self.expr(pattern);
+            }
+            Expr::In { expr, target, .. } => {
+                self.expr(expr);
+                match target {
+                    InTarget::List(list) => list.iter().for_each(|e| self.expr(e)),
+                    InTarget::Subquery(q) => self.query(q),
+                    other => self.unknown(&other.to_string()),
+                }
+            }
+            Expr::Case {
+                operand,
+                conditions,
+                else_result,
+                ..
+            } => {
+                if let Some(o) = operand {
+                    self.expr(o);
+                }
+                for c in conditions {
+                    self.expr(&c.condition);
+                    self.expr(&c.result);
+                }
+                if let Some(e) = else_result {
+                    self.expr(e);
+                }
+            }
+            Expr::Function(f) => {
+                match &f.args {
+                    FunctionArguments::List(list) => {
+                        for arg in &list.args {
+                            let (FunctionArg::Unnamed(a) | FunctionArg::Named { arg: a, .. } | FunctionArg::ExprNamed { arg: a, .. }) = arg;
+                            if let FunctionArgExpr::Expr(e) = a {
+                                self.expr(e);
+                            }
+                        }
+                    }
+                    FunctionArguments::Subquery(q) => self.query(q),
+                    FunctionArguments::None => {}
+                }
+                if f.filter.is_some() || f.over.is_some() || !f.within_group.is_empty() {
+                    self.unknown(&e.to_string());
+                }
+            }
+            Expr::Exists { subquery, .. } | Expr::Subquery(subquery) => self.query(subquery),
+            Expr::Tuple(list) => list.iter().for_each(|e| self.expr(e)),
+            other => self.unknown(&other.to_string()),
+        }
+    }
+
+    /// A form the walker does not descend into: refuse if it mentions a
+    /// switched legacy column.
+    fn unknown(&mut self, text: &str) {
+        if self.legacy_names.may_touch(text) {
+            self.refuse(format!("cannot route the legacy column inside: {text}"));
+        }
+    }
+}
