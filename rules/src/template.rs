@@ -119,7 +119,11 @@ impl Template {
     /// For a template with exactly one hole: the text before and after the
     /// value, so that `fill(v) == before + v + after`.
     pub fn around(&self) -> Option<(String, String)> {
-        let holes = self.parts.iter().filter(|p| matches!(p, Part::Hole)).count();
+        let holes = self
+            .parts
+            .iter()
+            .filter(|p| matches!(p, Part::Hole))
+            .count();
         if holes != 1 {
             return None;
         }
@@ -169,7 +173,10 @@ mod tests {
         let t = Template::compile("lower(email)", "email").unwrap();
         let (before, after) = t.around().unwrap();
         assert_eq!(format!("{before}v{after}"), t.fill("v"));
-        assert!(Template::compile("email || email", "email").unwrap().around().is_none());
+        assert!(Template::compile("email || email", "email")
+            .unwrap()
+            .around()
+            .is_none());
     }
 
     #[test]

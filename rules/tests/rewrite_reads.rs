@@ -35,8 +35,13 @@ fn every_clause_and_nested_queries() {
         format!("select count(*) from users where lower({NEW}) like $1 group by {NEW} having max({NEW}) > 'a' order by {NEW}")
     );
     assert_eq!(
-        text(RS, "select o.id from orders o where o.user_id in (select id from users where email = $1)"),
-        format!("select o.id from orders o where o.user_id in (select id from users where {NEW} = $1)")
+        text(
+            RS,
+            "select o.id from orders o where o.user_id in (select id from users where email = $1)"
+        ),
+        format!(
+            "select o.id from orders o where o.user_id in (select id from users where {NEW} = $1)"
+        )
     );
     assert_eq!(
         text(RS, "with x as (select email from users) select * from x join users on users.email = x.email"),
@@ -46,12 +51,24 @@ fn every_clause_and_nested_queries() {
 
 #[test]
 fn other_tables_columns_are_untouched() {
-    assert_eq!(rw(RS, "select o.email from orders o join users u on u.id = o.user_id"), Rewrite::Unchanged);
-    assert_eq!(rw(Phase::DualWrite, "select email from users"), Rewrite::Unchanged);
+    assert_eq!(
+        rw(
+            RS,
+            "select o.email from orders o join users u on u.id = o.user_id"
+        ),
+        Rewrite::Unchanged
+    );
+    assert_eq!(
+        rw(Phase::DualWrite, "select email from users"),
+        Rewrite::Unchanged
+    );
     // An unknown FROM item could own an unqualified name; with the routed
     // table only further out, that is ambiguous and refused.
     assert!(matches!(
-        rw(RS, "select id from users where exists (select 1 from orders where email = 'x')"),
+        rw(
+            RS,
+            "select id from users where exists (select 1 from orders where email = 'x')"
+        ),
         Rewrite::Unsupported(_)
     ));
 }
@@ -75,6 +92,12 @@ fn contracted_writes_go_to_the_new_column() {
         text(c, "update users set email = upper(email) where id = $1"),
         format!("update users set email_address = (lower(((upper({NEW}))::character varying(320)))) where id = $1")
     );
-    assert!(matches!(rw(c, "select * from users"), Rewrite::Unsupported(_)));
-    assert!(matches!(rw(c, "insert into users values (1, 'x')"), Rewrite::Unsupported(_)));
+    assert!(matches!(
+        rw(c, "select * from users"),
+        Rewrite::Unsupported(_)
+    ));
+    assert!(matches!(
+        rw(c, "insert into users values (1, 'x')"),
+        Rewrite::Unsupported(_)
+    ));
 }

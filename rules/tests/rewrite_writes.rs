@@ -136,7 +136,10 @@ fn what_cannot_be_rewritten_is_reported() {
         }
     }
     assert!(matches!(
-        rw(Phase::Contracted, "update users set email = 'x', email_address = 'y'"),
+        rw(
+            Phase::Contracted,
+            "update users set email = 'x', email_address = 'y'"
+        ),
         Rewrite::Unsupported(_)
     ));
 }

@@ -242,3 +242,88 @@ async fn unrewritable_writes_are_counted_before_the_switch_and_refused_after() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_switch_then_contract_keeps_the_application_working() {
+    let mut env = Env::new().await;
+    env.phase(Phase::DualWrite).await;
+    let c = env.proxy.connect("md5_user").await.unwrap();
+    c.execute(
+        "insert into users(id, email, name) values (1, 'Ann@X.io', 'ann')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let read = c
+        .prepare("select id, email, name from users where email = $1")
+        .await
+        .unwrap();
+    let columns: Vec<(String, String)> = read
+        .columns()
+        .iter()
+        .map(|c| (c.name().to_string(), c.type_().name().to_string()))
+        .collect();
+    assert_eq!(c.query(&read, &[&"Ann@X.io"]).await.unwrap().len(), 1);
+
+    // Reads now come from the new column: a value only the new column has
+    // (written around the proxy) is what the application sees.
+    env.phase(Phase::ReadsSwitched).await;
+    env.direct
+        .execute(
+            "update users set email_address = 'ann@new.io' where id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let rows = c.query(&read, &[&"ann@new.io"]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, String>(1), "ann@new.io");
+    let again = c
+        .prepare("select id, email, name from users where email = $1")
+        .await
+        .unwrap();
+    let shape: Vec<(String, String)> = again
+        .columns()
+        .iter()
+        .map(|c| (c.name().to_string(), c.type_().name().to_string()))
+        .collect();
+    assert_eq!(shape, columns, "output names and types must not change");
+
+    // Contract: the legacy column is dropped; the application still reads
+    // and writes it by its old name, through the proxy.
+    env.direct
+        .execute("alter table users drop column email", &[])
+        .await
+        .unwrap();
+    env.phase(Phase::Contracted).await;
+    c.execute(
+        "insert into users(id, email, name) values (2, 'Bob@X.io', 'bob')",
+        &[],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "update users set email = email || '.uk' where id = $1",
+        &[&2i32],
+    )
+    .await
+    .unwrap();
+    let rows = c.query(&read, &[&"bob@x.io.uk"]).await.unwrap();
+    assert_eq!(
+        rows.len(),
+        1,
+        "the prepared read follows the contract without a plan error"
+    );
+    assert_eq!(rows[0].get::<_, String>(2), "bob");
+    let v: String = env
+        .direct
+        .query_one("select email_address from users where id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "bob@x.io.uk");
+    // `*` after contract is refused clearly rather than answered with the
+    // wrong shape.
+    let err = c.query("select * from users", &[]).await.unwrap_err();
+    assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("0A000"));
+}

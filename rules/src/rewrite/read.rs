@@ -10,9 +10,9 @@
 use std::collections::HashSet;
 
 use sqlparser::ast::{
-    Delete, Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, InTarget, Insert,
-    JoinConstraint, JoinOperator, OrderBy, OrderByKind, Query, Select, SelectItem, SetExpr, Spanned, TableFactor,
-    TableWithJoins, Update,
+    Delete, Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident,
+    InTarget, Insert, JoinConstraint, JoinOperator, OrderBy, OrderByKind, Query, Select,
+    SelectItem, SetExpr, Spanned, TableFactor, TableWithJoins, Update,
 };
 
 use super::{quoted, Ctx};
@@ -128,10 +128,17 @@ impl<'c, 'a> Reads<'c, 'a> {
         if let Some(source) = &ins.source {
             self.query(source);
         }
-        let sqlparser::ast::TableObject::TableName(name) = &ins.table else { return };
+        let sqlparser::ast::TableObject::TableName(name) = &ins.table else {
+            return;
+        };
         let visible = match &ins.table_alias {
             Some(a) => fold(&a.alias),
-            None => name.0.last().and_then(|p| p.as_ident()).map(fold).unwrap_or_default(),
+            None => name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .map(fold)
+                .unwrap_or_default(),
         };
         let item = Item {
             visible,
@@ -155,7 +162,11 @@ impl<'c, 'a> Reads<'c, 'a> {
     fn update(&mut self, upd: &Update) {
         let mut items = Vec::new();
         self.table_with_joins(&upd.table, &mut items);
-        if let Some(sqlparser::ast::UpdateTableFromKind::AfterSet(from) | sqlparser::ast::UpdateTableFromKind::BeforeSet(from)) = &upd.from {
+        if let Some(
+            sqlparser::ast::UpdateTableFromKind::AfterSet(from)
+            | sqlparser::ast::UpdateTableFromKind::BeforeSet(from),
+        ) = &upd.from
+        {
             for t in from {
                 self.table_with_joins(t, &mut items);
             }
@@ -202,7 +213,12 @@ impl<'c, 'a> Reads<'c, 'a> {
                 self.join_constraint(&j.join_operator);
             }
         }
-        for e in s.selection.iter().chain(s.having.iter()).chain(s.qualify.iter()) {
+        for e in s
+            .selection
+            .iter()
+            .chain(s.having.iter())
+            .chain(s.qualify.iter())
+        {
             self.expr(e);
         }
         if let GroupByExpr::Expressions(exprs, _) = &s.group_by {
@@ -222,10 +238,13 @@ impl<'c, 'a> Reads<'c, 'a> {
         for item in items {
             match item {
                 SelectItem::UnnamedExpr(e) => match self.column_ref(e) {
-                    Some((replacement, name)) => self.replace(e, format!("{replacement} AS {}", quoted(&name))),
+                    Some((replacement, name)) => {
+                        self.replace(e, format!("{replacement} AS {}", quoted(&name)))
+                    }
                     None => self.expr(e),
                 },
-                SelectItem::ExprWithAlias { expr, .. } | SelectItem::ExprWithAliases { expr, .. } => self.expr(expr),
+                SelectItem::ExprWithAlias { expr, .. }
+                | SelectItem::ExprWithAliases { expr, .. } => self.expr(expr),
                 SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
                     let dropped = self
                         .scopes
@@ -236,7 +255,10 @@ impl<'c, 'a> Reads<'c, 'a> {
                         .flat_map(|t| &t.mappings)
                         .any(|m| m.mapping.routing.writes == WriteRoute::New);
                     if dropped {
-                        self.refuse("`*` over a table whose legacy column was dropped is not expanded yet".into());
+                        self.refuse(
+                            "`*` over a table whose legacy column was dropped is not expanded yet"
+                                .into(),
+                        );
                     }
                 }
             }
@@ -246,9 +268,21 @@ impl<'c, 'a> Reads<'c, 'a> {
     fn join_constraint(&mut self, op: &JoinOperator) {
         use JoinOperator as J;
         let c = match op {
-            J::Join(c) | J::Inner(c) | J::Left(c) | J::LeftOuter(c) | J::Right(c) | J::RightOuter(c)
-            | J::FullOuter(c) | J::CrossJoin(c) | J::Semi(c) | J::LeftSemi(c) | J::RightSemi(c) | J::Anti(c)
-            | J::LeftAnti(c) | J::RightAnti(c) | J::StraightJoin(c) => c,
+            J::Join(c)
+            | J::Inner(c)
+            | J::Left(c)
+            | J::LeftOuter(c)
+            | J::Right(c)
+            | J::RightOuter(c)
+            | J::FullOuter(c)
+            | J::CrossJoin(c)
+            | J::Semi(c)
+            | J::LeftSemi(c)
+            | J::RightSemi(c)
+            | J::Anti(c)
+            | J::LeftAnti(c)
+            | J::RightAnti(c)
+            | J::StraightJoin(c) => c,
             _ => return,
         };
         match c {
@@ -273,23 +307,34 @@ impl<'c, 'a> Reads<'c, 'a> {
     fn factor(&mut self, f: &TableFactor, items: &mut Vec<Item<'a>>) {
         match f {
             TableFactor::Table { name, alias, .. } => {
-                let bare = name.0.last().and_then(|p| p.as_ident()).map(fold).unwrap_or_default();
+                let bare = name
+                    .0
+                    .last()
+                    .and_then(|p| p.as_ident())
+                    .map(fold)
+                    .unwrap_or_default();
                 let is_cte = name.0.len() == 1 && self.ctes.iter().any(|c| c.contains(&bare));
                 let table = if is_cte { None } else { self.ctx.resolve(name) };
                 let visible = alias.as_ref().map(|a| fold(&a.name)).unwrap_or(bare);
                 items.push(Item { visible, table });
             }
-            TableFactor::Derived { subquery, alias, .. } => {
+            TableFactor::Derived {
+                subquery, alias, ..
+            } => {
                 self.query(subquery);
                 items.push(Item {
                     visible: alias.as_ref().map(|a| fold(&a.name)).unwrap_or_default(),
                     table: None,
                 });
             }
-            TableFactor::NestedJoin { table_with_joins, .. } => self.table_with_joins(table_with_joins, items),
+            TableFactor::NestedJoin {
+                table_with_joins, ..
+            } => self.table_with_joins(table_with_joins, items),
             other => {
                 if self.legacy_names.may_touch(&other.to_string()) {
-                    self.refuse(format!("a FROM item of this form mentions a legacy column: {other}"));
+                    self.refuse(format!(
+                        "a FROM item of this form mentions a legacy column: {other}"
+                    ));
                 }
                 items.push(Item {
                     visible: String::new(),
@@ -311,20 +356,32 @@ impl<'c, 'a> Reads<'c, 'a> {
     fn column_ref(&mut self, e: &Expr) -> Option<(String, String)> {
         let (qualifier, column) = match e {
             Expr::Identifier(i) => (None, fold(i)),
-            Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
-                (Some(fold(&parts[parts.len() - 2])), fold(&parts[parts.len() - 1]))
-            }
+            Expr::CompoundIdentifier(parts) if parts.len() >= 2 => (
+                Some(fold(&parts[parts.len() - 2])),
+                fold(&parts[parts.len() - 1]),
+            ),
             _ => return None,
         };
         let (item_name, mapping) = self.resolve(qualifier.as_deref(), &column)?;
         let new_ref = format!("{}.{}", quoted(&item_name), quoted(&mapping.mapping.new));
-        let text = format!("{}::{}", mapping.backward.fill(&new_ref), mapping.mapping.legacy_type);
+        let text = format!(
+            "{}::{}",
+            mapping.backward.fill(&new_ref),
+            mapping.mapping.legacy_type
+        );
         Some((format!("({text})"), column))
     }
 
-    fn resolve(&mut self, qualifier: Option<&str>, column: &str) -> Option<(String, &'a CompiledMapping)> {
+    fn resolve(
+        &mut self,
+        qualifier: Option<&str>,
+        column: &str,
+    ) -> Option<(String, &'a CompiledMapping)> {
         let find = |item: &Item<'a>| -> Option<&'a CompiledMapping> {
-            item.table?.mappings.iter().find(|m| m.mapping.legacy == column && switched(m))
+            item.table?
+                .mappings
+                .iter()
+                .find(|m| m.mapping.legacy == column && switched(m))
         };
         match qualifier {
             Some(q) => {
@@ -343,7 +400,10 @@ impl<'c, 'a> Reads<'c, 'a> {
                     if scope.iter().any(|i| i.table.is_none()) {
                         // Owned by an unknown FROM item here, or an outer
                         // reference: refuse if an outer routed table could own it.
-                        let outer = self.scopes[..depth].iter().flatten().any(|i| find(i).is_some());
+                        let outer = self.scopes[..depth]
+                            .iter()
+                            .flatten()
+                            .any(|i| find(i).is_some());
                         if outer {
                             self.refuse(format!("ambiguous reference to {column}"));
                         }
@@ -360,7 +420,10 @@ impl<'c, 'a> Reads<'c, 'a> {
             return self.replace(e, replacement);
         }
         match e {
-            Expr::Identifier(_) | Expr::CompoundIdentifier(_) | Expr::Value(_) | Expr::TypedString(_) => {}
+            Expr::Identifier(_)
+            | Expr::CompoundIdentifier(_)
+            | Expr::Value(_)
+            | Expr::TypedString(_) => {}
             Expr::BinaryOp { left, right, .. }
             | Expr::AnyOp { left, right, .. }
             | Expr::AllOp { left, right, .. }
@@ -382,13 +445,19 @@ impl<'c, 'a> Reads<'c, 'a> {
             | Expr::Cast { expr, .. }
             | Expr::Collate { expr, .. }
             | Expr::Extract { expr, .. }
-            | Expr::AtTimeZone { timestamp: expr, .. } => self.expr(expr),
-            Expr::Between { expr, low, high, .. } => {
+            | Expr::AtTimeZone {
+                timestamp: expr, ..
+            } => self.expr(expr),
+            Expr::Between {
+                expr, low, high, ..
+            } => {
                 self.expr(expr);
                 self.expr(low);
                 self.expr(high);
             }
-            Expr::Like { expr, pattern, .. } | Expr::ILike { expr, pattern, .. } | Expr::SimilarTo { expr, pattern, .. } => {
+            Expr::Like { expr, pattern, .. }
+            | Expr::ILike { expr, pattern, .. }
+            | Expr::SimilarTo { expr, pattern, .. } => {
                 self.expr(expr);
                 self.expr(pattern);
             }
@@ -421,7 +490,9 @@ impl<'c, 'a> Reads<'c, 'a> {
                 match &f.args {
                     FunctionArguments::List(list) => {
                         for arg in &list.args {
-                            let (FunctionArg::Unnamed(a) | FunctionArg::Named { arg: a, .. } | FunctionArg::ExprNamed { arg: a, .. }) = arg;
+                            let (FunctionArg::Unnamed(a)
+                            | FunctionArg::Named { arg: a, .. }
+                            | FunctionArg::ExprNamed { arg: a, .. }) = arg;
                             if let FunctionArgExpr::Expr(e) = a {
                                 self.expr(e);
                             }

@@ -176,10 +176,15 @@ pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
     }
     if !redirects.is_empty() {
         if implicit || values.is_none() {
-            return ctx.refuse(table, "an INSERT into a contracted table must name its columns and use VALUES");
+            return ctx.refuse(
+                table,
+                "an INSERT into a contracted table must name its columns and use VALUES",
+            );
         }
         for (index, mapping) in &redirects {
-            let Some(col) = ins.columns.get(*index) else { return };
+            let Some(col) = ins.columns.get(*index) else {
+                return;
+            };
             let Some(range) = ctx.map.range(col.span()).filter(|r| !r.is_empty()) else {
                 return ctx.refuse(table, "no source location for the INSERT column list");
             };
@@ -380,14 +385,22 @@ fn assignments(ctx: &mut Ctx<'_>, table: &CompiledTable, list: &[Assignment]) {
 /// rewrites inside the value still apply.
 fn wrap_forward(ctx: &mut Ctx<'_>, mapping: &CompiledMapping, value: &Expr) -> Result<(), String> {
     if is_default(value) {
-        return Err(format!("DEFAULT for dropped column {}", mapping.mapping.legacy));
+        return Err(format!(
+            "DEFAULT for dropped column {}",
+            mapping.mapping.legacy
+        ));
     }
-    let (before, after) = mapping
-        .forward
-        .around()
-        .ok_or_else(|| format!("forward of {} uses its column twice", mapping.mapping.migration))?;
+    let (before, after) = mapping.forward.around().ok_or_else(|| {
+        format!(
+            "forward of {} uses its column twice",
+            mapping.mapping.migration
+        )
+    })?;
     let range = ctx.range(value).ok_or("no source location for a value")?;
     ctx.edits.insert(range.start, format!("{before}("));
-    ctx.edits.insert(range.end, format!(")::{}{after}", mapping.mapping.legacy_type));
+    ctx.edits.insert(
+        range.end,
+        format!(")::{}{after}", mapping.mapping.legacy_type),
+    );
     Ok(())
 }
