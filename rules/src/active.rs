@@ -28,6 +28,40 @@ pub struct CompiledTable {
     pub mappings: Vec<CompiledMapping>,
 }
 
+impl CompiledTable {
+    /// The columns as applications knew them before any contract: the
+    /// catalog's columns with each dropped legacy column back in its place.
+    pub fn legacy_view(&self) -> Vec<String> {
+        let mut columns: Vec<String> = self
+            .rules
+            .facts
+            .columns
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        let mut dropped: Vec<(usize, &str)> = self
+            .mappings
+            .iter()
+            .filter(|m| !m.mapping.routing.legacy_exists() && !columns.contains(&m.mapping.legacy))
+            .filter_map(|m| Some((m.mapping.legacy_position?, m.mapping.legacy.as_str())))
+            .collect();
+        dropped.sort();
+        for (at, name) in dropped {
+            columns.insert(at.min(columns.len()), name.to_owned());
+        }
+        columns
+    }
+
+    /// Whether a dropped legacy column has no recorded position.
+    pub fn view_unknown(&self) -> bool {
+        self.mappings.iter().any(|m| {
+            !m.mapping.routing.legacy_exists()
+                && m.mapping.legacy_position.is_none()
+                && self.rules.facts.column(&m.mapping.legacy).is_none()
+        })
+    }
+}
+
 /// Why a rule set cannot be compiled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {

@@ -37,6 +37,7 @@ pub fn users(routing: Routing) -> RuleSet {
                 forward: "lower(email)".into(),
                 backward: "email_address".into(),
                 routing,
+                legacy_position: Some(1),
             }],
         }],
         shadows: vec![QualifiedName::new("archive", "users")],

@@ -182,6 +182,11 @@ pub struct ColumnMapping {
     pub backward: String,
     /// Current routing.
     pub routing: Routing,
+    /// Where the legacy column stood among the table's columns before it
+    /// was dropped, so that `*` and column-less INSERTs keep their shape
+    /// after contract.
+    #[serde(default)]
+    pub legacy_position: Option<usize>,
 }
 
 /// The rules of one table.

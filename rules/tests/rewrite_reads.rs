@@ -92,12 +92,37 @@ fn contracted_writes_go_to_the_new_column() {
         text(c, "update users set email = upper(email) where id = $1"),
         format!("update users set email_address = (lower(((upper({NEW}))::character varying(320)))) where id = $1")
     );
+    assert_eq!(
+        text(c, "select * from users where id = 1"),
+        format!("select users.id, {NEW} AS email, users.name, users.status, users.email_address from users where id = 1")
+    );
+    assert_eq!(
+        text(c, "select u.* from users u"),
+        "select u.id, (((u.email_address))::character varying(320)) AS email, u.name, u.status, u.email_address from users u"
+    );
     assert!(matches!(
-        rw(c, "select * from users"),
+        rw(c, "select * from users join orders on true"),
         Rewrite::Unsupported(_)
     ));
-    assert!(matches!(
-        rw(c, "insert into users values (1, 'x')"),
-        Rewrite::Unsupported(_)
-    ));
+    assert_eq!(
+        text(c, "insert into users values (1, 'x')"),
+        "insert into users (id, email_address) values (1, (lower((('x')::character varying(320)))))"
+    );
+    assert_eq!(
+        text(c, "insert into users(email) values (DEFAULT)"),
+        "insert into users(email_address) values ((lower(((NULL)::character varying(320)))))"
+    );
+}
+
+#[test]
+fn column_less_insert_after_contract_uses_the_legacy_shape() {
+    let mut set = users(Phase::Contracted.routing().unwrap());
+    set.tables[0].facts.columns.remove(1);
+    let rules = ActiveRules::compile(set).unwrap();
+    assert_eq!(
+        rules.rewrite("insert into users values (default, 'Max@X', 'max')", &["public".to_string()]),
+        Rewrite::Rewritten(
+            "insert into users (id, email_address, name) values (default, (lower((('Max@X')::character varying(320)))), 'max')".into()
+        )
+    );
 }

@@ -96,7 +96,7 @@ fn upsert_sets_both_in_the_insert_and_the_update() {
 fn insert_select_is_wrapped() {
     assert_eq!(
         text(DW, "insert into users(id, email) select id, mail from imports"),
-        "insert into users(email_address, id, email) SELECT (lower(((_sy._sy_2)::character varying(320)))), _sy.* FROM (select id, mail from imports) AS _sy(_sy_1, _sy_2)"
+        "insert into users(email_address, id, email) SELECT (lower(((_sy._sy_2)::character varying(320)))), _sy._sy_1, _sy._sy_2 FROM (select id, mail from imports) AS _sy(_sy_1, _sy_2)"
     );
 }
 

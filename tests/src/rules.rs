@@ -75,6 +75,7 @@ pub fn single_pair(
         forward: forward.into(),
         backward: backward.into(),
         routing: phase.routing().unwrap_or(switchyard_rules::Routing::LEGACY),
+        legacy_position: facts.columns.iter().position(|c| c.name == legacy),
     };
     RuleSet {
         version,

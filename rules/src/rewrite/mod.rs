@@ -75,15 +75,29 @@ impl<'a> Ctx<'a> {
     /// expression is parsed again from its start and the range ends at the
     /// last token that parse consumed; `None` if that parse disagrees.
     pub fn range(&self, expr: &Expr) -> Option<std::ops::Range<usize>> {
-        let start = self.map.offset(expr.span().start)?;
+        self.reparse(expr.span(), expr, |p| p.parse_expr())
+    }
+
+    /// The exact source range of a query, found the same way.
+    pub fn query_range(&self, query: &Query) -> Option<std::ops::Range<usize>> {
+        self.reparse(query.span(), query, |p| p.parse_query().map(|q| *q))
+    }
+
+    fn reparse<T: PartialEq>(
+        &self,
+        span: sqlparser::tokenizer::Span,
+        expected: &T,
+        parse: impl FnOnce(&mut Parser<'_>) -> Result<T, sqlparser::parser::ParserError>,
+    ) -> Option<std::ops::Range<usize>> {
+        let start = self.map.offset(span.start)?;
         let rest = &self.map.text()[start..];
         let dialect = PostgreSqlDialect {};
         let mut parser = Parser::new(&dialect)
             .with_recursion_limit(RECURSION_LIMIT)
             .try_with_sql(rest)
             .ok()?;
-        let reparsed = parser.parse_expr().ok()?;
-        if &reparsed != expr {
+        let reparsed = parse(&mut parser).ok()?;
+        if &reparsed != expected {
             return None;
         }
         let end = SourceMap::new(rest).offset(parser.get_current_token().span.end)?;

@@ -42,6 +42,13 @@ fn fold(i: &Ident) -> String {
     }
 }
 
+fn has_dropped(table: &CompiledTable) -> bool {
+    table
+        .mappings
+        .iter()
+        .any(|m| m.mapping.routing.writes == WriteRoute::New)
+}
+
 fn switched(m: &CompiledMapping) -> bool {
     m.mapping.routing.reads == ReadRoute::New
 }
@@ -140,11 +147,13 @@ impl<'c, 'a> Reads<'c, 'a> {
                 .map(fold)
                 .unwrap_or_default(),
         };
-        let item = Item {
-            visible,
-            table: self.ctx.resolve(name),
+        let table = self.ctx.resolve(name);
+        // ON CONFLICT sees the proposed row as `excluded`.
+        let excluded = Item {
+            visible: "excluded".into(),
+            table,
         };
-        self.scopes.push(vec![item]);
+        self.scopes.push(vec![Item { visible, table }, excluded]);
         if let Some(sqlparser::ast::OnInsert::OnConflict(oc)) = &ins.on {
             if let sqlparser::ast::OnConflictAction::DoUpdate(du) = &oc.action {
                 du.assignments.iter().for_each(|a| self.expr(&a.value));
@@ -245,23 +254,96 @@ impl<'c, 'a> Reads<'c, 'a> {
                 },
                 SelectItem::ExprWithAlias { expr, .. }
                 | SelectItem::ExprWithAliases { expr, .. } => self.expr(expr),
-                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
-                    let dropped = self
+                SelectItem::Wildcard(opts) => {
+                    let scope: Vec<(String, Option<&'a CompiledTable>)> = self
                         .scopes
                         .last()
                         .into_iter()
                         .flatten()
-                        .filter_map(|i| i.table)
-                        .flat_map(|t| &t.mappings)
-                        .any(|m| m.mapping.routing.writes == WriteRoute::New);
-                    if dropped {
-                        self.refuse(
-                            "`*` over a table whose legacy column was dropped is not expanded yet"
-                                .into(),
-                        );
+                        .map(|i| (i.visible.clone(), i.table))
+                        .collect();
+                    let dropped: Vec<_> = scope
+                        .iter()
+                        .filter(|(_, t)| t.is_some_and(has_dropped))
+                        .collect();
+                    match (scope.len(), dropped.first()) {
+                        (_, None) => {}
+                        (1, Some((visible, Some(table)))) => {
+                            let at = opts.wildcard_token.0.span;
+                            self.expand(at, visible, table);
+                        }
+                        _ => self.refuse(
+                            "`*` over a join with a contracted table; name the columns".into(),
+                        ),
+                    }
+                }
+                SelectItem::QualifiedWildcard(kind, opts) => {
+                    let sqlparser::ast::SelectItemQualifiedWildcardKind::ObjectName(name) = kind
+                    else {
+                        continue;
+                    };
+                    let Some(q) = name.0.last().and_then(|p| p.as_ident()).map(fold) else {
+                        continue;
+                    };
+                    let item = self
+                        .scopes
+                        .iter()
+                        .rev()
+                        .find_map(|s| s.iter().find(|i| i.visible == q));
+                    if let Some(Item {
+                        visible,
+                        table: Some(table),
+                    }) = item
+                    {
+                        if has_dropped(table) {
+                            let (visible, table) = (visible.clone(), *table);
+                            let span = name.span().union(&opts.wildcard_token.0.span);
+                            self.expand(span, &visible, table);
+                        }
                     }
                 }
             }
+        }
+    }
+
+    /// Replaces `*` (or `t.*`) over a contracted table by its columns as
+    /// the application knew them, the legacy one served from the new one.
+    fn expand(
+        &mut self,
+        span: sqlparser::tokenizer::Span,
+        visible: &str,
+        table: &'a CompiledTable,
+    ) {
+        let columns: Vec<String> = table
+            .legacy_view()
+            .into_iter()
+            .map(|c| {
+                match table
+                    .mappings
+                    .iter()
+                    .find(|m| m.mapping.legacy == c && switched(m))
+                {
+                    Some(m) => {
+                        let new_ref = format!("{}.{}", quoted(visible), quoted(&m.mapping.new));
+                        format!(
+                            "({}::{}) AS {}",
+                            m.backward.fill(&new_ref),
+                            m.mapping.legacy_type,
+                            quoted(&c)
+                        )
+                    }
+                    None => format!("{}.{}", quoted(visible), quoted(&c)),
+                }
+            })
+            .collect();
+        if table.view_unknown() {
+            return self.refuse(
+                "`*` over a contracted table whose legacy column position is unknown".into(),
+            );
+        }
+        match self.ctx.map.range(span) {
+            Some(r) if !r.is_empty() => self.ctx.edits.replace(r, columns.join(", ")),
+            _ => self.refuse("no source location for `*`".into()),
         }
     }
 

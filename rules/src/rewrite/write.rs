@@ -4,8 +4,8 @@
 //! after a row's opening parenthesis), where parser locations are exact.
 
 use sqlparser::ast::{
-    Assignment, AssignmentTarget, Expr, Insert, OnConflictAction, OnInsert, SetExpr, Spanned,
-    TableFactor, TableObject, Update,
+    Assignment, AssignmentTarget, Expr, Insert, ObjectName, OnConflictAction, OnInsert, SetExpr,
+    Spanned, TableFactor, TableObject, Update,
 };
 
 use super::{column_name, quoted, Ctx};
@@ -148,18 +148,18 @@ pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
     let implicit = explicit.is_empty();
     let columns: Vec<String> = if !implicit {
         explicit
+    } else if table.view_unknown() {
+        return ctx.refuse(
+            table,
+            "an INSERT without a column list into a contracted table",
+        );
     } else {
         let width = match (values, &ins.source) {
             (Some(v), _) => v.rows.first().map(|r| r.content.len()).unwrap_or(0),
             (None, Some(_)) => facts.columns.len(),
             (None, None) => 0,
         };
-        facts
-            .columns
-            .iter()
-            .take(width)
-            .map(|c| c.name.clone())
-            .collect()
+        table.legacy_view().into_iter().take(width).collect()
     };
 
     let mut additions = Vec::new();
@@ -174,13 +174,49 @@ pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
             Err(reason) => return ctx.refuse(table, reason),
         }
     }
-    if !redirects.is_empty() {
-        if implicit || values.is_none() {
+    if !redirects.is_empty() && implicit {
+        // Name the columns, with the new one in the legacy one's place.
+        let end = match &ins.table_alias {
+            Some(alias) => alias.alias.span.end,
+            None => name.span().end,
+        };
+        let Some(at) = ctx.map.offset(end) else {
+            return ctx.refuse(table, "no source location for the INSERT target");
+        };
+        let named: Vec<String> = columns
+            .iter()
+            .map(
+                |c| match redirects.iter().find(|(_, m)| m.mapping.legacy == *c) {
+                    Some((_, m)) => quoted(&m.mapping.new),
+                    None => quoted(c),
+                },
+            )
+            .collect();
+        if !additions.is_empty() {
             return ctx.refuse(
                 table,
-                "an INSERT into a contracted table must name its columns and use VALUES",
+                "a column-less INSERT mixing contracted and dual-written pairs",
             );
         }
+        ctx.edits.insert(at, format!(" ({})", named.join(", ")));
+        for row in values.iter().flat_map(|v| &v.rows) {
+            for (index, mapping) in &redirects {
+                if let Some(value) = row.content.get(*index) {
+                    if let Err(reason) = wrap_forward(ctx, mapping, value) {
+                        return ctx.refuse(table, reason);
+                    }
+                }
+            }
+        }
+        if values.is_none() {
+            return ctx.refuse(
+                table,
+                "INSERT ... SELECT without a column list into a contracted table",
+            );
+        }
+        return;
+    }
+    if !redirects.is_empty() {
         for (index, mapping) in &redirects {
             let Some(col) = ins.columns.get(*index) else {
                 return;
@@ -190,6 +226,7 @@ pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
             };
             ctx.edits.replace(range, quoted(&mapping.mapping.new));
             for row in values.iter().flat_map(|v| &v.rows) {
+                // (INSERT ... SELECT is wrapped below instead.)
                 if let Some(value) = row.content.get(*index) {
                     if let Err(reason) = wrap_forward(ctx, mapping, value) {
                         return ctx.refuse(table, reason);
@@ -203,7 +240,7 @@ pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
             assignments(ctx, table, &du.assignments);
         }
     }
-    if additions.is_empty() {
+    if additions.is_empty() && (redirects.is_empty() || values.is_some()) {
         return;
     }
     let Some(source) = &ins.source else {
@@ -231,7 +268,7 @@ pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
             .chain(columns.iter().map(|c| quoted(c)))
             .collect();
         ctx.edits.insert(at, format!(" ({})", all.join(", ")));
-    } else {
+    } else if !added_columns.is_empty() {
         let Some(at) = ins
             .columns
             .first()
@@ -259,24 +296,28 @@ pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
             }
         }
         None => {
-            // INSERT ... SELECT: wrap the query and compute from its columns.
-            let Some(range) = ctx.map.range(source.span()) else {
+            // INSERT ... SELECT: wrap the query (with two insertions, so
+            // that rewrites inside it still apply) and compute from its
+            // columns.
+            let Some(range) = ctx.query_range(source) else {
                 return ctx.refuse(table, "no source location for INSERT ... SELECT");
             };
-            let width = columns.len();
-            let names: Vec<String> = (1..=width).map(|i| format!("_sy_{i}")).collect();
+            let names: Vec<String> = (1..=columns.len()).map(|i| format!("_sy_{i}")).collect();
             let refs: Vec<String> = names.iter().map(|n| format!("_sy.{n}")).collect();
-            let vals: Vec<String> = additions
+            let mut outputs: Vec<String> = additions
                 .iter()
                 .map(|a| value_for(a, &refs, None))
                 .collect();
-            let original = &ctx.map.text()[range.clone()];
-            let wrapped = format!(
-                "SELECT {}, _sy.* FROM ({original}) AS _sy({})",
-                vals.join(", "),
-                names.join(", ")
-            );
-            ctx.edits.replace(range, wrapped);
+            for (i, r) in refs.iter().enumerate() {
+                match redirects.iter().find(|(index, _)| *index == i) {
+                    Some((_, m)) => outputs.push(m.forward.fill(&cast(r, &m.mapping.legacy_type))),
+                    None => outputs.push(r.clone()),
+                }
+            }
+            ctx.edits
+                .insert(range.start, format!("SELECT {} FROM (", outputs.join(", ")));
+            ctx.edits
+                .insert(range.end, format!(") AS _sy({})", names.join(", ")));
         }
     }
 }
@@ -339,13 +380,12 @@ fn assignments(ctx: &mut Ctx<'_>, table: &CompiledTable, list: &[Assignment]) {
                 value_for(&a, &texts, Some(&exprs))
             )),
             Ok(Some(Step::Redirect { index, mapping })) => {
+                let is_legacy = |n: &&ObjectName| {
+                    column_name(n).as_deref() == Some(mapping.mapping.legacy.as_str())
+                };
                 let target = list.iter().find_map(|a| match &a.target {
-                    AssignmentTarget::ColumnName(n)
-                        if column_name(n).as_deref() == Some(mapping.mapping.legacy.as_str()) =>
-                    {
-                        Some(n)
-                    }
-                    _ => None,
+                    AssignmentTarget::ColumnName(n) => Some(n).filter(is_legacy),
+                    AssignmentTarget::Tuple(names) => names.iter().find(is_legacy),
                 });
                 let Some(range) = target
                     .and_then(|n| ctx.map.range(n.span()))
@@ -385,10 +425,13 @@ fn assignments(ctx: &mut Ctx<'_>, table: &CompiledTable, list: &[Assignment]) {
 /// rewrites inside the value still apply.
 fn wrap_forward(ctx: &mut Ctx<'_>, mapping: &CompiledMapping, value: &Expr) -> Result<(), String> {
     if is_default(value) {
-        return Err(format!(
-            "DEFAULT for dropped column {}",
-            mapping.mapping.legacy
-        ));
+        // The dropped column's default is gone with it: NULL, through forward.
+        let range = ctx.range(value).ok_or("no source location for DEFAULT")?;
+        let filled = mapping
+            .forward
+            .fill(&cast("NULL", &mapping.mapping.legacy_type));
+        ctx.edits.replace(range, filled);
+        return Ok(());
     }
     let (before, after) = mapping.forward.around().ok_or_else(|| {
         format!(
