@@ -56,22 +56,20 @@ pub fn summarise(samples: &[Sample]) -> Table {
         .collect()
 }
 
-/// A Markdown table with ratios against direct and PgBouncer.
-pub fn render(table: &Table) -> String {
-    let mut out = String::from(
-        "| mode | c | path | tps | avg µs | p99 µs | tps vs direct | tps vs pgbouncer | avg added µs |\n|---|---|---|---|---|---|---|---|---|\n",
+/// A Markdown table of `paths` with throughput ratios against `baseline`
+/// and `reference`, and the latency added over `baseline`.
+pub fn render(table: &Table, baseline: &str, reference: &str, paths: &[&str]) -> String {
+    let mut out = format!(
+        "| mode | c | path | tps | avg µs | p99 µs | tps vs {baseline} | tps vs {reference} | avg added µs |\n|---|---|---|---|---|---|---|---|---|\n"
     );
-    let cells: Vec<Cell> = {
-        let mut c: Vec<Cell> = table.keys().map(|(c, _)| c.clone()).collect();
-        c.dedup();
-        c
-    };
+    let mut cells: Vec<Cell> = table.keys().map(|(c, _)| c.clone()).collect();
+    cells.dedup();
     for cell in cells {
         let get = |p: &str| table.get(&(cell.clone(), p.to_string())).copied();
-        let (Some(direct), Some(bouncer)) = (get("direct"), get("pgbouncer")) else {
+        let (Some(base), Some(refr)) = (get(baseline), get(reference)) else {
             continue;
         };
-        for path in ["direct", "switchyard", "pgbouncer"] {
+        for path in paths {
             let Some((tps, avg, p99)) = get(path) else {
                 continue;
             };
@@ -79,9 +77,9 @@ pub fn render(table: &Table) -> String {
                 "| {} | {} | {path} | {tps:.0} | {avg:.1} | {p99:.1} | {:.2} | {:.2} | {:+.1} |\n",
                 cell.mode,
                 cell.clients,
-                tps / direct.0,
-                tps / bouncer.0,
-                avg - direct.1
+                tps / base.0,
+                tps / refr.0,
+                avg - base.1
             ));
         }
     }
