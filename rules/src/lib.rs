@@ -6,6 +6,7 @@ pub mod active;
 pub mod cache;
 pub mod fixtures;
 pub mod ident;
+pub mod migration;
 pub mod model;
 pub mod prefilter;
 pub mod rewrite;
