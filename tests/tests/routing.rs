@@ -327,3 +327,91 @@ async fn reads_switch_then_contract_keeps_the_application_working() {
     let err = c.query("select * from users", &[]).await.unwrap_err();
     assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("0A000"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_path_and_sql_level_prepare_are_followed() {
+    let env = Env::new().await;
+    env.direct
+        .batch_execute("create schema app; create table app.users(id serial primary key, email varchar(320), email_address varchar(320));")
+        .await
+        .unwrap();
+    let facts = table_facts(&env.direct, "app", "users").await.unwrap();
+    let set = |v, phase| {
+        single_pair(
+            v,
+            "postgres",
+            facts.clone(),
+            "email",
+            "email_address",
+            "lower(email)",
+            "email_address",
+            phase,
+        )
+    };
+    install(&env.hub, set(1, Phase::DualWrite));
+    let c = env.proxy.connect("trust_user").await.unwrap();
+    // `users` is public.users here: not routed.
+    c.batch_execute("insert into users(id, email) values (1, 'P@x')")
+        .await
+        .unwrap();
+    assert_eq!(env.new_value(1).await, None);
+    c.batch_execute("SET search_path TO app, public")
+        .await
+        .unwrap();
+    c.batch_execute("insert into users(id, email) values (1, 'A@x')")
+        .await
+        .unwrap();
+    let app_new: Option<String> = env
+        .direct
+        .query_one("select email_address from app.users where id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(app_new.as_deref(), Some("a@x"));
+
+    // SQL-level PREPARE under one version, EXECUTE under others.
+    install(&env.hub, set(2, Phase::Expanded));
+    c.batch_execute("PREPARE ins(int, text) AS insert into users(id, email) values ($1, $2)")
+        .await
+        .unwrap();
+    let mut mirrored = Vec::new();
+    for (i, (v, phase)) in [
+        (2, Phase::Expanded),
+        (3, Phase::DualWrite),
+        (4, Phase::Expanded),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if v > 2 {
+            install(&env.hub, set(v, phase));
+        }
+        let id = 10 + i as i32;
+        let msgs = c
+            .simple_query(&format!("EXECUTE ins({id}, 'E{id}@X')"))
+            .await
+            .unwrap();
+        // The client sees exactly its own command's completion.
+        assert_eq!(
+            msgs.iter()
+                .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::CommandComplete(_)))
+                .count(),
+            1
+        );
+        let new: Option<String> = env
+            .direct
+            .query_one("select email_address from app.users where id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0);
+        mirrored.push(new.is_some());
+    }
+    assert_eq!(mirrored, vec![false, true, false]);
+    c.batch_execute("DEALLOCATE ins; RESET search_path")
+        .await
+        .unwrap();
+    c.batch_execute("insert into users(id, email) values (2, 'P2@x')")
+        .await
+        .unwrap();
+    assert_eq!(env.new_value(2).await, None, "back on public.users");
+}

@@ -12,19 +12,35 @@ use switchyard_rules::{ActiveRules, ReadRoute, Rewrite, Unsupported};
 
 use super::hub::RulesHub;
 use super::messages::{self, Parse};
+use super::session_sql::{classify_all, SessionCommand};
 use crate::relay::Action;
 
 /// A reply (or group of replies) the server owes, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Expect {
-    Parse { injected: Option<String> },
+    Parse {
+        injected: Option<String>,
+    },
     Bind,
-    Close { injected: bool },
+    Close {
+        injected: bool,
+    },
     Describe,
     Execute,
     Sync,
     Query,
     Function,
+    /// A simple query of our own: every reply through its ReadyForQuery is
+    /// swallowed.
+    Injected,
+}
+
+/// A statement prepared with SQL `PREPARE`, as the client wrote it.
+#[derive(Debug)]
+struct SqlPrepared {
+    text: String,
+    version: u64,
+    sent: String,
 }
 
 #[derive(Debug)]
@@ -42,6 +58,8 @@ struct State {
     statements: HashMap<String, Prepared>,
     /// In extended-protocol COPY FROM STDIN, where the server ignores Sync.
     copy_in: bool,
+    search_path: SearchPath,
+    sql_prepared: HashMap<String, SqlPrepared>,
 }
 
 /// Routing state of one session, shared by its two directions.
@@ -49,7 +67,8 @@ pub struct SessionRouter {
     hub: Arc<RulesHub>,
     id: u64,
     database: String,
-    search_path: SearchPath,
+    user: String,
+    default_path: SearchPath,
     state: Mutex<State>,
 }
 
@@ -61,10 +80,10 @@ impl SessionRouter {
             Some(sp) => sp
                 .split(',')
                 .filter_map(|s| switchyard_rules::ident::fold(s.trim()))
-                .map(|s| if s == "$user" { user.to_owned() } else { s })
                 .collect(),
-            None => vec![user.to_owned(), "public".to_owned()],
+            None => vec!["$user".to_owned(), "public".to_owned()],
         };
+        let default_path = path_for(user, schemas);
         SessionRouter {
             id: hub.register(),
             state: Mutex::new(State {
@@ -74,10 +93,13 @@ impl SessionRouter {
                 pending: VecDeque::new(),
                 statements: HashMap::new(),
                 copy_in: false,
+                search_path: default_path.clone(),
+                sql_prepared: HashMap::new(),
             }),
             hub,
             database: database.to_owned(),
-            search_path: SearchPath::new(schemas),
+            user: user.to_owned(),
+            default_path,
         }
     }
 
@@ -101,17 +123,41 @@ impl SessionRouter {
                 let Some(sql) = messages::query_text(body) else {
                     return Action::Forward;
                 };
-                if starts_with_words(sql, &["discard", "all"])
-                    || starts_with_words(sql, &["deallocate", "all"])
-                {
-                    st.statements.clear();
+                let commands = classify_all(sql);
+                let mut inject = None;
+                for command in &commands {
+                    inject = self.session_command(&mut st, command).or(inject);
                 }
-                match self.rewrite(&st.rules, sql) {
-                    Outcome::Same => Action::Forward,
-                    Outcome::Text(text) => Action::Replace(messages::query(&text)),
-                    Outcome::Refuse(message) => {
-                        Action::Replace(messages::query(&refusal(&message)))
+                let (sent, action) = match self.rewrite(&st.search_path, &st.rules, sql) {
+                    Outcome::Same => (sql.to_owned(), Action::Forward),
+                    Outcome::Text(text) => {
+                        let frame = messages::query(&text);
+                        (text, Action::Replace(frame))
                     }
+                    Outcome::Refuse(message) => {
+                        let text = refusal(&message);
+                        let frame = messages::query(&text);
+                        (text, Action::Replace(frame))
+                    }
+                };
+                if let [SessionCommand::Prepare(name)] = commands.as_slice() {
+                    if !sql.trim().trim_end_matches(';').contains(';') {
+                        let version = st.rules.version();
+                        st.sql_prepared.insert(
+                            name.clone(),
+                            SqlPrepared {
+                                text: sql.to_owned(),
+                                version,
+                                sent,
+                            },
+                        );
+                    }
+                }
+                match (inject, action) {
+                    (None, action) => action,
+                    (Some(pre), Action::Forward) => with_prefix(Some(pre), frame),
+                    (Some(pre), Action::Replace(body)) => with_prefix(Some(pre), &body),
+                    (Some(_), action) => action,
                 }
             }
             b'P' => {
@@ -120,7 +166,7 @@ impl SessionRouter {
                 let Some(parse) = Parse::decode(body) else {
                     return Action::Forward;
                 };
-                let (sent, action) = match self.rewrite(&st.rules, &parse.query) {
+                let (sent, action) = match self.rewrite(&st.search_path, &st.rules, &parse.query) {
                     Outcome::Same => (parse.query.clone(), Action::Forward),
                     Outcome::Text(text) => {
                         let frame = parse.frame_with(&text);
@@ -193,6 +239,12 @@ impl SessionRouter {
     /// Handles one frame from the server.
     pub fn on_server(&self, tag: u8, frame: &[u8]) -> Action {
         let mut st = self.lock();
+        if st.pending.front() == Some(&Expect::Injected) {
+            if tag == b'Z' {
+                st.pending.pop_front();
+            }
+            return Action::Replace(Bytes::new());
+        }
         match tag {
             b'1' => {
                 if let Some(Expect::Parse { injected }) = st.pending.front().cloned() {
@@ -285,7 +337,8 @@ impl SessionRouter {
         if prepared.version == version {
             return None;
         }
-        let text = match self.rewrite(&rules, &prepared.parse.query) {
+        let path = st.search_path.clone();
+        let text = match self.rewrite(&path, &rules, &prepared.parse.query) {
             Outcome::Same => prepared.parse.query.clone(),
             Outcome::Text(t) => t,
             Outcome::Refuse(m) => refusal(&m),
@@ -309,11 +362,57 @@ impl SessionRouter {
         Some(out.freeze())
     }
 
-    fn rewrite(&self, rules: &ActiveRules, sql: &str) -> Outcome {
+    /// Follows `SET search_path` and SQL-level prepared statements; returns
+    /// a query to run first when a statement `PREPARE`d under another rules
+    /// version is about to be `EXECUTE`d and its rewrite changed.
+    fn session_command(&self, st: &mut State, command: &SessionCommand) -> Option<Bytes> {
+        match command {
+            SessionCommand::SearchPath(Some(schemas)) => {
+                st.search_path = path_for(&self.user, schemas.clone())
+            }
+            SessionCommand::SearchPath(None) => st.search_path = self.default_path.clone(),
+            SessionCommand::Deallocate(name) => {
+                st.sql_prepared.remove(name);
+            }
+            SessionCommand::DropAll => {
+                st.sql_prepared.clear();
+                st.statements.clear();
+            }
+            SessionCommand::Prepare(_) => {}
+            SessionCommand::Execute(name) => {
+                let version = st.rules.version();
+                let prepared = st.sql_prepared.get(name).filter(|p| p.version != version)?;
+                let text = match self.rewrite(&st.search_path, &st.rules, &prepared.text) {
+                    Outcome::Same => prepared.text.clone(),
+                    Outcome::Text(t) => t,
+                    Outcome::Refuse(m) => refusal(&m),
+                };
+                let changed = text != prepared.sent;
+                let entry = st.sql_prepared.get_mut(name)?;
+                entry.version = version;
+                if !changed {
+                    return None;
+                }
+                entry.sent = text.clone();
+                // Our query goes first: its replies are swallowed.
+                let back = st.pending.pop_back();
+                st.pending.push_back(Expect::Injected);
+                st.pending.extend(back);
+                return Some(messages::query(&format!(
+                    "DEALLOCATE {}; {}",
+                    switchyard_rules::ident::quote(name),
+                    text
+                )));
+            }
+        }
+        None
+    }
+
+    fn rewrite(&self, path: &SearchPath, rules: &ActiveRules, sql: &str) -> Outcome {
         if rules.set.database != self.database {
             return Outcome::Same;
         }
-        let Some(result) = self.hub.cache.rewrite(rules, sql, &self.search_path) else {
+        let Some(result) = self.hub.cache.rewrite(rules, sql, path) else {
             return Outcome::Same;
         };
         match &*result {
@@ -382,10 +481,12 @@ fn refusal(message: &str) -> String {
     )
 }
 
-fn starts_with_words(sql: &str, words: &[&str]) -> bool {
-    let mut rest = sql.split_whitespace();
-    words.iter().all(|w| {
-        rest.next()
-            .is_some_and(|x| x.trim_end_matches(';').eq_ignore_ascii_case(w))
-    })
+/// A search path with `$user` resolved.
+fn path_for(user: &str, schemas: Vec<String>) -> SearchPath {
+    SearchPath::new(
+        schemas
+            .into_iter()
+            .map(|s| if s == "$user" { user.to_owned() } else { s })
+            .collect(),
+    )
 }
