@@ -135,7 +135,7 @@ async fn run_phase(phase: Phase) {
     if phase == Phase::Contracted {
         // What the writes said about the legacy name landed in the new column.
         let n: i64 = direct
-            .query_one("select count(*) from users where email_address in ('Dan2@Example.com', 'Ned@Example.com', 'Tx@Example.com')", &[])
+            .query_one("select count(*) from users where email_address in ('Alias@Example.com', 'Hx@Example.com', 'Sx2@Example.com')", &[])
             .await
             .unwrap()
             .get(0);

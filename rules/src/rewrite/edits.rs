@@ -69,6 +69,11 @@ impl Edits {
         self.edits.push((range.start, range.end, text.into()));
     }
 
+    /// How many edits are recorded.
+    pub fn len(&self) -> usize {
+        self.edits.len()
+    }
+
     /// Whether nothing is to change.
     pub fn is_empty(&self) -> bool {
         self.edits.is_empty()

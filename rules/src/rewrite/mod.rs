@@ -87,9 +87,41 @@ impl<'a> Ctx<'a> {
         &self,
         span: sqlparser::tokenizer::Span,
         expected: &T,
-        parse: impl FnOnce(&mut Parser<'_>) -> Result<T, sqlparser::parser::ParserError>,
+        parse: impl Fn(&mut Parser<'_>) -> Result<T, sqlparser::parser::ParserError>,
     ) -> Option<std::ops::Range<usize>> {
         let start = self.map.offset(span.start)?;
+        if let Some(r) = self.reparse_at(start, expected, &parse) {
+            return Some(r);
+        }
+        // Some spans start inside their expression (a parenthesised
+        // sub-select, `TRIM(...)`): try the nearest earlier token starts.
+        let text = self.map.text();
+        let floor = start.saturating_sub(64);
+        let mut at = start;
+        while at > floor {
+            at -= 1;
+            if !text.is_char_boundary(at) {
+                continue;
+            }
+            let c = text[at..].chars().next()?;
+            let prev = text[..at].chars().next_back();
+            let token_start = !c.is_whitespace()
+                && prev.is_none_or(|p| p.is_whitespace() || matches!(p, '(' | ',' | '='));
+            if token_start {
+                if let Some(r) = self.reparse_at(at, expected, &parse) {
+                    return Some(r);
+                }
+            }
+        }
+        None
+    }
+
+    fn reparse_at<T: PartialEq>(
+        &self,
+        start: usize,
+        expected: &T,
+        parse: &impl Fn(&mut Parser<'_>) -> Result<T, sqlparser::parser::ParserError>,
+    ) -> Option<std::ops::Range<usize>> {
         let rest = &self.map.text()[start..];
         let dialect = PostgreSqlDialect {};
         let mut parser = Parser::new(&dialect)

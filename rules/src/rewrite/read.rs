@@ -10,9 +10,10 @@
 use std::collections::HashSet;
 
 use sqlparser::ast::{
-    Delete, Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident,
-    InTarget, Insert, JoinConstraint, JoinOperator, OrderBy, OrderByKind, Query, Select,
-    SelectItem, SetExpr, Spanned, TableFactor, TableWithJoins, Update,
+    Delete, Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArgumentClause,
+    FunctionArguments, GroupByExpr, Ident, InTarget, Insert, JoinConstraint, JoinOperator, OrderBy,
+    OrderByKind, Query, Select, SelectItem, SetExpr, Spanned, TableFactor, TableWithJoins, Update,
+    WindowType,
 };
 
 use super::{quoted, Ctx};
@@ -250,7 +251,23 @@ impl<'c, 'a> Reads<'c, 'a> {
                     Some((replacement, name)) => {
                         self.replace(e, format!("{replacement} AS {}", quoted(&name)))
                     }
-                    None => self.expr(e),
+                    None => {
+                        let before = self.ctx.edits.len();
+                        self.expr(e);
+                        // PostgreSQL names some expressions after a column
+                        // inside them (`x::text`, `CASE ... ELSE x END`):
+                        // keep the legacy name if that column was replaced.
+                        let name = output_name(e).filter(|n| self.legacy_names.may_touch(n));
+                        if let (true, Some(name)) = (self.ctx.edits.len() > before, name) {
+                            match self.ctx.range(e) {
+                                Some(r) => self
+                                    .ctx
+                                    .edits
+                                    .insert(r.end, format!(" AS {}", quoted(&name))),
+                                None => self.refuse(format!("no source location for {e}")),
+                            }
+                        }
+                    }
                 },
                 SelectItem::ExprWithAlias { expr, .. }
                 | SelectItem::ExprWithAliases { expr, .. } => self.expr(expr),
@@ -481,13 +498,16 @@ impl<'c, 'a> Reads<'c, 'a> {
                     }
                     if scope.iter().any(|i| i.table.is_none()) {
                         // Owned by an unknown FROM item here, or an outer
-                        // reference: refuse if an outer routed table could own it.
-                        let outer = self.scopes[..depth]
+                        // reference to a routed table. While the legacy
+                        // column exists, reading it as written is safe (it
+                        // is dual-written); once dropped, refuse.
+                        let dropped = self.scopes[..depth]
                             .iter()
                             .flatten()
-                            .any(|i| find(i).is_some());
-                        if outer {
-                            self.refuse(format!("ambiguous reference to {column}"));
+                            .filter_map(|i| find(i))
+                            .any(|m| !m.mapping.routing.legacy_exists());
+                        if dropped {
+                            self.refuse(format!("ambiguous reference to {column}; qualify it"));
                         }
                         return None;
                     }
@@ -583,10 +603,75 @@ impl<'c, 'a> Reads<'c, 'a> {
                     FunctionArguments::Subquery(q) => self.query(q),
                     FunctionArguments::None => {}
                 }
-                if f.filter.is_some() || f.over.is_some() || !f.within_group.is_empty() {
-                    self.unknown(&e.to_string());
+                if let FunctionArguments::List(list) = &f.args {
+                    for clause in &list.clauses {
+                        match clause {
+                            FunctionArgumentClause::OrderBy(list) => {
+                                list.iter().for_each(|o| self.expr(&o.expr))
+                            }
+                            FunctionArgumentClause::Where(e) | FunctionArgumentClause::Limit(e) => {
+                                self.expr(e)
+                            }
+                            other => self.unknown(&other.to_string()),
+                        }
+                    }
+                }
+                if let Some(filter) = &f.filter {
+                    self.expr(filter);
+                }
+                f.within_group.iter().for_each(|o| self.expr(&o.expr));
+                match &f.over {
+                    Some(WindowType::WindowSpec(spec)) => {
+                        spec.partition_by.iter().for_each(|e| self.expr(e));
+                        spec.order_by.iter().for_each(|o| self.expr(&o.expr));
+                        if let Some(frame) = &spec.window_frame {
+                            self.unknown(&format!("{frame:?}"));
+                        }
+                    }
+                    Some(WindowType::NamedWindow(_)) | None => {}
                 }
             }
+            Expr::Substring {
+                expr,
+                substring_from,
+                substring_for,
+                ..
+            } => {
+                self.expr(expr);
+                for e in substring_from.iter().chain(substring_for.iter()) {
+                    self.expr(e);
+                }
+            }
+            Expr::Trim {
+                expr,
+                trim_what,
+                trim_characters,
+                ..
+            } => {
+                self.expr(expr);
+                if let Some(w) = trim_what {
+                    self.expr(w);
+                }
+                trim_characters.iter().flatten().for_each(|e| self.expr(e));
+            }
+            Expr::Position { expr, r#in } => {
+                self.expr(expr);
+                self.expr(r#in);
+            }
+            Expr::Overlay {
+                expr,
+                overlay_what,
+                overlay_from,
+                overlay_for,
+            } => {
+                self.expr(expr);
+                self.expr(overlay_what);
+                self.expr(overlay_from);
+                if let Some(e) = overlay_for {
+                    self.expr(e);
+                }
+            }
+            Expr::Array(a) => a.elem.iter().for_each(|e| self.expr(e)),
             Expr::Exists { subquery, .. } | Expr::Subquery(subquery) => self.query(subquery),
             Expr::Tuple(list) => list.iter().for_each(|e| self.expr(e)),
             other => self.unknown(&other.to_string()),
@@ -599,5 +684,19 @@ impl<'c, 'a> Reads<'c, 'a> {
         if self.legacy_names.may_touch(text) {
             self.refuse(format!("cannot route the legacy column inside: {text}"));
         }
+    }
+}
+
+/// The output column name PostgreSQL gives an unaliased expression when it
+/// derives it from a column reference (FigureColname); `None` otherwise.
+fn output_name(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Identifier(i) => Some(fold(i)),
+        Expr::CompoundIdentifier(parts) => parts.last().map(fold),
+        Expr::Nested(inner)
+        | Expr::Cast { expr: inner, .. }
+        | Expr::Collate { expr: inner, .. } => output_name(inner),
+        Expr::Case { else_result, .. } => else_result.as_deref().and_then(output_name),
+        _ => None,
     }
 }
