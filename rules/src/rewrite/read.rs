@@ -504,7 +504,7 @@ impl<'c, 'a> Reads<'c, 'a> {
                         let dropped = self.scopes[..depth]
                             .iter()
                             .flatten()
-                            .filter_map(|i| find(i))
+                            .filter_map(&find)
                             .any(|m| !m.mapping.routing.legacy_exists());
                         if dropped {
                             self.refuse(format!("ambiguous reference to {column}; qualify it"));
