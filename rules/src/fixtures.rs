@@ -38,6 +38,7 @@ pub fn users(routing: Routing) -> RuleSet {
                 backward: "email_address".into(),
                 routing,
                 legacy_position: Some(1),
+                on_unsupported: Default::default(),
             }],
         }],
         shadows: vec![QualifiedName::new("archive", "users")],

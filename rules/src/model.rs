@@ -187,6 +187,21 @@ pub struct ColumnMapping {
     /// after contract.
     #[serde(default)]
     pub legacy_position: Option<usize>,
+    /// What the proxy does, once reads are switched, with a statement that
+    /// touches the table but cannot be rewritten.
+    #[serde(default)]
+    pub on_unsupported: UnsupportedPolicy,
+}
+
+/// The operator's choice for unrewritable statements after the read switch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnsupportedPolicy {
+    /// Refuse with SQLSTATE 0A000 (a missed write would be served stale).
+    #[default]
+    Refuse,
+    /// Forward unchanged, counted and logged; the operator accepts the risk.
+    PassThrough,
 }
 
 /// The rules of one table.

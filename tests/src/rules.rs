@@ -76,6 +76,7 @@ pub fn single_pair(
         backward: backward.into(),
         routing: phase.routing().unwrap_or(switchyard_rules::Routing::LEGACY),
         legacy_position: facts.columns.iter().position(|c| c.name == legacy),
+        on_unsupported: Default::default(),
     };
     RuleSet {
         version,

@@ -241,6 +241,29 @@ async fn unrewritable_writes_are_counted_before_the_switch_and_refused_after() {
         c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0),
         1
     );
+
+    // An operator may choose to let such statements through.
+    let facts = table_facts(&env.direct, "public", "users").await.unwrap();
+    env.version += 1;
+    let mut set = single_pair(
+        env.version,
+        "postgres",
+        facts,
+        "email",
+        "email_address",
+        "lower(email)",
+        "email_address",
+        Phase::ReadsSwitched,
+    );
+    set.tables[0].mappings[0].on_unsupported = switchyard_rules::UnsupportedPolicy::PassThrough;
+    install(&env.hub, set);
+    let sink = c.copy_in("copy users(id, email) from stdin").await.unwrap();
+    futures_util::pin_mut!(sink);
+    futures_util::SinkExt::send(&mut sink, bytes::Bytes::from_static(b"11\tPass@x\n"))
+        .await
+        .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 1);
+    assert_eq!(env.mismatches().await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 use switchyard_rules::cache::SearchPath;
-use switchyard_rules::{ActiveRules, ReadRoute, Rewrite, Unsupported};
+use switchyard_rules::{ActiveRules, ReadRoute, Rewrite, Unsupported, UnsupportedPolicy};
 
 use super::hub::RulesHub;
 use super::messages::{self, Parse};
@@ -426,10 +426,12 @@ impl SessionRouter {
     /// then needs another backfill pass); from then on it is refused.
     fn unsupported(&self, rules: &ActiveRules, sql: &str, u: &Unsupported) -> Outcome {
         self.hub.log_unsupported(sql, &u.reason);
-        let switched = rules.tables.iter().flat_map(|t| &t.mappings).any(|m| {
-            u.migrations.contains(&m.mapping.migration) && m.mapping.routing.reads == ReadRoute::New
+        let refuse = rules.tables.iter().flat_map(|t| &t.mappings).any(|m| {
+            u.migrations.contains(&m.mapping.migration)
+                && m.mapping.routing.reads == ReadRoute::New
+                && m.mapping.on_unsupported == UnsupportedPolicy::Refuse
         });
-        if switched {
+        if refuse {
             Outcome::Refuse(format!(
                 "Switchyard cannot route this statement for migration {}: {}",
                 u.migrations.join(", "),
