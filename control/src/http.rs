@@ -8,20 +8,28 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
+use switchyard_rules::migration::{MigrationSpec, Verb};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
+
+use crate::engine::Engine;
+use crate::error::ControlError;
 
 /// State the API handlers read.
 pub struct ApiState {
     /// Metrics of every component of this process.
     pub registry: Mutex<Registry>,
+    /// The migration engine, when `--database-url` is set.
+    pub engine: Option<Arc<Engine>>,
+    /// The bearer token every `/v1` call must carry, if set.
+    pub token: Option<String>,
 }
 
 /// Why the API could not start.
@@ -77,29 +85,14 @@ async fn handle(
     state: Arc<ApiState>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let response = match (req.method(), req.uri().path()) {
+    let path = req.uri().path().to_owned();
+    let response = match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
-        (&Method::GET, "/metrics") => {
-            let mut text = String::new();
-            let encoded = {
-                let registry = state.registry.lock().unwrap_or_else(|p| p.into_inner());
-                prometheus_client::encoding::text::encode(&mut text, &registry)
-            };
-            match encoded {
-                Ok(()) => Response::builder()
-                    .header(
-                        "content-type",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )
-                    .body(Full::new(Bytes::from(text)))
-                    .unwrap_or_default(),
-                Err(e) => error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    &e.to_string(),
-                ),
-            }
-        }
+        (&Method::GET, "/metrics") => metrics(&state),
+        (_, p) if p.starts_with("/v1/") => match v1(&state, req).await {
+            Ok((status, body)) => json(status, body),
+            Err(e) => error(e.status(), e.code(), &e.to_string()),
+        },
         (_, path) => error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -107,6 +100,103 @@ async fn handle(
         ),
     };
     Ok(response)
+}
+
+fn metrics(state: &ApiState) -> Response<Full<Bytes>> {
+    let mut text = String::new();
+    let encoded = {
+        let registry = state.registry.lock().unwrap_or_else(|p| p.into_inner());
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+    };
+    match encoded {
+        Ok(()) => Response::builder()
+            .header(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .body(Full::new(Bytes::from(text)))
+            .unwrap_or_default(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        ),
+    }
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn v1(
+    state: &ApiState,
+    req: Request<Incoming>,
+) -> Result<(StatusCode, serde_json::Value), ControlError> {
+    if let Some(token) = &state.token {
+        let given = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| ControlError::Unauthorized("missing bearer token".into()))?;
+        if !same(given.as_bytes(), token.as_bytes()) {
+            return Err(ControlError::Unauthorized("bad bearer token".into()));
+        }
+    }
+    let actor = req
+        .headers()
+        .get("x-switchyard-actor")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(if state.token.is_some() {
+            "token"
+        } else {
+            "local"
+        })
+        .to_owned();
+    let engine = state.engine.clone().ok_or_else(|| {
+        ControlError::Unavailable("no --database-url: the control plane is off".into())
+    })?;
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let force = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "force=true" || kv == "force=1"));
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ControlError::BadRequest(format!("reading the body: {e}")))?
+        .to_bytes();
+    let parts: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
+    match (method, parts.as_slice()) {
+        (Method::GET, ["status"]) => Ok((StatusCode::OK, engine.status().await?)),
+        (Method::GET, ["events"]) => Ok((StatusCode::OK, engine.events().await?)),
+        (Method::GET, ["migrations"]) => Ok((StatusCode::OK, engine.list().await?)),
+        (Method::POST, ["migrations"]) => {
+            let spec: MigrationSpec = serde_json::from_slice(&body)
+                .map_err(|e| ControlError::BadRequest(format!("invalid migration spec: {e}")))?;
+            Ok((StatusCode::CREATED, engine.create(spec, &actor).await?))
+        }
+        (Method::GET, ["migrations", name]) => Ok((StatusCode::OK, engine.detail(name).await?)),
+        (Method::POST, ["migrations", name, "revert"]) => {
+            Ok((StatusCode::OK, engine.revert(Some(name), &actor).await?))
+        }
+        (Method::POST, ["migrations", name, verb]) => {
+            let verb = Verb::parse(verb)
+                .ok_or_else(|| ControlError::NotFound(format!("no verb {verb}")))?;
+            Ok((
+                StatusCode::OK,
+                engine.apply(name, verb, force, &actor).await?,
+            ))
+        }
+        (Method::POST, ["revert"]) => Ok((StatusCode::OK, engine.revert(None, &actor).await?)),
+        (_, _) => Err(ControlError::NotFound(format!("no route for {path}"))),
+    }
 }
 
 /// A JSON response.

@@ -1,4 +1,13 @@
-//! Switchyard's control plane: the HTTP API and, in time, the migration
-//! state machine, DDL runner, backfill and parity checks.
+//! Switchyard's control plane: the HTTP API, the migration engine (spec
+//! validation against the catalog, safe DDL, routing publication, audit
+//! log) and its state in the database's `switchyard` schema.
 
+pub mod catalog;
+pub mod ddl;
+pub mod engine;
+pub mod error;
 pub mod http;
+pub mod store;
+
+pub use engine::{Engine, RulesSink};
+pub use error::ControlError;

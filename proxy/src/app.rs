@@ -35,10 +35,25 @@ impl App {
         let metrics = ProxyMetrics::new(&mut registry);
         let control = http::bind(&config.control_listen, config.control_token.is_some()).await?;
         let control_addr = control.local_addr()?;
+        let token = config.control_token.clone();
+        let database_url = config.database_url.clone();
         let proxy = Proxy::bind(config, metrics.clone()).await?.spawn();
+        let engine = match database_url {
+            Some(url) => {
+                let sink: Arc<dyn switchyard_control::RulesSink> = proxy.rules();
+                Some(Arc::new(
+                    switchyard_control::Engine::connect(&url, sink)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("control plane: {e}"))?,
+                ))
+            }
+            None => None,
+        };
         let (api_stop, stop_rx) = watch::channel(false);
         let api = Arc::new(http::ApiState {
             registry: Mutex::new(registry),
+            engine,
+            token,
         });
         let api_task = tokio::spawn(http::serve(control, api, stop_rx));
         Ok(App {

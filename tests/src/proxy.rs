@@ -24,6 +24,10 @@ pub struct TestProxyOptions {
     pub max_message_bytes: usize,
     /// Drain window on shutdown.
     pub drain_timeout: Duration,
+    /// Turn the control plane on against this database (user, dbname).
+    pub control_database: Option<(String, String)>,
+    /// Bearer token for the control API.
+    pub control_token: Option<String>,
 }
 
 impl Default for TestProxyOptions {
@@ -34,6 +38,8 @@ impl Default for TestProxyOptions {
             verify_upstream: false,
             max_message_bytes: ProxyConfig::default().max_message_bytes,
             drain_timeout: Duration::from_secs(30),
+            control_database: None,
+            control_token: None,
         }
     }
 }
@@ -69,6 +75,11 @@ impl TestProxy {
             max_message_bytes: options.max_message_bytes,
             drain_timeout: options.drain_timeout,
             control_listen: "127.0.0.1:0".into(),
+            database_url: options
+                .control_database
+                .as_ref()
+                .map(|(user, db)| cluster.conn_str(user, db)),
+            control_token: options.control_token.clone(),
             ..ProxyConfig::default()
         };
         let app = App::start(config).await?;

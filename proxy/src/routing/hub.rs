@@ -104,3 +104,13 @@ impl RulesHub {
         }
     }
 }
+
+impl switchyard_control::RulesSink for RulesHub {
+    fn install(&self, set: RuleSet) -> Result<Duration, String> {
+        RulesHub::install(self, set).map_err(|e| e.to_string())
+    }
+
+    fn acknowledged(&self) -> u64 {
+        RulesHub::acknowledged(self)
+    }
+}

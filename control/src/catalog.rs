@@ -1,0 +1,205 @@
+//! Catalog facts and spec validation against the live database.
+
+use switchyard_rules::migration::MigrationSpec;
+use switchyard_rules::{ColumnFact, QualifiedName, TableFacts};
+use tokio_postgres::Client;
+
+use crate::error::ControlError;
+
+/// One column pair, resolved against the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Pair {
+    /// Legacy column.
+    pub legacy: String,
+    /// Its type, as `format_type` prints it.
+    pub legacy_type: String,
+    /// New column.
+    pub new: String,
+    /// Its type.
+    pub new_type: String,
+    /// Forward expression (defaulted).
+    pub forward: String,
+    /// Backward expression (defaulted).
+    pub backward: String,
+    /// NOT NULL at contract.
+    pub not_null: bool,
+    /// Position of the legacy column among the table's columns.
+    pub legacy_position: usize,
+}
+
+/// Reads a table's columns and key; 400 if the table does not exist.
+pub async fn table_facts(
+    client: &Client,
+    table: &QualifiedName,
+) -> Result<TableFacts, ControlError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), pg_get_expr(d.adbin, d.adrelid)
+             FROM pg_attribute a
+             JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+               AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum",
+            &[&table.schema, &table.name],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Err(ControlError::BadRequest(format!("table: no table {table}")));
+    }
+    let columns = rows
+        .iter()
+        .map(|r| ColumnFact {
+            name: r.get(0),
+            sql_type: r.get(1),
+            default: r.get(2),
+        })
+        .collect();
+    let key = client
+        .query(
+            "SELECT a.attname::text FROM pg_index i
+             JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) ON true
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+             WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary
+             ORDER BY k.ord",
+            &[&table.schema, &table.name],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(TableFacts {
+        name: table.clone(),
+        columns,
+        key,
+    })
+}
+
+/// Checks a spec against the catalog and fills in defaults; errors name
+/// the field.
+pub async fn validate(
+    client: &mut Client,
+    spec: &MigrationSpec,
+) -> Result<(TableFacts, Vec<Pair>), ControlError> {
+    let table = spec
+        .validate()
+        .map_err(|e| ControlError::BadRequest(e.to_string()))?;
+    let facts = table_facts(client, &table).await?;
+    if facts.key.is_empty() {
+        return Err(ControlError::BadRequest(format!(
+            "table: {table} has no primary key; add one before migrating it"
+        )));
+    }
+    let mut pairs = Vec::new();
+    for (i, c) in spec.columns.iter().enumerate() {
+        let field = |f: &str| format!("columns[{i}].{f}");
+        let legacy_position = facts
+            .columns
+            .iter()
+            .position(|col| col.name == c.legacy)
+            .ok_or_else(|| {
+                ControlError::BadRequest(format!(
+                    "{}: {table} has no column {:?}",
+                    field("legacy"),
+                    c.legacy
+                ))
+            })?;
+        let legacy_type = facts.columns[legacy_position].sql_type.clone();
+        let new_type = match &c.sql_type {
+            Some(t) => canonical_type(client, t)
+                .await
+                .map_err(|e| ControlError::BadRequest(format!("{}: {e}", field("type"))))?,
+            None => legacy_type.clone(),
+        };
+        if let Some(existing) = facts.column(&c.new) {
+            if existing.sql_type != new_type {
+                return Err(ControlError::BadRequest(format!(
+                    "{}: column {:?} already exists with type {} (spec says {new_type})",
+                    field("new"),
+                    c.new,
+                    existing.sql_type
+                )));
+            }
+        }
+        let legacy_ident = switchyard_rules::ident::quote(&c.legacy);
+        let new_ident = switchyard_rules::ident::quote(&c.new);
+        let forward = c
+            .forward
+            .clone()
+            .unwrap_or_else(|| format!("{legacy_ident}::{new_type}"));
+        let backward = c
+            .backward
+            .clone()
+            .unwrap_or_else(|| format!("{new_ident}::{legacy_type}"));
+        let checks = [
+            ("forward", format!("SELECT ({forward})::{new_type} FROM {table}")),
+            (
+                "backward",
+                format!("SELECT ({backward})::{legacy_type} FROM (SELECT NULL::{new_type} AS {new_ident}) AS s"),
+            ),
+        ];
+        for (name, sql) in checks {
+            let tx = client.transaction().await?;
+            let result = tx.batch_execute(&format!("EXPLAIN {sql}")).await;
+            tx.rollback().await?;
+            if let Err(e) = result {
+                let msg = e
+                    .as_db_error()
+                    .map(|d| d.message().to_owned())
+                    .unwrap_or_else(|| e.to_string());
+                return Err(ControlError::BadRequest(format!("{}: {msg}", field(name))));
+            }
+        }
+        // The proxy needs each expression to read its own column.
+        use switchyard_rules::template::Template;
+        for (name, expr, column) in [
+            ("forward", &forward, &c.legacy),
+            ("backward", &backward, &c.new),
+        ] {
+            if let Err(e) = Template::compile(expr, column) {
+                return Err(ControlError::BadRequest(format!("{}: {e}", field(name))));
+            }
+        }
+        pairs.push(Pair {
+            legacy: c.legacy.clone(),
+            legacy_type,
+            new: c.new.clone(),
+            new_type,
+            forward,
+            backward,
+            not_null: c.not_null,
+            legacy_position,
+        });
+    }
+    Ok((facts, pairs))
+}
+
+/// The type name as `format_type` prints it (typmod included), so that
+/// comparisons are exact; found through a rolled-back temporary table.
+async fn canonical_type(client: &mut Client, ty: &str) -> Result<String, String> {
+    let msg = |e: tokio_postgres::Error| {
+        e.as_db_error()
+            .map(|d| d.message().to_owned())
+            .unwrap_or_else(|| e.to_string())
+    };
+    if ty.contains(';') {
+        return Err("not a type".into());
+    }
+    let tx = client.transaction().await.map_err(msg)?;
+    tx.batch_execute(&format!(
+        "CREATE TEMP TABLE switchyard_type_check (x {ty}) ON COMMIT DROP"
+    ))
+    .await
+    .map_err(msg)?;
+    let row = tx
+        .query_one(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+             WHERE attrelid = 'switchyard_type_check'::regclass AND attname = 'x'",
+            &[],
+        )
+        .await
+        .map_err(msg)?;
+    tx.rollback().await.map_err(msg)?;
+    Ok(row.get(0))
+}

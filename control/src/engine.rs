@@ -1,0 +1,421 @@
+//! The migration engine: validates and stores migrations, runs each verb's
+//! effect (DDL, routing), publishes rules, and audits everything.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use switchyard_rules::migration::{step, MigrationSpec, Parity, Verb};
+use switchyard_rules::{
+    ColumnMapping, Phase, QualifiedName, ReadRoute, Routing, RuleSet, TableRules, WriteRoute,
+};
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls};
+use tracing::{info, warn};
+
+use crate::catalog::{self, Pair};
+use crate::ddl;
+use crate::error::ControlError;
+use crate::store::{self, Event, StoredMigration};
+
+/// Where published rules go: the proxy of this process.
+pub trait RulesSink: Send + Sync {
+    /// Installs a rule set atomically; returns how long the swap took.
+    fn install(&self, set: RuleSet) -> Result<Duration, String>;
+    /// The lowest rules version an open transaction still runs under.
+    fn acknowledged(&self) -> u64;
+}
+
+/// The control plane of one `serve` process.
+pub struct Engine {
+    client: Mutex<Client>,
+    sink: Arc<dyn RulesSink>,
+    database: String,
+    last: std::sync::Mutex<RuleSet>,
+}
+
+impl Engine {
+    /// Connects to the target database, creates or upgrades the schema, and
+    /// republishes the stored routing (so a restart resumes where it was).
+    pub async fn connect(url: &str, sink: Arc<dyn RulesSink>) -> Result<Self, ControlError> {
+        let (mut client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                warn!(error = %e, "control database connection closed");
+            }
+        });
+        store::bootstrap(&mut client).await?;
+        let database: String = client
+            .query_one("SELECT current_database()::text", &[])
+            .await?
+            .get(0);
+        let engine = Engine {
+            client: Mutex::new(client),
+            sink,
+            database,
+            last: std::sync::Mutex::new(RuleSet::default()),
+        };
+        engine.publish().await?;
+        Ok(engine)
+    }
+
+    /// Validates and stores a new migration in phase `planned`.
+    pub async fn create(&self, spec: MigrationSpec, actor: &str) -> Result<Value, ControlError> {
+        let mut client = self.client.lock().await;
+        let (_, pairs) = catalog::validate(&mut client, &spec).await?;
+        for m in store::list(&client).await? {
+            if m.phase == Phase::Completed || m.spec.table != spec.table {
+                continue;
+            }
+            let taken: Vec<&str> = m
+                .spec
+                .columns
+                .iter()
+                .flat_map(|c| [c.legacy.as_str(), c.new.as_str()])
+                .collect();
+            if let Some(c) = spec
+                .columns
+                .iter()
+                .find(|c| taken.contains(&c.legacy.as_str()) || taken.contains(&c.new.as_str()))
+            {
+                return Err(ControlError::Conflict(format!(
+                    "column {} is already being migrated by {}",
+                    c.legacy, m.name
+                )));
+            }
+        }
+        let state = json!({ "pairs": pairs });
+        store::insert(&client, &spec, &state).await?;
+        store::record(
+            &client,
+            Event {
+                actor,
+                migration: Some(&spec.name),
+                action: "create",
+                detail: json!({ "spec": spec }),
+            },
+        )
+        .await?;
+        drop(client);
+        self.detail(&spec.name).await
+    }
+
+    /// One migration as the API shows it.
+    pub async fn detail(&self, name: &str) -> Result<Value, ControlError> {
+        let client = self.client.lock().await;
+        let m = store::get(&client, name).await?;
+        let events = store::events(&client, Some(name), 20).await?;
+        Ok(json!({
+            "name": m.name,
+            "table": m.spec.table,
+            "phase": m.phase,
+            "routing": routing_of(&m),
+            "spec": m.spec,
+            "state": m.state,
+            "recent_events": events,
+        }))
+    }
+
+    /// Every migration in short.
+    pub async fn list(&self) -> Result<Value, ControlError> {
+        let client = self.client.lock().await;
+        let all = store::list(&client).await?;
+        Ok(Value::Array(
+            all.iter()
+                .map(|m| json!({"name": m.name, "table": m.spec.table, "phase": m.phase, "routing": routing_of(m)}))
+                .collect(),
+        ))
+    }
+
+    /// Rules version, this instance's acknowledgement, migrations in short.
+    pub async fn status(&self) -> Result<Value, ControlError> {
+        let version = {
+            let client = self.client.lock().await;
+            store::rules_version(&client).await?
+        };
+        Ok(json!({
+            "rules_version": version,
+            "instances": [{"id": "local", "acknowledged_version": self.sink.acknowledged()}],
+            "migrations": self.list().await?,
+        }))
+    }
+
+    /// The audit log.
+    pub async fn events(&self) -> Result<Value, ControlError> {
+        let client = self.client.lock().await;
+        Ok(Value::Array(store::events(&client, None, 500).await?))
+    }
+
+    /// Runs `verb` on migration `name`.
+    pub async fn apply(
+        &self,
+        name: &str,
+        verb: Verb,
+        force: bool,
+        actor: &str,
+    ) -> Result<Value, ControlError> {
+        let mut client = self.client.lock().await;
+        let m = store::get(&client, name).await?;
+        let parity: Option<Parity> = m
+            .state
+            .get("parity")
+            .and_then(|p| serde_json::from_value(p.clone()).ok());
+        let reverted = m
+            .state
+            .get("reverted")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let outcome = match (verb, m.phase, reverted) {
+            // After a revert, switch-reads puts reads back on the new column.
+            (Verb::SwitchReads, Phase::ReadsSwitched, true) => {
+                switchyard_rules::migration::Outcome {
+                    next: Phase::ReadsSwitched,
+                    forced: None,
+                }
+            }
+            _ => step(m.phase, verb, parity.as_ref(), force)
+                .map_err(|e| ControlError::Conflict(e.to_string()))?,
+        };
+        let pairs = pairs_of(&m)?;
+        let table = QualifiedName::parse(&m.spec.table)
+            .ok_or_else(|| ControlError::Internal("stored table name".into()))?;
+        let lock_timeout = Duration::from_millis(m.spec.backfill.lock_timeout_ms);
+        let mut state = json!({});
+        match (verb, m.phase) {
+            (Verb::Expand, _) => {
+                let mut reports = Vec::new();
+                for p in &pairs {
+                    let sql = format!(
+                        "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {} NULL",
+                        switchyard_rules::ident::quote(&p.new),
+                        p.new_type
+                    );
+                    let report =
+                        ddl::run(&mut client, &table.to_string(), &sql, lock_timeout, 20).await?;
+                    store::record(
+                        &client,
+                        Event {
+                            actor,
+                            migration: Some(name),
+                            action: "ddl",
+                            detail: json!(report),
+                        },
+                    )
+                    .await?;
+                    reports.push(report);
+                }
+                state = json!({ "expand": reports });
+            }
+            (Verb::Rollback, Phase::Expanded) => {
+                for p in &pairs {
+                    let sql = format!(
+                        "ALTER TABLE {table} DROP COLUMN IF EXISTS {}",
+                        switchyard_rules::ident::quote(&p.new)
+                    );
+                    let report =
+                        ddl::run(&mut client, &table.to_string(), &sql, lock_timeout, 20).await?;
+                    store::record(
+                        &client,
+                        Event {
+                            actor,
+                            migration: Some(name),
+                            action: "ddl",
+                            detail: json!(report),
+                        },
+                    )
+                    .await?;
+                }
+            }
+            (Verb::DualWrite | Verb::Complete, _) | (Verb::Rollback, Phase::DualWrite) => {}
+            (Verb::SwitchReads, _) => state = json!({ "reverted": false }),
+            (Verb::Rollback, Phase::ReadsSwitched) => state = json!({ "reverted": false }),
+            (verb, phase) => {
+                return Err(ControlError::NotImplemented(format!(
+                    "{} from {phase:?} is not implemented yet",
+                    verb.as_str()
+                )))
+            }
+        }
+        store::set_phase(&client, name, m.phase, outcome.next, &state).await?;
+        store::record(
+            &client,
+            Event {
+                actor,
+                migration: Some(name),
+                action: "phase",
+                detail: json!({"verb": verb.as_str(), "before": m.phase, "after": outcome.next}),
+            },
+        )
+        .await?;
+        if let Some(reason) = &outcome.forced {
+            store::record(
+                &client,
+                Event {
+                    actor,
+                    migration: Some(name),
+                    action: "force",
+                    detail: json!({"verb": verb.as_str(), "gate": reason}),
+                },
+            )
+            .await?;
+        }
+        drop(client);
+        self.publish().await?;
+        self.detail(name).await
+    }
+
+    /// Instant routing revert: reads back to legacy at once (writes stay dual
+    /// while both columns exist). The local swap does not wait on the
+    /// database; persisting and publishing follow.
+    pub async fn revert(&self, name: Option<&str>, actor: &str) -> Result<Value, ControlError> {
+        let started = Instant::now();
+        let mut set = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        set.version += 1;
+        let mut touched = Vec::new();
+        for t in &mut set.tables {
+            for m in &mut t.mappings {
+                if name.is_none_or(|n| n == m.migration) && m.routing.reads == ReadRoute::New {
+                    m.routing = Routing {
+                        reads: ReadRoute::Legacy,
+                        writes: if m.routing.legacy_exists() {
+                            WriteRoute::Both
+                        } else {
+                            WriteRoute::New
+                        },
+                    };
+                    touched.push(m.migration.clone());
+                }
+            }
+        }
+        if let Some(n) = name {
+            if touched.is_empty() {
+                let client = self.client.lock().await;
+                store::get(&client, n).await?;
+            }
+        }
+        let swap = self
+            .sink
+            .install(set.clone())
+            .map_err(ControlError::Internal)?;
+        let local_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let version = set.version;
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = set;
+        info!(
+            version,
+            ?touched,
+            swap_us = swap.as_micros() as u64,
+            "routing reverted"
+        );
+        let client = self.client.lock().await;
+        client
+            .execute(
+                "UPDATE switchyard.rules SET version = greatest(version, $1), published_at = now()",
+                &[&(version as i64)],
+            )
+            .await?;
+        for m in &touched {
+            client
+                .execute(
+                    "UPDATE switchyard.migrations SET state = state || '{\"reverted\": true}' WHERE name = $1",
+                    &[m],
+                )
+                .await?;
+            store::record(
+                &client,
+                Event {
+                    actor,
+                    migration: Some(m),
+                    action: "revert",
+                    detail: json!({"version": version}),
+                },
+            )
+            .await?;
+        }
+        client
+            .execute(
+                "SELECT pg_notify('switchyard_rules', $1)",
+                &[&version.to_string()],
+            )
+            .await?;
+        Ok(json!({
+            "rules_version": version,
+            "reverted": touched,
+            "swap_micros": swap.as_micros() as u64,
+            "local_millis": local_ms,
+        }))
+    }
+
+    /// Rebuilds the rule set from the stored migrations and installs it
+    /// under a new version.
+    pub async fn publish(&self) -> Result<u64, ControlError> {
+        let client = self.client.lock().await;
+        let mut tables: Vec<TableRules> = Vec::new();
+        for m in store::list(&client).await? {
+            let Some(mut routing) = m.phase.routing() else {
+                continue;
+            };
+            if m.state
+                .get("reverted")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+            {
+                routing.reads = ReadRoute::Legacy;
+            }
+            let table = QualifiedName::parse(&m.spec.table)
+                .ok_or_else(|| ControlError::Internal("stored table".into()))?;
+            let facts = catalog::table_facts(&client, &table).await?;
+            let mappings = pairs_of(&m)?
+                .into_iter()
+                .map(|p| ColumnMapping {
+                    migration: m.name.clone(),
+                    legacy: p.legacy,
+                    legacy_type: p.legacy_type,
+                    new: p.new,
+                    new_type: p.new_type,
+                    forward: p.forward,
+                    backward: p.backward,
+                    routing,
+                    legacy_position: Some(p.legacy_position),
+                    on_unsupported: Default::default(),
+                })
+                .collect::<Vec<_>>();
+            match tables.iter_mut().find(|t| t.facts.name == table) {
+                Some(t) => t.mappings.extend(mappings),
+                None => tables.push(TableRules { facts, mappings }),
+            }
+        }
+        let version = store::bump_rules_version(&client).await?;
+        let set = RuleSet {
+            version,
+            database: self.database.clone(),
+            tables,
+            shadows: vec![],
+        };
+        self.sink
+            .install(set.clone())
+            .map_err(ControlError::Internal)?;
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = set;
+        Ok(version)
+    }
+}
+
+fn pairs_of(m: &StoredMigration) -> Result<Vec<Pair>, ControlError> {
+    serde_json::from_value(m.state.get("pairs").cloned().unwrap_or(Value::Null))
+        .map_err(|e| ControlError::Internal(format!("stored pairs of {}: {e}", m.name)))
+}
+
+fn routing_of(m: &StoredMigration) -> Value {
+    match m.phase.routing() {
+        Some(mut r) => {
+            if m.state
+                .get("reverted")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+            {
+                r.reads = ReadRoute::Legacy;
+            }
+            json!({"reads": r.reads, "writes": r.writes})
+        }
+        None => Value::Null,
+    }
+}
