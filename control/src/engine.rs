@@ -28,10 +28,13 @@ pub trait RulesSink: Send + Sync {
 
 /// The control plane of one `serve` process.
 pub struct Engine {
-    client: Mutex<Client>,
-    sink: Arc<dyn RulesSink>,
-    database: String,
-    last: std::sync::Mutex<RuleSet>,
+    pub(crate) client: Mutex<Client>,
+    pub(crate) sink: Arc<dyn RulesSink>,
+    pub(crate) database: String,
+    pub(crate) last: std::sync::Mutex<RuleSet>,
+    pub(crate) url: String,
+    /// Live progress of running or finished jobs, by migration.
+    pub(crate) jobs: std::sync::Mutex<std::collections::HashMap<String, crate::jobs::Progress>>,
 }
 
 impl Engine {
@@ -54,6 +57,8 @@ impl Engine {
             sink,
             database,
             last: std::sync::Mutex::new(RuleSet::default()),
+            url: url.to_owned(),
+            jobs: Default::default(),
         };
         engine.publish().await?;
         Ok(engine)
@@ -112,6 +117,7 @@ impl Engine {
             "routing": routing_of(&m),
             "spec": m.spec,
             "state": m.state,
+            "job": self.jobs.lock().unwrap_or_else(|e| e.into_inner()).get(name),
             "recent_events": events,
         }))
     }
@@ -148,7 +154,7 @@ impl Engine {
 
     /// Runs `verb` on migration `name`.
     pub async fn apply(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         verb: Verb,
         force: bool,
@@ -176,6 +182,14 @@ impl Engine {
             _ => step(m.phase, verb, parity.as_ref(), force)
                 .map_err(|e| ControlError::Conflict(e.to_string()))?,
         };
+        if matches!(verb, Verb::Backfill | Verb::Verify) {
+            drop(client);
+            return self.start_job(m, verb, outcome, actor).await;
+        }
+        if verb == Verb::Contract {
+            drop(client);
+            return self.contract(m, outcome, actor).await;
+        }
         let pairs = pairs_of(&m)?;
         let table = QualifiedName::parse(&m.spec.table)
             .ok_or_else(|| ControlError::Internal("stored table name".into()))?;
@@ -399,7 +413,7 @@ impl Engine {
     }
 }
 
-fn pairs_of(m: &StoredMigration) -> Result<Vec<Pair>, ControlError> {
+pub(crate) fn pairs_of(m: &StoredMigration) -> Result<Vec<Pair>, ControlError> {
     serde_json::from_value(m.state.get("pairs").cloned().unwrap_or(Value::Null))
         .map_err(|e| ControlError::Internal(format!("stored pairs of {}: {e}", m.name)))
 }

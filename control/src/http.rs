@@ -189,10 +189,13 @@ async fn v1(
         (Method::POST, ["migrations", name, verb]) => {
             let verb = Verb::parse(verb)
                 .ok_or_else(|| ControlError::NotFound(format!("no verb {verb}")))?;
-            Ok((
-                StatusCode::OK,
-                engine.apply(name, verb, force, &actor).await?,
-            ))
+            let body = engine.apply(name, verb, force, &actor).await?;
+            let status = if body["accepted"] == true {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            };
+            Ok((status, body))
         }
         (Method::POST, ["revert"]) => Ok((StatusCode::OK, engine.revert(None, &actor).await?)),
         (_, _) => Err(ControlError::NotFound(format!("no route for {path}"))),

@@ -7,6 +7,8 @@ pub mod ddl;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod jobs;
+pub mod lifecycle;
 pub mod store;
 
 pub use engine::{Engine, RulesSink};

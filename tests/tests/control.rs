@@ -115,8 +115,6 @@ async fn create_expand_dual_write_gates_and_revert() {
     .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "conflict");
-    let (status, body) = call(&proxy, "POST", "/v1/migrations/users-email/backfill", None).await;
-    assert_eq!(status, 501, "{body}");
 
     // Revert answers with the new version and the swap time.
     let (status, body) = call(&proxy, "POST", "/v1/revert", None).await;
@@ -224,4 +222,113 @@ async fn errors_and_auth() {
     )
     .await;
     assert_eq!(status, 409, "force never skips phases: {body}");
+}
+
+/// Polls the migration detail until `done` says so (bounded).
+async fn wait_for(proxy: &TestProxy, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let (_, detail) = call(proxy, "GET", "/v1/migrations/users-email", None).await;
+        if done(&detail) {
+            return detail;
+        }
+        assert_ne!(detail["job"]["state"], "failed", "{detail}");
+        assert!(std::time::Instant::now() < deadline, "timed out: {detail}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_lifecycle_under_application_writes() {
+    let (_cluster, proxy, direct) = setup().await;
+    direct
+        .batch_execute("insert into users(email, name) select 'Bulk' || g || '@X.io', 'b' from generate_series(1, 20000) g")
+        .await
+        .unwrap();
+    let post = |verb: &str| format!("/v1/migrations/users-email/{verb}");
+    assert_eq!(
+        call(&proxy, "POST", "/v1/migrations", Some(spec())).await.0,
+        201
+    );
+    assert_eq!(call(&proxy, "POST", &post("expand"), None).await.0, 200);
+    assert_eq!(call(&proxy, "POST", &post("dual-write"), None).await.0, 200);
+
+    // The application keeps writing through the proxy the whole time.
+    let app = proxy.connect("scram_user").await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let update = app
+                .prepare("update users set email = $1 where id = $2")
+                .await?;
+            let read = app.prepare("select email from users where id = $1").await?;
+            let mut i = 0i32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = 1 + (i * 7919) % 20000;
+                let email = format!("W{i}@X.io");
+                app.execute(&update, &[&email, &id]).await?;
+                let got: String = app.query_one(&read, &[&id]).await?.get(0);
+                assert!(
+                    got.eq_ignore_ascii_case(&email),
+                    "read {got} after writing {email}"
+                );
+                i += 1;
+            }
+            Ok::<_, tokio_postgres::Error>(i)
+        })
+    };
+
+    let (status, body) = call(&proxy, "POST", &post("backfill"), None).await;
+    assert_eq!(status, 202, "{body}");
+    let detail = wait_for(&proxy, |d| d["phase"] == "backfilled").await;
+    assert!(
+        detail["state"]["backfill"]["rows_done"].as_u64().unwrap() >= 20000,
+        "{detail}"
+    );
+    assert_eq!(call(&proxy, "POST", &post("verify"), None).await.0, 202);
+    let detail = wait_for(&proxy, |d| d["phase"] == "verified").await;
+    assert_eq!(detail["state"]["parity"]["mismatches"], 0);
+    assert_eq!(
+        call(&proxy, "POST", &post("switch-reads"), None).await.0,
+        200
+    );
+    // Contract needs a clean pass completed after the switch.
+    assert_eq!(call(&proxy, "POST", &post("contract"), None).await.0, 409);
+    assert_eq!(call(&proxy, "POST", &post("verify"), None).await.0, 202);
+    wait_for(&proxy, |d| {
+        d["state"]["parity"]["phase"] == "reads_switched" && d["job"]["state"] == "done"
+    })
+    .await;
+    let (status, body) = call(&proxy, "POST", &post("contract"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["phase"], "contracted");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer
+        .await
+        .unwrap()
+        .expect("no client error during the migration");
+    assert!(writes > 0);
+
+    // The catalog after contract: legacy gone, the new column NOT NULL.
+    let rows = direct
+        .query(
+            "select column_name::text, is_nullable::text from information_schema.columns
+             where table_name = 'users' and column_name in ('email', 'email_address')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let cols: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(cols, vec![("email_address".to_string(), "NO".to_string())]);
+    // The application still uses the legacy name; backfilled rows read lower-case.
+    let app = proxy.connect("md5_user").await.unwrap();
+    let email: String = app
+        .query_one("select email from users where id = 20100", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(email, "bulk20000@x.io");
+    assert_eq!(call(&proxy, "POST", &post("complete"), None).await.0, 200);
 }

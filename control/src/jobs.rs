@@ -1,0 +1,307 @@
+//! Long work: the chunked, throttled, resumable backfill and the chunked
+//! parity check. Each runs on its own connection; the backfill writes its
+//! checkpoint in the same transaction as each chunk, so a crash loses no
+//! completed chunk and a restart resumes from it.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_postgres::{Client, NoTls};
+
+use crate::catalog::Pair;
+use crate::error::ControlError;
+
+/// Live progress of a job, as `GET /v1/migrations/{name}` shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Progress {
+    /// `running`, `done` or `failed`.
+    pub state: String,
+    /// Rows visited so far.
+    pub rows_done: u64,
+    /// Rows changed (backfill) or mismatched (verify).
+    pub rows_changed: u64,
+    /// The planner's estimate of the table's rows.
+    pub rows_total_estimate: u64,
+    /// Recent speed.
+    pub rows_per_second: f64,
+    /// Seconds left at that speed.
+    pub eta_seconds: Option<f64>,
+    /// Current chunk size.
+    pub chunk_rows: u64,
+    /// Why the job is slowed down, if it is.
+    pub throttled: Option<String>,
+    /// Sample keys of mismatched rows (verify).
+    pub sample_keys: Vec<String>,
+    /// What went wrong (failed).
+    pub error: Option<String>,
+}
+
+/// What a job works on.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Migration name (checkpoint key).
+    pub migration: String,
+    /// Quoted, qualified table.
+    pub table: String,
+    /// Quoted key column (single-column keys only).
+    pub key: String,
+    /// The key's SQL type.
+    pub key_type: String,
+    /// The pairs.
+    pub pairs: Vec<Pair>,
+    /// Target time per chunk.
+    pub target_chunk: Duration,
+    /// Rows per second at most.
+    pub max_rows_per_second: Option<u64>,
+    /// `lock_timeout` per chunk.
+    pub lock_timeout: Duration,
+}
+
+/// Connects a dedicated client for a job.
+pub async fn connect(url: &str) -> Result<Client, ControlError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+fn set_clause(t: &Target) -> String {
+    t.pairs
+        .iter()
+        .map(|p| {
+            format!(
+                "{} = ({})::{}",
+                switchyard_rules::ident::quote(&p.new),
+                p.forward,
+                p.new_type
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn mismatch(t: &Target, alias: &str) -> String {
+    t.pairs
+        .iter()
+        .map(|p| {
+            let fwd = qualify(&p.forward, &p.legacy, alias);
+            format!(
+                "{alias}.{} IS DISTINCT FROM ({fwd})::{}",
+                switchyard_rules::ident::quote(&p.new),
+                p.new_type
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+/// `forward` with its legacy column qualified by `alias`.
+fn qualify(expr: &str, column: &str, alias: &str) -> String {
+    match switchyard_rules::template::Template::compile(expr, column) {
+        Ok(t) => t.fill(&format!(
+            "{alias}.{}",
+            switchyard_rules::ident::quote(column)
+        )),
+        Err(_) => expr.to_owned(),
+    }
+}
+
+/// Next chunk size: aim at the target time, grow at most ×1.5, cut hard
+/// when a chunk took five times the target, within [100, 100 000].
+pub fn next_chunk(size: u64, took: Duration, target: Duration) -> u64 {
+    let took = took.as_secs_f64().max(0.000_1);
+    let target = target.as_secs_f64();
+    let next = if took > 5.0 * target {
+        size as f64 / 4.0
+    } else {
+        (size as f64 * target / took).min(size as f64 * 1.5)
+    };
+    (next as u64).clamp(100, 100_000)
+}
+
+/// Runs the backfill from the stored checkpoint to the end of the table.
+pub async fn backfill(
+    client: &mut Client,
+    t: &Target,
+    mut report: impl FnMut(&Progress),
+) -> Result<Progress, ControlError> {
+    let estimate: f32 = client
+        .query_one(
+            &format!(
+                "SELECT greatest(reltuples, 0)::real FROM pg_class WHERE oid = '{}'::regclass",
+                t.table.replace('\'', "''")
+            ),
+            &[],
+        )
+        .await?
+        .get(0);
+    let row = client
+        .query_opt(
+            "SELECT last_key #>> '{}', rows_done FROM switchyard.checkpoints WHERE migration = $1",
+            &[&t.migration],
+        )
+        .await?;
+    let mut last: Option<String> = row.as_ref().and_then(|r| r.get(0));
+    let mut progress = Progress {
+        state: "running".into(),
+        rows_done: row.map(|r| r.get::<_, i64>(1) as u64).unwrap_or(0),
+        rows_total_estimate: estimate as u64,
+        chunk_rows: 1000,
+        ..Progress::default()
+    };
+    let started = Instant::now();
+    let done_at_start = progress.rows_done;
+    let chunk_sql = format!(
+        "WITH batch AS (SELECT {key} AS k FROM {table} WHERE $1::text IS NULL OR {key} > $1::text::{kt} ORDER BY {key} LIMIT $2),
+              upd AS (UPDATE {table} AS t SET {set} FROM batch WHERE t.{key} = batch.k AND ({mismatch}) RETURNING 1)
+         SELECT (SELECT max(k)::text FROM batch), (SELECT count(*) FROM batch), (SELECT count(*) FROM upd)",
+        key = t.key,
+        table = t.table,
+        kt = t.key_type,
+        set = set_clause(t),
+        mismatch = mismatch(t, "t"),
+    );
+    loop {
+        let chunk_started = Instant::now();
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}",
+            t.lock_timeout.as_millis().max(1),
+            (t.target_chunk.as_millis() * 50).max(1000)
+        ))
+        .await?;
+        let result = tx
+            .query_one(&chunk_sql, &[&last, &(progress.chunk_rows as i64)])
+            .await;
+        let row = match result {
+            Ok(row) => row,
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                drop(tx);
+                progress.throttled = Some("lock wait on the table; chunk retried smaller".into());
+                progress.chunk_rows = (progress.chunk_rows / 2).max(100);
+                report(&progress);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let max_key: Option<String> = row.get(0);
+        let visited: i64 = row.get(1);
+        let changed: i64 = row.get(2);
+        let Some(max_key) = max_key else {
+            tx.commit().await?;
+            break;
+        };
+        progress.rows_done += visited as u64;
+        progress.rows_changed += changed as u64;
+        tx.execute(
+            "INSERT INTO switchyard.checkpoints (migration, last_key, rows_done, updated_at) VALUES ($1, to_jsonb($2::text), $3, now())
+             ON CONFLICT (migration) DO UPDATE SET last_key = excluded.last_key, rows_done = excluded.rows_done, updated_at = now()",
+            &[&t.migration, &max_key, &(progress.rows_done as i64)],
+        )
+        .await?;
+        tx.commit().await?;
+        last = Some(max_key);
+
+        let took = chunk_started.elapsed();
+        progress.chunk_rows = next_chunk(progress.chunk_rows, took, t.target_chunk);
+        let elapsed = started.elapsed().as_secs_f64().max(0.001);
+        progress.rows_per_second = (progress.rows_done - done_at_start) as f64 / elapsed;
+        progress.eta_seconds = (progress.rows_per_second > 0.0).then(|| {
+            progress
+                .rows_total_estimate
+                .saturating_sub(progress.rows_done) as f64
+                / progress.rows_per_second
+        });
+        progress.throttled = None;
+        if let Some(limit) = t.max_rows_per_second {
+            let due =
+                Duration::from_secs_f64((progress.rows_done - done_at_start) as f64 / limit as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                progress.throttled = Some(format!("max_rows_per_second = {limit}"));
+                report(&progress);
+                tokio::time::sleep(wait).await;
+            }
+        }
+        report(&progress);
+    }
+    progress.state = "done".into();
+    progress.eta_seconds = Some(0.0);
+    Ok(progress)
+}
+
+/// A full parity pass, chunked by key, each chunk one statement.
+pub async fn verify(
+    client: &Client,
+    t: &Target,
+    mut report: impl FnMut(&Progress),
+) -> Result<Progress, ControlError> {
+    let mut progress = Progress {
+        state: "running".into(),
+        chunk_rows: 10_000,
+        ..Progress::default()
+    };
+    let sql = format!(
+        "SELECT max(k)::text, count(*), count(*) FILTER (WHERE bad), (array_agg(k::text) FILTER (WHERE bad))[1:5]
+         FROM (SELECT t.{key} AS k, ({mismatch}) AS bad FROM {table} AS t
+               WHERE $1::text IS NULL OR t.{key} > $1::text::{kt} ORDER BY t.{key} LIMIT $2) c",
+        key = t.key,
+        table = t.table,
+        kt = t.key_type,
+        mismatch = mismatch(t, "t"),
+    );
+    let mut last: Option<String> = None;
+    loop {
+        let row = client
+            .query_one(&sql, &[&last, &(progress.chunk_rows as i64)])
+            .await?;
+        let Some(max_key) = row.get::<_, Option<String>>(0) else {
+            break;
+        };
+        progress.rows_done += row.get::<_, i64>(1) as u64;
+        progress.rows_changed += row.get::<_, i64>(2) as u64;
+        if let Some(samples) = row.get::<_, Option<Vec<String>>>(3) {
+            for s in samples {
+                if progress.sample_keys.len() < 10 {
+                    progress.sample_keys.push(s);
+                }
+            }
+        }
+        last = Some(max_key);
+        report(&progress);
+    }
+    progress.state = "done".into();
+    Ok(progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_adapts_within_bounds() {
+        let target = Duration::from_millis(100);
+        assert_eq!(
+            next_chunk(1000, Duration::from_millis(50), target),
+            1500,
+            "grows at most x1.5"
+        );
+        assert_eq!(next_chunk(1000, Duration::from_millis(200), target), 500);
+        assert_eq!(
+            next_chunk(1000, Duration::from_millis(600), target),
+            250,
+            "hard cut past 5x"
+        );
+        assert_eq!(next_chunk(100, Duration::from_secs(10), target), 100);
+        assert_eq!(
+            next_chunk(100_000, Duration::from_millis(1), target),
+            100_000
+        );
+    }
+
+    #[test]
+    fn mismatch_predicates_qualify_the_legacy_column() {
+        assert_eq!(qualify("lower(email)", "email", "t"), "(lower((t.email)))");
+    }
+}
