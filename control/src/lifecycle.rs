@@ -143,10 +143,6 @@ impl Engine {
             let state = json!({"verify": p, "parity": parity});
             (p, state)
         };
-        self.jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(m.name.clone(), progress.clone());
         let next = if verb == Verb::Verify && progress.rows_changed > 0 {
             m.phase
         } else {
@@ -165,8 +161,13 @@ impl Engine {
         )
         .await?;
         drop(client);
-        info!(migration = %m.name, verb = verb.as_str(), rows = progress.rows_done, "job done");
         self.publish().await?;
+        // "done" becomes visible only once the phase is written.
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(m.name.clone(), progress.clone());
+        info!(migration = %m.name, verb = verb.as_str(), rows = progress.rows_done, "job done");
         Ok(())
     }
 

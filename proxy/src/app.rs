@@ -26,6 +26,8 @@ pub struct App {
     pub metrics: ProxyMetrics,
     /// The routing rules (installed in-process until the control plane publishes them).
     pub rules: Arc<RulesHub>,
+    /// The migration engine, when `database_url` is set.
+    pub engine: Option<Arc<switchyard_control::Engine>>,
 }
 
 impl App {
@@ -52,13 +54,14 @@ impl App {
         let (api_stop, stop_rx) = watch::channel(false);
         let api = Arc::new(http::ApiState {
             registry: Mutex::new(registry),
-            engine,
+            engine: engine.clone(),
             token,
         });
         let api_task = tokio::spawn(http::serve(control, api, stop_rx));
         Ok(App {
             proxy_addr: proxy.local_addr(),
             rules: proxy.rules(),
+            engine,
             proxy,
             api_stop,
             api_task,

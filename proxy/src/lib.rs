@@ -4,10 +4,12 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod filters;
 pub mod frame;
 pub mod metrics;
+pub mod pgcluster;
 pub mod relay;
 pub mod routing;
 pub mod server;

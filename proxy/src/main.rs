@@ -18,7 +18,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the wire proxy and the control API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// A throwaway cluster, the proxy, a load, and one migration through every phase.
+    Demo(switchyard::demo::DemoArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,7 +36,17 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(*args)),
+        Command::Demo(args) => {
+            let summary = runtime.block_on(switchyard::demo::run(args))?;
+            if summary.client_errors > 0 {
+                anyhow::bail!(
+                    "the application saw {} errors during the demo",
+                    summary.client_errors
+                );
+            }
+            Ok(())
+        }
     }
 }
 

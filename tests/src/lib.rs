@@ -13,5 +13,5 @@ pub mod rules;
 pub mod tools;
 
 pub use certs::TestCerts;
-pub use cluster::{Cluster, ClusterOptions};
+pub use cluster::Cluster;
 pub use proxy::{TestProxy, TestProxyOptions};
