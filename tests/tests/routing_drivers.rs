@@ -221,13 +221,17 @@ async fn sixteen_writers_through_a_hundred_flips_lose_nothing() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     stop.store(true, Ordering::Relaxed);
+    // Every writer has finished before the rows are read.
+    let mut logs = Vec::new();
+    for w in writers {
+        logs.push(w.await.unwrap().expect("no client error"));
+    }
     let mut checked = 0;
     let mut rows = std::collections::HashMap::new();
     for r in direct.query("select id, email_address is not null, email_address is not distinct from lower(email) from users", &[]).await.unwrap() {
         rows.insert(r.get::<_, i32>(0), (r.get::<_, bool>(1), r.get::<_, bool>(2)));
     }
-    for w in writers {
-        let log = w.await.unwrap().expect("no client error");
+    for log in logs {
         for (id, started, finished) in log {
             let (has_new, consistent) = rows[&id];
             assert!(!has_new || consistent, "row {id} has a wrong new value");
