@@ -21,6 +21,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// A throwaway cluster, the proxy, a load, and one migration through every phase.
     Demo(switchyard::demo::DemoArgs),
+    /// A client of the control API.
+    Ctl(switchyard::ctl::CtlArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +39,10 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(*args)),
+        Command::Ctl(args) => {
+            let code = runtime.block_on(switchyard::ctl::run(args))?;
+            std::process::exit(code)
+        }
         Command::Demo(args) => {
             let summary = runtime.block_on(switchyard::demo::run(args))?;
             if summary.client_errors > 0 {

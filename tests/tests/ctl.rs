@@ -1,0 +1,123 @@
+//! `switchyard ctl` against a real control API.
+
+use switchyard::ctl::{run, CtlArgs, CtlCommand};
+use switchyard_tests::{Cluster, TestProxy, TestProxyOptions};
+
+fn args(proxy: &TestProxy, command: CtlCommand) -> CtlArgs {
+    CtlArgs {
+        url: format!("http://{}", proxy.control_addr),
+        token: Some("t0ken".into()),
+        json: false,
+        command,
+    }
+}
+
+fn verb(words: &[&str]) -> CtlCommand {
+    CtlCommand::Verb(words.iter().map(|w| w.to_string()).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_drives_a_migration_and_exits_non_zero_on_refusal() {
+    let cluster = Cluster::start().unwrap();
+    cluster
+        .psql_admin("create table accounts(id int primary key, status int); insert into accounts select g, g % 2 from generate_series(1, 1000) g")
+        .unwrap();
+    let proxy = TestProxy::start(
+        &cluster,
+        TestProxyOptions {
+            control_database: Some(("trust_user".into(), "postgres".into())),
+            control_token: Some("t0ken".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let spec = cluster.scratch().join("spec.toml");
+    std::fs::write(
+        &spec,
+        "name = \"accounts-status\"\ntable = \"accounts\"\n[[columns]]\nlegacy = \"status\"\nnew = \"status_code\"\ntype = \"bigint\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        run(args(&proxy, CtlCommand::Apply { file: spec }))
+            .await
+            .unwrap(),
+        0
+    );
+    for step in ["expand", "dual-write"] {
+        assert_eq!(
+            run(args(&proxy, verb(&[step, "accounts-status"])))
+                .await
+                .unwrap(),
+            0,
+            "{step}"
+        );
+    }
+    assert_eq!(
+        run(args(
+            &proxy,
+            verb(&["backfill", "accounts-status", "--follow"])
+        ))
+        .await
+        .unwrap(),
+        0
+    );
+    let filled: i64 = cluster
+        .psql_admin("select count(*) from accounts where status_code = status")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(filled, 1000);
+    // The gate refuses without a verify: exit code 1.
+    assert_eq!(
+        run(args(&proxy, verb(&["switch-reads", "accounts-status"])))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        run(args(
+            &proxy,
+            verb(&["switch-reads", "accounts-status", "--force"])
+        ))
+        .await
+        .unwrap(),
+        0
+    );
+    assert_eq!(
+        run(args(
+            &proxy,
+            CtlCommand::Revert {
+                name: None,
+                all: true
+            }
+        ))
+        .await
+        .unwrap(),
+        0
+    );
+    assert_eq!(
+        run(args(
+            &proxy,
+            CtlCommand::Status {
+                name: None,
+                watch: false
+            }
+        ))
+        .await
+        .unwrap(),
+        0
+    );
+    assert_eq!(run(args(&proxy, CtlCommand::Events)).await.unwrap(), 0);
+    // A wrong token is refused.
+    let mut bad = args(
+        &proxy,
+        CtlCommand::Status {
+            name: None,
+            watch: false,
+        },
+    );
+    bad.token = Some("nope".into());
+    assert_eq!(run(bad).await.unwrap(), 1);
+}
