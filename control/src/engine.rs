@@ -35,6 +35,8 @@ pub struct Engine {
     pub(crate) url: String,
     /// Live progress of running or finished jobs, by migration.
     pub(crate) jobs: std::sync::Mutex<std::collections::HashMap<String, crate::jobs::Progress>>,
+    /// Operator settings of backfills (pause, throttle), by migration.
+    pub(crate) live: std::sync::Mutex<std::collections::HashMap<String, crate::jobs::Live>>,
 }
 
 impl Engine {
@@ -59,6 +61,7 @@ impl Engine {
             last: std::sync::Mutex::new(RuleSet::default()),
             url: url.to_owned(),
             jobs: Default::default(),
+            live: Default::default(),
         };
         engine.publish().await?;
         Ok(engine)

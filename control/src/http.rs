@@ -183,6 +183,29 @@ async fn v1(
             Ok((StatusCode::CREATED, engine.create(spec, &actor).await?))
         }
         (Method::GET, ["migrations", name]) => Ok((StatusCode::OK, engine.detail(name).await?)),
+        (Method::POST, ["migrations", name, "pause"]) => {
+            Ok((StatusCode::OK, engine.pause(name, true, &actor).await?))
+        }
+        (Method::POST, ["migrations", name, "resume"]) => {
+            Ok((StatusCode::OK, engine.pause(name, false, &actor).await?))
+        }
+        (Method::PATCH, ["migrations", name, "backfill"]) => {
+            let settings: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| ControlError::BadRequest(format!("invalid JSON: {e}")))?;
+            Ok((StatusCode::OK, engine.tune(name, &settings, &actor).await?))
+        }
+        (Method::GET, ["blockers"]) => Ok((StatusCode::OK, engine.blockers().await?)),
+        (Method::POST, ["blockers", pid, action @ ("cancel" | "terminate")]) => {
+            let pid: i32 = pid
+                .parse()
+                .map_err(|_| ControlError::BadRequest(format!("pid: {pid:?} is not a number")))?;
+            Ok((
+                StatusCode::OK,
+                engine
+                    .remove_blocker(pid, *action == "terminate", &actor)
+                    .await?,
+            ))
+        }
         (Method::POST, ["migrations", name, "revert"]) => {
             Ok((StatusCode::OK, engine.revert(Some(name), &actor).await?))
         }

@@ -36,6 +36,37 @@ pub struct Progress {
     pub error: Option<String>,
 }
 
+/// Settings an operator can change while a backfill runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Live {
+    /// Hold before the next chunk.
+    #[serde(default)]
+    pub paused: bool,
+    /// Overrides the spec's cap (`Some(None)` removes it).
+    #[serde(default)]
+    pub max_rows_per_second: Option<Option<u64>>,
+    /// Overrides the spec's target chunk time.
+    #[serde(default, with = "millis")]
+    pub target_chunk: Option<Duration>,
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
 /// What a job works on.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -124,6 +155,7 @@ pub fn next_chunk(size: u64, took: Duration, target: Duration) -> u64 {
 pub async fn backfill(
     client: &mut Client,
     t: &Target,
+    live: impl Fn() -> Live,
     mut report: impl FnMut(&Progress),
 ) -> Result<Progress, ControlError> {
     let estimate: f32 = client
@@ -163,6 +195,17 @@ pub async fn backfill(
         mismatch = mismatch(t, "t"),
     );
     loop {
+        // Operator controls, read before every chunk.
+        let settings = live();
+        if settings.paused {
+            progress.throttled = Some("paused by the operator".into());
+            progress.state = "paused".into();
+            report(&progress);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        progress.state = "running".into();
+        let target_chunk = settings.target_chunk.unwrap_or(t.target_chunk);
         let chunk_started = Instant::now();
         let tx = client.transaction().await?;
         tx.batch_execute(&format!(
@@ -205,7 +248,7 @@ pub async fn backfill(
         last = Some(max_key);
 
         let took = chunk_started.elapsed();
-        progress.chunk_rows = next_chunk(progress.chunk_rows, took, t.target_chunk);
+        progress.chunk_rows = next_chunk(progress.chunk_rows, took, target_chunk);
         let elapsed = started.elapsed().as_secs_f64().max(0.001);
         progress.rows_per_second = (progress.rows_done - done_at_start) as f64 / elapsed;
         progress.eta_seconds = (progress.rows_per_second > 0.0).then(|| {
@@ -215,7 +258,10 @@ pub async fn backfill(
                 / progress.rows_per_second
         });
         progress.throttled = None;
-        if let Some(limit) = t.max_rows_per_second {
+        if let Some(limit) = settings
+            .max_rows_per_second
+            .unwrap_or(t.max_rows_per_second)
+        {
             let due =
                 Duration::from_secs_f64((progress.rows_done - done_at_start) as f64 / limit as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {

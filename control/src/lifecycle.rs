@@ -130,7 +130,18 @@ impl Engine {
                 .insert(m.name.clone(), p.clone());
         };
         let (progress, state) = if verb == Verb::Backfill {
-            let p = jobs::backfill(&mut client, t, report).await?;
+            if let Some(live) = m
+                .state
+                .get("live")
+                .and_then(|v| serde_json::from_value::<jobs::Live>(v.clone()).ok())
+            {
+                self.live
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(m.name.clone())
+                    .or_insert(live);
+            }
+            let p = jobs::backfill(&mut client, t, || self.live_settings(&m.name), report).await?;
             let state = json!({"backfill": p});
             (p, state)
         } else {

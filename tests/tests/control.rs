@@ -332,3 +332,92 @@ async fn full_lifecycle_under_application_writes() {
     assert_eq!(email, "bulk20000@x.io");
     assert_eq!(call(&proxy, "POST", &post("complete"), None).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_tune_resume_and_blockers() {
+    let (cluster, proxy, direct) = setup().await;
+    direct
+        .batch_execute("insert into users(email, name) select 'P' || g || '@X.io', 'p' from generate_series(1, 5000) g")
+        .await
+        .unwrap();
+    let post = |verb: &str| format!("/v1/migrations/users-email/{verb}");
+    assert_eq!(
+        call(&proxy, "POST", "/v1/migrations", Some(spec())).await.0,
+        201
+    );
+    assert_eq!(call(&proxy, "POST", &post("expand"), None).await.0, 200);
+    assert_eq!(call(&proxy, "POST", &post("dual-write"), None).await.0, 200);
+
+    // Paused before it starts: the backfill holds before its first chunk.
+    assert_eq!(call(&proxy, "POST", &post("pause"), None).await.0, 200);
+    assert_eq!(call(&proxy, "POST", &post("backfill"), None).await.0, 202);
+    let d = wait_for(&proxy, |d| d["job"]["state"] == "paused").await;
+    assert_eq!(d["job"]["rows_done"], 0);
+    let (status, body) = call(
+        &proxy,
+        "PATCH",
+        "/v1/migrations/users-email/backfill",
+        Some(json!({"max_rows_per_second": 0})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = call(
+        &proxy,
+        "PATCH",
+        "/v1/migrations/users-email/backfill",
+        Some(json!({"max_rows_per_second": 100000, "target_chunk_ms": 20})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(call(&proxy, "POST", &post("resume"), None).await.0, 200);
+    let d = wait_for(&proxy, |d| d["phase"] == "backfilled").await;
+    assert!(d["state"]["backfill"]["rows_done"].as_u64().unwrap() >= 5100);
+
+    // A session holding a lock on the migrating table is listed and can be
+    // terminated through the API.
+    let holder = switchyard_tests::proxy::connect(&cluster.conn_str("md5_user", "postgres"))
+        .await
+        .unwrap();
+    holder
+        .batch_execute("begin; lock table users in share mode")
+        .await
+        .unwrap();
+    let pid: i32 = holder
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let (status, list) = call(&proxy, "GET", "/v1/blockers", None).await;
+    assert_eq!(status, 200);
+    let entry = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["pid"] == pid)
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(entry["mode"], "ShareLock");
+    let (status, _) = call(&proxy, "POST", "/v1/blockers/1/terminate", None).await;
+    assert_eq!(status, 404, "only sessions locking a migrating table");
+    let (status, body) = call(
+        &proxy,
+        "POST",
+        &format!("/v1/blockers/{pid}/terminate"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        holder.query_one("select 1", &[]).await.is_err(),
+        "the blocker's session is gone"
+    );
+    let (_, events) = call(&proxy, "GET", "/v1/events", None).await;
+    let actions: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for expected in ["pause", "tune", "resume", "terminate"] {
+        assert!(actions.contains(&expected), "{actions:?}");
+    }
+}

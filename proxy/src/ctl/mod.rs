@@ -16,7 +16,8 @@ use client::Api;
 #[derive(Debug, Clone, clap::Args)]
 #[command(
     after_help = "Phase verbs: switchyard ctl VERB NAME [--force] [--follow]\n  \
-    VERB is expand, dual-write, backfill, verify, switch-reads, contract, complete or rollback;\n  \
+    VERB is expand, dual-write, backfill, verify, switch-reads, contract, complete, rollback,\n  \
+    pause or resume;\n  \
     --force passes a gate (audited); --follow shows backfill/verify progress until done.\n\
     The exit code is 1 when the API refused."
 )]
@@ -66,6 +67,18 @@ pub enum CtlCommand {
     },
     /// The audit log.
     Events,
+    /// Sessions holding or waiting for locks on migrating tables.
+    Blockers,
+    /// Cancel the query of a blocking session.
+    Cancel {
+        /// Its pid.
+        pid: i32,
+    },
+    /// Terminate a blocking session.
+    Terminate {
+        /// Its pid.
+        pid: i32,
+    },
 }
 
 /// Runs `ctl`; returns the process exit code.
@@ -113,6 +126,15 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<i32> {
             _ => anyhow::bail!("revert takes a migration name or --all"),
         },
         CtlCommand::Events => api.call(Method::GET, "/v1/events", None).await?,
+        CtlCommand::Blockers => api.call(Method::GET, "/v1/blockers", None).await?,
+        CtlCommand::Cancel { pid } => {
+            api.call(Method::POST, &format!("/v1/blockers/{pid}/cancel"), None)
+                .await?
+        }
+        CtlCommand::Terminate { pid } => {
+            api.call(Method::POST, &format!("/v1/blockers/{pid}/terminate"), None)
+                .await?
+        }
         CtlCommand::Verb(words) => {
             let (verb, rest) = words
                 .split_first()
