@@ -37,12 +37,18 @@ pub struct Engine {
     pub(crate) jobs: std::sync::Mutex<std::collections::HashMap<String, crate::jobs::Progress>>,
     /// Operator settings of backfills (pause, throttle), by migration.
     pub(crate) live: std::sync::Mutex<std::collections::HashMap<String, crate::jobs::Live>>,
+    /// Metrics.
+    pub(crate) metrics: crate::metrics::ControlMetrics,
 }
 
 impl Engine {
     /// Connects to the target database, creates or upgrades the schema, and
     /// republishes the stored routing (so a restart resumes where it was).
-    pub async fn connect(url: &str, sink: Arc<dyn RulesSink>) -> Result<Self, ControlError> {
+    pub async fn connect(
+        url: &str,
+        sink: Arc<dyn RulesSink>,
+        metrics: crate::metrics::ControlMetrics,
+    ) -> Result<Self, ControlError> {
         let (mut client, connection) = tokio_postgres::connect(url, NoTls).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -62,6 +68,7 @@ impl Engine {
             url: url.to_owned(),
             jobs: Default::default(),
             live: Default::default(),
+            metrics,
         };
         engine.publish().await?;
         Ok(engine)
@@ -142,9 +149,13 @@ impl Engine {
             let client = self.client.lock().await;
             store::rules_version(&client).await?
         };
+        let acknowledged = self.sink.acknowledged();
+        self.metrics
+            .acknowledgement_lag
+            .set(version.saturating_sub(acknowledged) as i64);
         Ok(json!({
             "rules_version": version,
-            "instances": [{"id": "local", "acknowledged_version": self.sink.acknowledged()}],
+            "instances": [{"id": "local", "acknowledged_version": acknowledged}],
             "migrations": self.list().await?,
         }))
     }
@@ -207,18 +218,16 @@ impl Engine {
                         switchyard_rules::ident::quote(&p.new),
                         p.new_type
                     );
-                    let report =
-                        ddl::run(&mut client, &table.to_string(), &sql, lock_timeout, 20).await?;
-                    store::record(
-                        &client,
-                        Event {
+                    let report = self
+                        .run_ddl(
+                            &mut client,
+                            &table.to_string(),
+                            &sql,
+                            lock_timeout,
+                            name,
                             actor,
-                            migration: Some(name),
-                            action: "ddl",
-                            detail: json!(report),
-                        },
-                    )
-                    .await?;
+                        )
+                        .await?;
                     reports.push(report);
                 }
                 state = json!({ "expand": reports });
@@ -229,16 +238,13 @@ impl Engine {
                         "ALTER TABLE {table} DROP COLUMN IF EXISTS {}",
                         switchyard_rules::ident::quote(&p.new)
                     );
-                    let report =
-                        ddl::run(&mut client, &table.to_string(), &sql, lock_timeout, 20).await?;
-                    store::record(
-                        &client,
-                        Event {
-                            actor,
-                            migration: Some(name),
-                            action: "ddl",
-                            detail: json!(report),
-                        },
+                    self.run_ddl(
+                        &mut client,
+                        &table.to_string(),
+                        &sql,
+                        lock_timeout,
+                        name,
+                        actor,
                     )
                     .await?;
                 }
@@ -362,6 +368,34 @@ impl Engine {
         }))
     }
 
+    /// Runs one DDL step with the migration's lock policy, audits it and
+    /// counts its retries.
+    pub(crate) async fn run_ddl(
+        &self,
+        client: &mut Client,
+        table: &str,
+        sql: &str,
+        lock_timeout: Duration,
+        migration: &str,
+        actor: &str,
+    ) -> Result<ddl::DdlReport, ControlError> {
+        let report = ddl::run(client, table, sql, lock_timeout, 20).await?;
+        self.metrics
+            .ddl_retries
+            .inc_by(u64::from(report.tries.saturating_sub(1)));
+        store::record(
+            client,
+            Event {
+                actor,
+                migration: Some(migration),
+                action: "ddl",
+                detail: json!(report),
+            },
+        )
+        .await?;
+        Ok(report)
+    }
+
     /// Rebuilds the rule set from the stored migrations and installs it
     /// under a new version.
     pub async fn publish(&self) -> Result<u64, ControlError> {
@@ -402,6 +436,22 @@ impl Engine {
             }
         }
         let version = store::bump_rules_version(&client).await?;
+        for m in store::list(&client).await? {
+            self.metrics.set_phase(&m.name, m.phase);
+            if let Some(n) = m
+                .state
+                .pointer("/parity/mismatches")
+                .and_then(Value::as_i64)
+            {
+                self.metrics
+                    .parity_mismatches
+                    .get_or_create(&crate::metrics::MigrationLabel {
+                        migration: m.name.clone(),
+                    })
+                    .set(n);
+            }
+        }
+        self.metrics.rules_version.set(version as i64);
         let set = RuleSet {
             version,
             database: self.database.clone(),

@@ -9,6 +9,7 @@ pub mod error;
 pub mod http;
 pub mod jobs;
 pub mod lifecycle;
+pub mod metrics;
 pub mod operator;
 pub mod store;
 

@@ -10,7 +10,7 @@ use switchyard_rules::{ident, Phase, QualifiedName};
 use tracing::{info, warn};
 
 use crate::catalog;
-use crate::ddl;
+
 use crate::engine::{pairs_of, Engine};
 use crate::error::ControlError;
 use crate::jobs::{self, Target};
@@ -124,6 +124,9 @@ impl Engine {
         self.await_acknowledgement().await;
         let mut client = jobs::connect(&self.url).await?;
         let report = |p: &jobs::Progress| {
+            if verb == Verb::Backfill {
+                self.metrics.backfill(&m.name, p);
+            }
             self.jobs
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -207,8 +210,7 @@ impl Engine {
                     format!("ALTER TABLE {t} ALTER COLUMN {new} SET NOT NULL"),
                     format!("ALTER TABLE {t} DROP CONSTRAINT {check}"),
                 ] {
-                    let report = ddl::run(&mut client, &t, &sql, lock_timeout, 20).await?;
-                    store::record(&client, Event { actor, migration: Some(&m.name), action: "ddl", detail: json!(report) }).await?;
+                    self.run_ddl(&mut client, &t, &sql, lock_timeout, &m.name, actor).await?;
                 }
             }
             store::set_phase(&client, &m.name, m.phase, outcome.next, &json!({})).await?;
@@ -245,17 +247,8 @@ impl Engine {
                     "ALTER TABLE {t} DROP COLUMN IF EXISTS {}",
                     ident::quote(&p.legacy)
                 );
-                let report = ddl::run(&mut client, &t, &sql, lock_timeout, 20).await?;
-                store::record(
-                    &client,
-                    Event {
-                        actor,
-                        migration: Some(&m.name),
-                        action: "ddl",
-                        detail: json!(report),
-                    },
-                )
-                .await?;
+                self.run_ddl(&mut client, &t, &sql, lock_timeout, &m.name, actor)
+                    .await?;
             }
         }
         self.publish().await?;

@@ -43,8 +43,10 @@ impl App {
         let engine = match database_url {
             Some(url) => {
                 let sink: Arc<dyn switchyard_control::RulesSink> = proxy.rules();
+                let control_metrics =
+                    switchyard_control::metrics::ControlMetrics::new(&mut registry);
                 Some(Arc::new(
-                    switchyard_control::Engine::connect(&url, sink)
+                    switchyard_control::Engine::connect(&url, sink, control_metrics)
                         .await
                         .map_err(|e| anyhow::anyhow!("control plane: {e}"))?,
                 ))
