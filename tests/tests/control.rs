@@ -333,11 +333,25 @@ async fn full_lifecycle_under_application_writes() {
     assert_eq!(call(&proxy, "POST", &post("complete"), None).await.0, 200);
 
     // The control plane's metrics.
-    let (_, metrics) = switchyard_tests::tools::http_get(proxy.control_addr, "/metrics").await.unwrap();
-    assert!(metrics.contains("switchyard_control_phase{migration=\"users-email\"} 7"), "{metrics}");
-    assert!(metrics.contains("switchyard_control_backfill_rows{migration=\"users-email\"}"), "{metrics}");
-    assert!(metrics.contains("switchyard_control_parity_mismatches{migration=\"users-email\"} 0"), "{metrics}");
-    assert!(metrics.contains("switchyard_control_rules_version"), "{metrics}");
+    let (_, metrics) = switchyard_tests::tools::http_get(proxy.control_addr, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchyard_control_phase{migration=\"users-email\"} 7"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_control_backfill_rows{migration=\"users-email\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_control_parity_mismatches{migration=\"users-email\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_control_rules_version"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
