@@ -39,6 +39,8 @@ pub struct Engine {
     pub(crate) live: std::sync::Mutex<std::collections::HashMap<String, crate::jobs::Live>>,
     /// Metrics.
     pub(crate) metrics: crate::metrics::ControlMetrics,
+    /// Running job tasks.
+    pub(crate) tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -69,6 +71,7 @@ impl Engine {
             jobs: Default::default(),
             live: Default::default(),
             metrics,
+            tasks: Default::default(),
         };
         engine.publish().await?;
         Ok(engine)

@@ -93,13 +93,30 @@ impl Engine {
                 ..Default::default()
             },
         );
-        let engine = self.clone();
-        let actor = actor.to_owned();
+        // Recorded so that a restarted `serve` resumes the job.
+        {
+            let client = self.client.lock().await;
+            let running = json!({"running_job": {"verb": verb.as_str(), "next": outcome.next}});
+            store::set_phase(&client, &m.name, m.phase, m.phase, &running).await?;
+        }
         let name = m.name.clone();
-        tokio::spawn(async move {
-            let result = engine
-                .run_job(&m, verb, outcome.next, &target, &actor)
-                .await;
+        self.spawn_job(m, verb, outcome.next, target, actor.to_owned());
+        let mut detail = self.detail(&name).await?;
+        detail["accepted"] = json!(true);
+        Ok(detail)
+    }
+
+    fn spawn_job(
+        self: &Arc<Self>,
+        m: StoredMigration,
+        verb: Verb,
+        next: Phase,
+        target: Target,
+        actor: String,
+    ) {
+        let engine = self.clone();
+        let task = tokio::spawn(async move {
+            let result = engine.run_job(&m, verb, next, &target, &actor).await;
             if let Err(e) = result {
                 warn!(migration = %m.name, error = %e, "job failed");
                 let mut jobs = engine.jobs.lock().unwrap_or_else(|e| e.into_inner());
@@ -108,9 +125,63 @@ impl Engine {
                 p.error = Some(e.to_string());
             }
         });
-        let mut detail = self.detail(&name).await?;
-        detail["accepted"] = json!(true);
-        Ok(detail)
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+    }
+
+    /// Restarts the jobs that were running when the process stopped; the
+    /// backfill continues from its checkpoint.
+    pub fn resume_jobs(self: &Arc<Self>) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let migrations = {
+                let client = engine.client.lock().await;
+                store::list(&client).await
+            };
+            for m in migrations.into_iter().flatten() {
+                let Some(job) = m.state.get("running_job").filter(|j| !j.is_null()) else {
+                    continue;
+                };
+                let (Some(verb), Ok(next)) = (
+                    job["verb"].as_str().and_then(Verb::parse),
+                    serde_json::from_value::<Phase>(job["next"].clone()),
+                ) else {
+                    continue;
+                };
+                match engine.target(&m).await {
+                    Ok(target) => {
+                        info!(migration = %m.name, verb = verb.as_str(), "resuming job");
+                        engine
+                            .jobs
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(
+                                m.name.clone(),
+                                jobs::Progress {
+                                    state: "running".into(),
+                                    ..Default::default()
+                                },
+                            );
+                        engine.spawn_job(m, verb, next, target, "system".into());
+                    }
+                    Err(e) => warn!(migration = %m.name, error = %e, "cannot resume job"),
+                }
+            }
+        });
+    }
+
+    /// Stops running jobs (process shutdown); they resume on the next start.
+    pub fn stop_jobs(&self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
     }
 
     async fn run_job(
@@ -145,7 +216,7 @@ impl Engine {
                     .or_insert(live);
             }
             let p = jobs::backfill(&mut client, t, || self.live_settings(&m.name), report).await?;
-            let state = json!({"backfill": p});
+            let state = json!({"backfill": p, "running_job": null});
             (p, state)
         } else {
             let p = jobs::verify(&client, t, report).await?;
@@ -154,7 +225,7 @@ impl Engine {
                 phase: m.phase,
                 stale: false,
             };
-            let state = json!({"verify": p, "parity": parity});
+            let state = json!({"verify": p, "parity": parity, "running_job": null});
             (p, state)
         };
         let next = if verb == Verb::Verify && progress.rows_changed > 0 {

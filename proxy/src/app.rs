@@ -45,11 +45,13 @@ impl App {
                 let sink: Arc<dyn switchyard_control::RulesSink> = proxy.rules();
                 let control_metrics =
                     switchyard_control::metrics::ControlMetrics::new(&mut registry);
-                Some(Arc::new(
+                let engine = Arc::new(
                     switchyard_control::Engine::connect(&url, sink, control_metrics)
                         .await
                         .map_err(|e| anyhow::anyhow!("control plane: {e}"))?,
-                ))
+                );
+                engine.resume_jobs();
+                Some(engine)
             }
             None => None,
         };
@@ -80,6 +82,9 @@ impl App {
     /// Waits for the proxy to stop (after a drain), then stops the API.
     pub async fn wait(self) {
         self.proxy.wait().await;
+        if let Some(engine) = &self.engine {
+            engine.stop_jobs();
+        }
         let _ = self.api_stop.send(true);
         let _ = self.api_task.await;
     }

@@ -442,3 +442,86 @@ async fn pause_tune_resume_and_blockers() {
         assert!(actions.contains(&expected), "{actions:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_resumes_from_its_checkpoint_after_a_restart() {
+    let (cluster, proxy, direct) = setup().await;
+    direct
+        .batch_execute("insert into users(email, name) select 'R' || g || '@X.io', 'r' from generate_series(1, 20000) g")
+        .await
+        .unwrap();
+    let post = |verb: &str| format!("/v1/migrations/users-email/{verb}");
+    assert_eq!(
+        call(&proxy, "POST", "/v1/migrations", Some(spec())).await.0,
+        201
+    );
+    assert_eq!(call(&proxy, "POST", &post("expand"), None).await.0, 200);
+    assert_eq!(call(&proxy, "POST", &post("dual-write"), None).await.0, 200);
+    let slow = json!({"max_rows_per_second": 4000, "target_chunk_ms": 10});
+    assert_eq!(
+        call(
+            &proxy,
+            "PATCH",
+            "/v1/migrations/users-email/backfill",
+            Some(slow)
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(call(&proxy, "POST", &post("backfill"), None).await.0, 202);
+    wait_for(&proxy, |d| {
+        d["job"]["rows_done"].as_u64().unwrap_or(0) >= 2000
+    })
+    .await;
+    // Stop serve mid-backfill.
+    proxy.shutdown().await;
+    let at_stop: i64 = direct
+        .query_one(
+            "select rows_done from switchyard.checkpoints where migration = 'users-email'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        at_stop >= 2000 && at_stop < 20100,
+        "checkpoint at {at_stop}"
+    );
+
+    // A new serve resumes from the checkpoint (the throttle persisted too).
+    let proxy = TestProxy::start(
+        &cluster,
+        TestProxyOptions {
+            control_database: Some(("trust_user".into(), "postgres".into())),
+            control_token: Some(TOKEN.into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let fast = json!({"max_rows_per_second": null});
+    assert_eq!(
+        call(
+            &proxy,
+            "PATCH",
+            "/v1/migrations/users-email/backfill",
+            Some(fast)
+        )
+        .await
+        .0,
+        200
+    );
+    let d = wait_for(&proxy, |d| d["phase"] == "backfilled").await;
+    // Each row visited once: the resumed job continued the count.
+    assert_eq!(d["state"]["backfill"]["rows_done"], 20100, "{d}");
+    let bad: i64 = direct
+        .query_one(
+            "select count(*) from users where email_address is distinct from lower(email)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(bad, 0);
+}
