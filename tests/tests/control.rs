@@ -484,10 +484,7 @@ async fn backfill_resumes_from_its_checkpoint_after_a_restart() {
         .await
         .unwrap()
         .get(0);
-    assert!(
-        at_stop >= 2000 && at_stop < 20100,
-        "checkpoint at {at_stop}"
-    );
+    assert!((2000..20100).contains(&at_stop), "checkpoint at {at_stop}");
 
     // A new serve resumes from the checkpoint (the throttle persisted too).
     let proxy = TestProxy::start(
