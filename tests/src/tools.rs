@@ -97,24 +97,9 @@ fn make_venv() -> anyhow::Result<PathBuf> {
     Ok(python)
 }
 
-/// A minimal HTTP/1.1 GET, returning status code and body.
+/// A minimal HTTP/1.1 GET, returning status code and body text.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status line")?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    raw_http(addr, "GET", path, "", None).await
 }
 
 /// A minimal HTTP/1.1 request with an optional JSON body and bearer token;
@@ -126,9 +111,22 @@ pub async fn http(
     body: Option<&str>,
     token: Option<&str>,
 ) -> anyhow::Result<(u16, serde_json::Value)> {
+    let (status, text) = raw_http(addr, method, path, body.unwrap_or(""), token).await?;
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+async fn raw_http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let body = body.unwrap_or("");
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -146,10 +144,7 @@ pub async fn http(
         .context("no HTTP status line")?;
     let text = response
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
+        .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
-    Ok((
-        status,
-        serde_json::from_str(text).unwrap_or(serde_json::Value::Null),
-    ))
+    Ok((status, text))
 }
