@@ -55,20 +55,26 @@ pub async fn table_facts(
             default: r.get(2),
         })
         .collect();
+    // The primary key, else the narrowest unique NOT NULL key without
+    // expressions or predicate.
     let key = client
-        .query(
-            "SELECT a.attname::text FROM pg_index i
+        .query_opt(
+            "SELECT ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
+                          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                          WHERE k.ord <= i.indnkeyatts ORDER BY k.ord)
+             FROM pg_index i
              JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-             JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) ON true
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-             WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary
-             ORDER BY k.ord",
+             WHERE n.nspname = $1 AND c.relname = $2 AND i.indisunique AND i.indisvalid
+               AND i.indpred IS NULL AND i.indexprs IS NULL
+               AND NOT EXISTS (SELECT 1 FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
+                               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                               WHERE k.ord <= i.indnkeyatts AND NOT a.attnotnull)
+             ORDER BY i.indisprimary DESC, i.indnkeyatts, i.indexrelid LIMIT 1",
             &[&table.schema, &table.name],
         )
         .await?
-        .iter()
         .map(|r| r.get(0))
-        .collect();
+        .unwrap_or_default();
     Ok(TableFacts {
         name: table.clone(),
         columns,
@@ -88,7 +94,8 @@ pub async fn validate(
     let facts = table_facts(client, &table).await?;
     if facts.key.is_empty() {
         return Err(ControlError::BadRequest(format!(
-            "table: {table} has no primary key; add one before migrating it"
+            "table: {table} has neither a primary key nor a unique NOT NULL key; the backfill \
+             needs one to walk the table in chunks"
         )));
     }
     let mut pairs = Vec::new();
@@ -105,6 +112,14 @@ pub async fn validate(
                     c.legacy
                 ))
             })?;
+        if facts.key.contains(&c.legacy) {
+            return Err(ControlError::BadRequest(format!(
+                "{}: {:?} is part of the key {:?} that the backfill walks; it cannot be migrated",
+                field("legacy"),
+                c.legacy,
+                facts.key
+            )));
+        }
         let legacy_type = facts.columns[legacy_position].sql_type.clone();
         let new_type = match &c.sql_type {
             Some(t) => canonical_type(client, t)

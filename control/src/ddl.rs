@@ -23,28 +23,67 @@ pub struct DdlReport {
     pub blockers: Vec<Vec<i32>>,
 }
 
-/// Runs `sql` in one transaction with `lock_timeout`, retrying up to
-/// `max_tries` times on 55P03 and 40P01.
+/// How a DDL step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// In one transaction, retried whole.
+    Transaction,
+    /// As one statement outside any transaction block (`... CONCURRENTLY`).
+    Concurrently,
+}
+
+/// One DDL statement and how to run it.
+#[derive(Debug, Clone, Copy)]
+pub struct Step<'a> {
+    /// The table it locks (for the blocker report).
+    pub table: &'a str,
+    /// The statements.
+    pub sql: &'a str,
+    /// `lock_timeout` per try.
+    pub lock_timeout: Duration,
+    /// Transaction or concurrent.
+    pub mode: Mode,
+}
+
+/// Runs a step with its `lock_timeout`, retrying up to `max_tries` times on
+/// 55P03 and 40P01.
 pub async fn run(
     client: &mut Client,
-    table: &str,
-    sql: &str,
-    lock_timeout: Duration,
+    step: Step<'_>,
     max_tries: u32,
 ) -> Result<DdlReport, ControlError> {
+    let Step {
+        table,
+        sql,
+        lock_timeout,
+        mode,
+    } = step;
     let started = Instant::now();
     let mut blockers = Vec::new();
     let mut backoff = Duration::from_millis(50);
+    let timeout = lock_timeout.as_millis().max(1);
     for attempt in 1..=max_tries {
-        let tx = client.transaction().await?;
-        tx.batch_execute(&format!(
-            "SET LOCAL lock_timeout = {}",
-            lock_timeout.as_millis().max(1)
-        ))
-        .await?;
-        match tx.batch_execute(sql).await {
+        let result = match mode {
+            Mode::Transaction => {
+                let tx = client.transaction().await?;
+                tx.batch_execute(&format!("SET LOCAL lock_timeout = {timeout}"))
+                    .await?;
+                match tx.batch_execute(sql).await {
+                    Ok(()) => tx.commit().await,
+                    Err(e) => Err(e),
+                }
+            }
+            Mode::Concurrently => {
+                client
+                    .batch_execute(&format!("SET lock_timeout = {timeout}"))
+                    .await?;
+                let result = client.batch_execute(sql).await;
+                client.batch_execute("RESET lock_timeout").await?;
+                result
+            }
+        };
+        match result {
             Ok(()) => {
-                tx.commit().await?;
                 return Ok(DdlReport {
                     sql: sql.to_owned(),
                     tries: attempt,
@@ -58,7 +97,6 @@ pub async fn run(
                     Some(&SqlState::LOCK_NOT_AVAILABLE) | Some(&SqlState::T_R_DEADLOCK_DETECTED)
                 ) =>
             {
-                drop(tx);
                 blockers.push(blocking_pids(client, table).await.unwrap_or_default());
                 if attempt == max_tries {
                     break;

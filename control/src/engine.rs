@@ -40,7 +40,10 @@ pub struct Engine {
     /// Metrics.
     pub(crate) metrics: crate::metrics::ControlMetrics,
     /// Running job tasks.
-    pub(crate) tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Migrations whose legacy column is being refilled (revert skips them).
+    pub(crate) restoring: std::sync::Mutex<std::collections::HashSet<String>>,
+    pub(crate) tasks:
+        std::sync::Mutex<std::collections::HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -72,6 +75,7 @@ impl Engine {
             live: Default::default(),
             metrics,
             tasks: Default::default(),
+            restoring: Default::default(),
         };
         engine.publish().await?;
         Ok(engine)
@@ -199,13 +203,32 @@ impl Engine {
             _ => step(m.phase, verb, parity.as_ref(), force)
                 .map_err(|e| ControlError::Conflict(e.to_string()))?,
         };
+        if verb == Verb::Rollback && legacy_incomplete(&m) {
+            return Err(ControlError::Conflict(format!(
+                "the legacy column of {name} is still being restored; reads must stay on the new column until that job is done"
+            )));
+        }
+        if self.job_running(name) {
+            if verb != Verb::Rollback {
+                return Err(ControlError::Conflict(format!(
+                    "a job is running for {name}; wait for it (or roll back to cancel it)"
+                )));
+            }
+            drop(client);
+            self.cancel_job(name).await?;
+            client = self.client.lock().await;
+        }
         if matches!(verb, Verb::Backfill | Verb::Verify) {
             drop(client);
             return self.start_job(m, verb, outcome, actor).await;
         }
         if verb == Verb::Contract {
             drop(client);
-            return self.contract(m, outcome, actor).await;
+            return self.contract(m, outcome, force, actor).await;
+        }
+        if verb == Verb::Rollback {
+            drop(client);
+            return self.rollback(m, outcome, actor).await;
         }
         let pairs = pairs_of(&m)?;
         let table = QualifiedName::parse(&m.spec.table)
@@ -235,26 +258,8 @@ impl Engine {
                 }
                 state = json!({ "expand": reports });
             }
-            (Verb::Rollback, Phase::Expanded) => {
-                for p in &pairs {
-                    let sql = format!(
-                        "ALTER TABLE {table} DROP COLUMN IF EXISTS {}",
-                        switchyard_rules::ident::quote(&p.new)
-                    );
-                    self.run_ddl(
-                        &mut client,
-                        &table.to_string(),
-                        &sql,
-                        lock_timeout,
-                        name,
-                        actor,
-                    )
-                    .await?;
-                }
-            }
-            (Verb::DualWrite | Verb::Complete, _) | (Verb::Rollback, Phase::DualWrite) => {}
+            (Verb::DualWrite | Verb::Complete, _) => {}
             (Verb::SwitchReads, _) => state = json!({ "reverted": false }),
-            (Verb::Rollback, Phase::ReadsSwitched) => state = json!({ "reverted": false }),
             (verb, phase) => {
                 return Err(ControlError::NotImplemented(format!(
                     "{} from {phase:?} is not implemented yet",
@@ -263,31 +268,40 @@ impl Engine {
             }
         }
         store::set_phase(&client, name, m.phase, outcome.next, &state).await?;
-        store::record(
-            &client,
-            Event {
-                actor,
-                migration: Some(name),
-                action: "phase",
-                detail: json!({"verb": verb.as_str(), "before": m.phase, "after": outcome.next}),
-            },
-        )
-        .await?;
-        if let Some(reason) = &outcome.forced {
-            store::record(
-                &client,
-                Event {
-                    actor,
-                    migration: Some(name),
-                    action: "force",
-                    detail: json!({"verb": verb.as_str(), "gate": reason}),
-                },
-            )
+        self.record_transition(&client, &m, verb.as_str(), &outcome, actor)
             .await?;
-        }
         drop(client);
         self.publish().await?;
         self.detail(name).await
+    }
+
+    /// Audits a phase change, and the gate it overrode if it was forced.
+    pub(crate) async fn record_transition(
+        &self,
+        client: &Client,
+        m: &StoredMigration,
+        verb: &str,
+        outcome: &switchyard_rules::migration::Outcome,
+        actor: &str,
+    ) -> Result<(), ControlError> {
+        let detail = json!({"verb": verb, "before": m.phase, "after": outcome.next});
+        let event = Event {
+            actor,
+            migration: Some(&m.name),
+            action: "phase",
+            detail,
+        };
+        store::record(client, event).await?;
+        if let Some(reason) = &outcome.forced {
+            let event = Event {
+                actor,
+                migration: Some(&m.name),
+                action: "force",
+                detail: json!({"verb": verb, "gate": reason}),
+            };
+            store::record(client, event).await?;
+        }
+        Ok(())
     }
 
     /// Instant routing revert: reads back to legacy at once (writes stay dual
@@ -298,8 +312,18 @@ impl Engine {
         let mut set = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
         set.version += 1;
         let mut touched = Vec::new();
+        let mut skipped = Vec::new();
+        let restoring = self
+            .restoring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for t in &mut set.tables {
             for m in &mut t.mappings {
+                if restoring.contains(&m.migration) {
+                    skipped.push(m.migration.clone());
+                    continue;
+                }
                 if name.is_none_or(|n| n == m.migration) && m.routing.reads == ReadRoute::New {
                     m.routing = Routing {
                         reads: ReadRoute::Legacy,
@@ -313,6 +337,8 @@ impl Engine {
                 }
             }
         }
+        touched.dedup();
+        skipped.dedup();
         if let Some(n) = name {
             if touched.is_empty() {
                 let client = self.client.lock().await;
@@ -366,6 +392,7 @@ impl Engine {
         Ok(json!({
             "rules_version": version,
             "reverted": touched,
+            "skipped_legacy_incomplete": skipped,
             "swap_micros": swap.as_micros() as u64,
             "local_millis": local_ms,
         }))
@@ -382,7 +409,24 @@ impl Engine {
         migration: &str,
         actor: &str,
     ) -> Result<ddl::DdlReport, ControlError> {
-        let report = ddl::run(client, table, sql, lock_timeout, 20).await?;
+        let step = ddl::Step {
+            table,
+            sql,
+            lock_timeout,
+            mode: ddl::Mode::Transaction,
+        };
+        self.run_ddl_step(client, step, migration, actor).await
+    }
+
+    /// Like [`Engine::run_ddl`], for any [`ddl::Mode`].
+    pub(crate) async fn run_ddl_step(
+        &self,
+        client: &mut Client,
+        step: ddl::Step<'_>,
+        migration: &str,
+        actor: &str,
+    ) -> Result<ddl::DdlReport, ControlError> {
+        let report = ddl::run(client, step, 20).await?;
         self.metrics
             .ddl_retries
             .inc_by(u64::from(report.tries.saturating_sub(1)));
@@ -439,7 +483,13 @@ impl Engine {
             }
         }
         let version = store::bump_rules_version(&client).await?;
-        for m in store::list(&client).await? {
+        let all = store::list(&client).await?;
+        *self.restoring.lock().unwrap_or_else(|p| p.into_inner()) = all
+            .iter()
+            .filter(|m| legacy_incomplete(m))
+            .map(|m| m.name.clone())
+            .collect();
+        for m in all {
             self.metrics.set_phase(&m.name, m.phase);
             if let Some(n) = m
                 .state
@@ -472,6 +522,15 @@ impl Engine {
 pub(crate) fn pairs_of(m: &StoredMigration) -> Result<Vec<Pair>, ControlError> {
     serde_json::from_value(m.state.get("pairs").cloned().unwrap_or(Value::Null))
         .map_err(|e| ControlError::Internal(format!("stored pairs of {}: {e}", m.name)))
+}
+
+/// A rolled-back contract whose legacy column is not refilled yet: its
+/// reads must not go back to the legacy column.
+pub(crate) fn legacy_incomplete(m: &StoredMigration) -> bool {
+    m.state
+        .get("legacy_incomplete")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
 }
 
 fn routing_of(m: &StoredMigration) -> Value {

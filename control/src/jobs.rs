@@ -74,10 +74,12 @@ pub struct Target {
     pub migration: String,
     /// Quoted, qualified table.
     pub table: String,
-    /// Quoted key column (single-column keys only).
-    pub key: String,
-    /// The key's SQL type.
-    pub key_type: String,
+    /// Quoted key columns (primary key or unique NOT NULL key), in order.
+    pub key: Vec<String>,
+    /// Their SQL types.
+    pub key_types: Vec<String>,
+    /// Which column is computed from which.
+    pub direction: Direction,
     /// The pairs.
     pub pairs: Vec<Pair>,
     /// Target time per chunk.
@@ -86,6 +88,16 @@ pub struct Target {
     pub max_rows_per_second: Option<u64>,
     /// `lock_timeout` per chunk.
     pub lock_timeout: Duration,
+}
+
+/// Which way a backfill copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// new = forward(legacy): the backfill.
+    Forward,
+    /// legacy = backward(new): restoring a dropped legacy column.
+    Backward,
 }
 
 /// Connects a dedicated client for a job.
@@ -97,15 +109,23 @@ pub async fn connect(url: &str) -> Result<Client, ControlError> {
     Ok(client)
 }
 
+/// The written column, its type, and the expression computing it from the
+/// source column.
+fn copy_of(p: &Pair, direction: Direction) -> (&str, &str, &str, &str) {
+    match direction {
+        Direction::Forward => (&p.new, &p.new_type, &p.forward, &p.legacy),
+        Direction::Backward => (&p.legacy, &p.legacy_type, &p.backward, &p.new),
+    }
+}
+
 fn set_clause(t: &Target) -> String {
     t.pairs
         .iter()
         .map(|p| {
+            let (target, ty, expr, _) = copy_of(p, t.direction);
             format!(
-                "{} = ({})::{}",
-                switchyard_rules::ident::quote(&p.new),
-                p.forward,
-                p.new_type
+                "{} = ({expr})::{ty}",
+                switchyard_rules::ident::quote(target)
             )
         })
         .collect::<Vec<_>>()
@@ -116,15 +136,97 @@ fn mismatch(t: &Target, alias: &str) -> String {
     t.pairs
         .iter()
         .map(|p| {
-            let fwd = qualify(&p.forward, &p.legacy, alias);
+            let (target, ty, expr, source) = copy_of(p, t.direction);
+            let expr = qualify(expr, source, alias);
             format!(
-                "{alias}.{} IS DISTINCT FROM ({fwd})::{}",
-                switchyard_rules::ident::quote(&p.new),
-                p.new_type
+                "{alias}.{} IS DISTINCT FROM ({expr})::{ty}",
+                switchyard_rules::ident::quote(target)
             )
         })
         .collect::<Vec<_>>()
         .join(" OR ")
+}
+
+/// `(k1, k2)` qualified by `alias`.
+fn key_row(t: &Target, alias: &str) -> String {
+    let cols: Vec<String> = t.key.iter().map(|k| format!("{alias}.{k}")).collect();
+    format!("({})", cols.join(", "))
+}
+
+/// `($1[1]::type1, $1[2]::type2)`: the checkpoint, a text array, typed.
+fn key_param(t: &Target) -> String {
+    let vals: Vec<String> = t
+        .key_types
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| format!("($1::text[])[{}]::{ty}", i + 1))
+        .collect();
+    format!("({})", vals.join(", "))
+}
+
+/// Keyset order over the key, ascending or descending.
+fn key_order(t: &Target, alias: &str, desc: bool) -> String {
+    let dir = if desc { " DESC" } else { "" };
+    t.key
+        .iter()
+        .map(|k| format!("{alias}.{k}{dir}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One backfill chunk: the next `$2` keys after checkpoint `$1` (a text
+/// array), updated where they differ; answers the last key, the rows
+/// visited and the rows changed.
+pub fn chunk_sql(t: &Target) -> String {
+    let batch_cols: Vec<String> = t
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("s.{k} AS k{i}"))
+        .collect();
+    let join: Vec<String> = t
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("t.{k} = batch.k{i}"))
+        .collect();
+    let last: Vec<String> = (0..t.key.len()).map(|i| format!("k{i}::text")).collect();
+    let last_order: Vec<String> = (0..t.key.len()).map(|i| format!("k{i} DESC")).collect();
+    format!(
+        "WITH batch AS (SELECT {cols} FROM {table} AS s WHERE $1::text[] IS NULL OR {row} > {param} ORDER BY {order} LIMIT $2),
+              upd AS (UPDATE {table} AS t SET {set} FROM batch WHERE {join} AND ({mismatch}) RETURNING 1)
+         SELECT (SELECT ARRAY[{last}] FROM batch ORDER BY {last_order} LIMIT 1), (SELECT count(*) FROM batch), (SELECT count(*) FROM upd)",
+        cols = batch_cols.join(", "),
+        table = t.table,
+        row = key_row(t, "s"),
+        param = key_param(t),
+        order = key_order(t, "s", false),
+        set = set_clause(t),
+        join = join.join(" AND "),
+        mismatch = mismatch(t, "t"),
+        last = last.join(", "),
+        last_order = last_order.join(", "),
+    )
+}
+
+/// One parity chunk: the last key, rows seen, mismatches and up to five
+/// sample keys.
+pub fn verify_sql(t: &Target) -> String {
+    let key_text: Vec<String> = t.key.iter().map(|k| format!("t.{k}::text")).collect();
+    format!(
+        "WITH c AS (SELECT ARRAY[{key_text}] AS k, row_number() OVER (ORDER BY {order}) AS n, ({mismatch}) AS bad
+                    FROM (SELECT * FROM {table} AS t WHERE $1::text[] IS NULL OR {row} > {param}
+                          ORDER BY {order} LIMIT $2) AS t)
+         SELECT (SELECT k FROM c ORDER BY n DESC LIMIT 1), (SELECT count(*) FROM c),
+                (SELECT count(*) FROM c WHERE bad),
+                (SELECT array_agg(array_to_string(k, ',')) FROM (SELECT k FROM c WHERE bad ORDER BY n LIMIT 5) s)",
+        key_text = key_text.join(", "),
+        mismatch = mismatch(t, "t"),
+        table = t.table,
+        row = key_row(t, "t"),
+        param = key_param(t),
+        order = key_order(t, "t", false),
+    )
 }
 
 /// `forward` with its legacy column qualified by `alias`.
@@ -170,11 +272,14 @@ pub async fn backfill(
         .get(0);
     let row = client
         .query_opt(
-            "SELECT last_key #>> '{}', rows_done FROM switchyard.checkpoints WHERE migration = $1",
+            "SELECT ARRAY(SELECT jsonb_array_elements_text(CASE jsonb_typeof(last_key)
+                          WHEN 'array' THEN last_key ELSE jsonb_build_array(last_key) END)),
+                    rows_done
+             FROM switchyard.checkpoints WHERE migration = $1 AND last_key IS NOT NULL",
             &[&t.migration],
         )
         .await?;
-    let mut last: Option<String> = row.as_ref().and_then(|r| r.get(0));
+    let mut last: Option<Vec<String>> = row.as_ref().map(|r| r.get(0));
     let mut progress = Progress {
         state: "running".into(),
         rows_done: row.map(|r| r.get::<_, i64>(1) as u64).unwrap_or(0),
@@ -184,16 +289,7 @@ pub async fn backfill(
     };
     let started = Instant::now();
     let done_at_start = progress.rows_done;
-    let chunk_sql = format!(
-        "WITH batch AS (SELECT {key} AS k FROM {table} WHERE $1::text IS NULL OR {key} > $1::text::{kt} ORDER BY {key} LIMIT $2),
-              upd AS (UPDATE {table} AS t SET {set} FROM batch WHERE t.{key} = batch.k AND ({mismatch}) RETURNING 1)
-         SELECT (SELECT max(k)::text FROM batch), (SELECT count(*) FROM batch), (SELECT count(*) FROM upd)",
-        key = t.key,
-        table = t.table,
-        kt = t.key_type,
-        set = set_clause(t),
-        mismatch = mismatch(t, "t"),
-    );
+    let chunk_sql = chunk_sql(t);
     loop {
         // Operator controls, read before every chunk.
         let settings = live();
@@ -229,7 +325,7 @@ pub async fn backfill(
             }
             Err(e) => return Err(e.into()),
         };
-        let max_key: Option<String> = row.get(0);
+        let max_key: Option<Vec<String>> = row.get(0);
         let visited: i64 = row.get(1);
         let changed: i64 = row.get(2);
         let Some(max_key) = max_key else {
@@ -239,7 +335,7 @@ pub async fn backfill(
         progress.rows_done += visited as u64;
         progress.rows_changed += changed as u64;
         tx.execute(
-            "INSERT INTO switchyard.checkpoints (migration, last_key, rows_done, updated_at) VALUES ($1, to_jsonb($2::text), $3, now())
+            "INSERT INTO switchyard.checkpoints (migration, last_key, rows_done, updated_at) VALUES ($1, to_jsonb($2::text[]), $3, now())
              ON CONFLICT (migration) DO UPDATE SET last_key = excluded.last_key, rows_done = excluded.rows_done, updated_at = now()",
             &[&t.migration, &max_key, &(progress.rows_done as i64)],
         )
@@ -288,21 +384,13 @@ pub async fn verify(
         chunk_rows: 10_000,
         ..Progress::default()
     };
-    let sql = format!(
-        "SELECT max(k)::text, count(*), count(*) FILTER (WHERE bad), (array_agg(k::text) FILTER (WHERE bad))[1:5]
-         FROM (SELECT t.{key} AS k, ({mismatch}) AS bad FROM {table} AS t
-               WHERE $1::text IS NULL OR t.{key} > $1::text::{kt} ORDER BY t.{key} LIMIT $2) c",
-        key = t.key,
-        table = t.table,
-        kt = t.key_type,
-        mismatch = mismatch(t, "t"),
-    );
-    let mut last: Option<String> = None;
+    let sql = verify_sql(t);
+    let mut last: Option<Vec<String>> = None;
     loop {
         let row = client
             .query_one(&sql, &[&last, &(progress.chunk_rows as i64)])
             .await?;
-        let Some(max_key) = row.get::<_, Option<String>>(0) else {
+        let Some(max_key) = row.get::<_, Option<Vec<String>>>(0) else {
             break;
         };
         progress.rows_done += row.get::<_, i64>(1) as u64;

@@ -3,14 +3,18 @@
 //! log) and its state in the database's `switchyard` schema.
 
 pub mod catalog;
+mod contract;
 pub mod ddl;
+pub mod dependencies;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod indexes;
 pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;
 pub mod operator;
+mod rollback;
 pub mod store;
 
 pub use engine::{Engine, RulesSink};

@@ -13,29 +13,41 @@ use crate::catalog;
 
 use crate::engine::{pairs_of, Engine};
 use crate::error::ControlError;
-use crate::jobs::{self, Target};
+use crate::indexes;
+use crate::jobs::{self, Direction, Target};
 use crate::store::{self, Event, StoredMigration};
 
 impl Engine {
-    async fn target(&self, m: &StoredMigration) -> Result<Target, ControlError> {
+    pub(crate) async fn target(
+        &self,
+        m: &StoredMigration,
+        direction: Direction,
+    ) -> Result<Target, ControlError> {
         let table = QualifiedName::parse(&m.spec.table)
             .ok_or_else(|| ControlError::Internal("stored table".into()))?;
         let client = self.client.lock().await;
         let facts = catalog::table_facts(&client, &table).await?;
-        let [key] = facts.key.as_slice() else {
-            return Err(ControlError::NotImplemented(format!(
-                "{table} has a composite key; only single-column keys are backfilled yet"
+        if facts.key.is_empty() {
+            return Err(ControlError::Conflict(format!(
+                "{table} has lost its primary key or unique NOT NULL key"
             )));
-        };
-        let key_type = facts
-            .column(key)
-            .map(|c| c.sql_type.clone())
-            .unwrap_or_default();
+        }
+        let key_types = facts
+            .key
+            .iter()
+            .map(|k| {
+                facts
+                    .column(k)
+                    .map(|c| c.sql_type.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
         Ok(Target {
             migration: m.name.clone(),
             table: table.to_string(),
-            key: ident::quote(key),
-            key_type,
+            key: facts.key.iter().map(|k| ident::quote(k)).collect(),
+            key_types,
+            direction,
             pairs: pairs_of(m)?,
             target_chunk: Duration::from_millis(m.spec.backfill.target_chunk_ms),
             max_rows_per_second: m.spec.backfill.max_rows_per_second,
@@ -45,7 +57,7 @@ impl Engine {
 
     /// Waits until this instance's open transactions all run under the
     /// published rules, so that no write escapes dual-write.
-    async fn await_acknowledgement(&self) {
+    pub(crate) async fn await_acknowledgement(&self) {
         let version = self.last.lock().unwrap_or_else(|e| e.into_inner()).version;
         while self.sink.acknowledged() < version {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -60,21 +72,25 @@ impl Engine {
         outcome: Outcome,
         actor: &str,
     ) -> Result<Value, ControlError> {
-        let running = self
-            .jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&m.name)
-            .is_some_and(|p| p.state == "running");
-        if running {
+        if self.job_running(&m.name) {
             return Err(ControlError::Conflict(format!(
                 "a job is already running for {}",
                 m.name
             )));
         }
-        let target = self.target(&m).await?;
+        let target = self.target(&m, direction_of(verb)).await?;
         {
             let client = self.client.lock().await;
+            // A new backfill walks the whole table again; only a resumed
+            // one continues from the checkpoint.
+            if verb != Verb::Verify {
+                client
+                    .execute(
+                        "DELETE FROM switchyard.checkpoints WHERE migration = $1",
+                        &[&m.name],
+                    )
+                    .await?;
+            }
             store::record(
                 &client,
                 Event {
@@ -114,6 +130,7 @@ impl Engine {
         target: Target,
         actor: String,
     ) {
+        let name = m.name.clone();
         let engine = self.clone();
         let task = tokio::spawn(async move {
             let result = engine.run_job(&m, verb, next, &target, &actor).await;
@@ -125,10 +142,47 @@ impl Engine {
                 p.error = Some(e.to_string());
             }
         });
-        self.tasks
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = tasks.insert(name, task) {
+            old.abort();
+        }
+    }
+
+    /// Whether a job runs (or is paused) for `name`.
+    pub(crate) fn job_running(&self, name: &str) -> bool {
+        self.jobs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(task);
+            .get(name)
+            .is_some_and(|p| p.state == "running" || p.state == "paused")
+    }
+
+    /// Stops the job of `name` (a rollback undoes what it was doing).
+    pub(crate) async fn cancel_job(&self, name: &str) -> Result<(), ControlError> {
+        if let Some(task) = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+        {
+            task.abort();
+        }
+        if let Some(p) = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(name)
+        {
+            p.state = "cancelled".into();
+        }
+        let client = self.client.lock().await;
+        client
+            .execute(
+                "UPDATE switchyard.migrations SET state = state || '{\"running_job\": null}' WHERE name = $1",
+                &[&name],
+            )
+            .await?;
+        Ok(())
     }
 
     /// Restarts the jobs that were running when the process stopped; the
@@ -150,7 +204,7 @@ impl Engine {
                 ) else {
                     continue;
                 };
-                match engine.target(&m).await {
+                match engine.target(&m, direction_of(verb)).await {
                     Ok(target) => {
                         info!(migration = %m.name, verb = verb.as_str(), "resuming job");
                         engine
@@ -174,12 +228,7 @@ impl Engine {
 
     /// Stops running jobs (process shutdown); they resume on the next start.
     pub fn stop_jobs(&self) {
-        for task in self
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
+        for (_, task) in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain() {
             task.abort();
         }
     }
@@ -203,7 +252,7 @@ impl Engine {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(m.name.clone(), p.clone());
         };
-        let (progress, state) = if verb == Verb::Backfill {
+        let (progress, state) = if verb != Verb::Verify {
             if let Some(live) = m
                 .state
                 .get("live")
@@ -216,7 +265,19 @@ impl Engine {
                     .or_insert(live);
             }
             let p = jobs::backfill(&mut client, t, || self.live_settings(&m.name), report).await?;
-            let state = json!({"backfill": p, "running_job": null});
+            let mut rebuilt = Vec::new();
+            for pair in &t.pairs {
+                let (from, to) = match t.direction {
+                    Direction::Forward => (&pair.legacy, &pair.new),
+                    Direction::Backward => (&pair.new, &pair.legacy),
+                };
+                rebuilt.extend(indexes::rebuild(&client, &t.table, from, to).await?);
+            }
+            let state = if verb == Verb::Backfill {
+                json!({"backfill": p, "indexes": rebuilt, "running_job": null})
+            } else {
+                json!({"restore": p, "restored_indexes": rebuilt, "running_job": null, "legacy_incomplete": false})
+            };
             (p, state)
         } else {
             let p = jobs::verify(&client, t, report).await?;
@@ -255,74 +316,14 @@ impl Engine {
         info!(migration = %m.name, verb = verb.as_str(), rows = progress.rows_done, "job done");
         Ok(())
     }
+}
 
-    /// Contract: NOT NULL without a long lock (CHECK NOT VALID, VALIDATE,
-    /// SET NOT NULL, DROP CHECK), routing to the new column only, then the
-    /// legacy column dropped; each step its own short-locked transaction.
-    pub(crate) async fn contract(
-        self: &Arc<Self>,
-        m: StoredMigration,
-        outcome: Outcome,
-        actor: &str,
-    ) -> Result<Value, ControlError> {
-        let table = QualifiedName::parse(&m.spec.table)
-            .ok_or_else(|| ControlError::Internal("stored table".into()))?;
-        let t = table.to_string();
-        let lock_timeout = Duration::from_millis(m.spec.backfill.lock_timeout_ms);
-        let pairs = pairs_of(&m)?;
-        {
-            let mut client = self.client.lock().await;
-            for p in pairs.iter().filter(|p| p.not_null) {
-                let new = ident::quote(&p.new);
-                let check = ident::quote(&format!("switchyard_{}_not_null", p.new));
-                for sql in [
-                    format!("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {check}; ALTER TABLE {t} ADD CONSTRAINT {check} CHECK ({new} IS NOT NULL) NOT VALID"),
-                    format!("ALTER TABLE {t} VALIDATE CONSTRAINT {check}"),
-                    format!("ALTER TABLE {t} ALTER COLUMN {new} SET NOT NULL"),
-                    format!("ALTER TABLE {t} DROP CONSTRAINT {check}"),
-                ] {
-                    self.run_ddl(&mut client, &t, &sql, lock_timeout, &m.name, actor).await?;
-                }
-            }
-            store::set_phase(&client, &m.name, m.phase, outcome.next, &json!({})).await?;
-            store::record(
-                &client,
-                Event {
-                    actor,
-                    migration: Some(&m.name),
-                    action: "phase",
-                    detail: json!({"verb": "contract", "before": m.phase, "after": outcome.next}),
-                },
-            )
-            .await?;
-            if let Some(reason) = &outcome.forced {
-                store::record(
-                    &client,
-                    Event {
-                        actor,
-                        migration: Some(&m.name),
-                        action: "force",
-                        detail: json!({"verb": "contract", "gate": reason}),
-                    },
-                )
-                .await?;
-            }
-        }
-        // Route to the new column only before the legacy one disappears.
-        self.publish().await?;
-        self.await_acknowledgement().await;
-        {
-            let mut client = self.client.lock().await;
-            for p in &pairs {
-                let sql = format!(
-                    "ALTER TABLE {t} DROP COLUMN IF EXISTS {}",
-                    ident::quote(&p.legacy)
-                );
-                self.run_ddl(&mut client, &t, &sql, lock_timeout, &m.name, actor)
-                    .await?;
-            }
-        }
-        self.publish().await?;
-        self.detail(&m.name).await
+/// A backfill computes the new column; the restore after a rollback of
+/// contract computes the legacy one.
+fn direction_of(verb: Verb) -> Direction {
+    if verb == Verb::Rollback {
+        Direction::Backward
+    } else {
+        Direction::Forward
     }
 }

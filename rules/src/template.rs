@@ -116,6 +116,19 @@ impl Template {
         out
     }
 
+    /// The text with every hole replaced by `ident` verbatim (no
+    /// parentheses): renames a column in a fragment such as an index
+    /// definition, where `(col)` and `((col))` differ.
+    pub fn splice(&self, ident: &str) -> String {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.as_str(),
+                Part::Hole => ident,
+            })
+            .collect()
+    }
+
     /// For a template with exactly one hole: the text before and after the
     /// value, so that `fill(v) == before + v + after`.
     pub fn around(&self) -> Option<(String, String)> {
@@ -177,6 +190,19 @@ mod tests {
             .unwrap()
             .around()
             .is_none());
+    }
+
+    #[test]
+    fn splice_renames_without_parentheses() {
+        let t = Template::compile(
+            "btree (email, lower(email)) WHERE (email IS NOT NULL)",
+            "email",
+        )
+        .unwrap();
+        assert_eq!(
+            t.splice("email_address"),
+            "btree (email_address, lower(email_address)) WHERE (email_address IS NOT NULL)"
+        );
     }
 
     #[test]

@@ -1,0 +1,67 @@
+//! What still depends on a column before it is dropped: views and rules,
+//! triggers, foreign keys, check constraints, generated columns and
+//! functions. `DROP COLUMN` would either fail on these or silently take
+//! them with it, so contract refuses with the list instead.
+
+use tokio_postgres::Client;
+
+use crate::error::ControlError;
+
+/// Objects that depend on `column` of `table` (quoted, qualified), one
+/// human-readable line each. Constraints and indexes that Switchyard
+/// itself manages (`switchyard_*` checks, indexes) are not listed.
+pub async fn of_column(
+    client: &Client,
+    table: &str,
+    column: &str,
+) -> Result<Vec<String>, ControlError> {
+    // Functions record column dependencies only for SQL-standard bodies;
+    // other bodies are searched for the table and column as whole words.
+    let rows = client
+        .query(
+            "WITH col AS (
+               SELECT a.attrelid AS rel, a.attnum AS num FROM pg_attribute a
+               WHERE a.attrelid = $1::text::regclass AND a.attname = $2 AND NOT a.attisdropped),
+             word AS (
+               SELECT '\\m' || regexp_replace($2, '([^[:alnum:]_])', '\\\\\\1', 'g') || '\\M' AS col_re,
+                      '\\m' || regexp_replace(c.relname, '([^[:alnum:]_])', '\\\\\\1', 'g') || '\\M' AS tab_re
+               FROM pg_class c WHERE c.oid = $1::text::regclass)
+             SELECT DISTINCT 'view ' || r.ev_class::regclass::text
+             FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid, col
+             WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = col.rel AND d.refobjsubid = col.num
+               AND r.ev_class <> col.rel
+             UNION
+             SELECT 'trigger ' || t.tgname::text FROM pg_trigger t, col, word
+             WHERE t.tgrelid = col.rel AND NOT t.tgisinternal
+               AND (col.num = ANY (t.tgattr::int2[])
+                    OR EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = t.tgfoid AND p.prosrc ~* word.col_re)
+                    OR EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_trigger'::regclass
+                               AND d.objid = t.oid AND d.refobjid = col.rel AND d.refobjsubid = col.num))
+             UNION
+             SELECT 'foreign key ' || co.conname::text || ' on ' || co.conrelid::regclass::text
+             FROM pg_constraint co, col
+             WHERE co.contype = 'f' AND ((co.conrelid = col.rel AND col.num = ANY (co.conkey))
+                                         OR (co.confrelid = col.rel AND col.num = ANY (co.confkey)))
+             UNION
+             SELECT 'check constraint ' || co.conname::text FROM pg_constraint co, col
+             WHERE co.contype = 'c' AND co.conrelid = col.rel AND col.num = ANY (co.conkey)
+               AND co.conname NOT LIKE 'switchyard\\_%'
+             UNION
+             SELECT 'generated column ' || a.attname::text FROM pg_attrdef ad
+             JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+             JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid, col
+             WHERE ad.adrelid = col.rel AND d.refobjid = col.rel AND d.refobjsubid = col.num
+               AND a.attnum <> col.num
+             UNION
+             SELECT 'function ' || p.oid::regprocedure::text
+             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace, col, word
+             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'switchyard')
+               AND (EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                            AND d.objid = p.oid AND d.refobjid = col.rel AND d.refobjsubid = col.num)
+                    OR (p.prosrc ~* word.col_re AND p.prosrc ~* word.tab_re))
+             ORDER BY 1",
+            &[&table, &column],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}

@@ -1,0 +1,362 @@
+//! Phase effects beyond the happy path, against a real database through the
+//! control API: rollback from every phase (contract included, with the
+//! legacy column refilled), indexes following the column, the dependency
+//! check before contract, and backfills over composite and unique keys.
+
+use serde_json::{json, Value};
+use switchyard_tests::tools::http;
+use switchyard_tests::{Cluster, TestProxy, TestProxyOptions};
+use tokio_postgres::Client;
+
+const TOKEN: &str = "phase-token";
+
+async fn setup(ddl: &str) -> (Cluster, TestProxy, Client) {
+    let cluster = Cluster::start().unwrap();
+    let direct = switchyard_tests::proxy::connect(&cluster.conn_str("trust_user", "postgres"))
+        .await
+        .unwrap();
+    direct.batch_execute(ddl).await.unwrap();
+    let proxy = TestProxy::start(
+        &cluster,
+        TestProxyOptions {
+            control_database: Some(("trust_user".into(), "postgres".into())),
+            control_token: Some(TOKEN.into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    (cluster, proxy, direct)
+}
+
+async fn call(proxy: &TestProxy, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let body = body.map(|b| b.to_string());
+    http(
+        proxy.control_addr,
+        method,
+        path,
+        body.as_deref(),
+        Some(TOKEN),
+    )
+    .await
+    .unwrap()
+}
+
+/// Posts `verb`, asserts the status, and for a job waits until it is done.
+async fn step(proxy: &TestProxy, name: &str, verb: &str, status: u16) -> Value {
+    let (got, body) = call(
+        proxy,
+        "POST",
+        &format!("/v1/migrations/{name}/{verb}"),
+        None,
+    )
+    .await;
+    assert_eq!(got, status, "{verb}: {body}");
+    if got != 202 {
+        return body;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let (_, d) = call(proxy, "GET", &format!("/v1/migrations/{name}"), None).await;
+        if d["job"]["state"] == "done" {
+            return d;
+        }
+        assert_ne!(d["job"]["state"], "failed", "{d}");
+        assert!(std::time::Instant::now() < deadline, "timed out: {d}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn phase(proxy: &TestProxy, name: &str) -> String {
+    let (_, d) = call(proxy, "GET", &format!("/v1/migrations/{name}"), None).await;
+    d["phase"].as_str().unwrap().to_owned()
+}
+
+async fn columns(db: &Client) -> Vec<(String, String)> {
+    db.query(
+        "select column_name::text, is_nullable::text from information_schema.columns
+         where table_name = 'users' and column_name in ('email', 'email_address') order by 1",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+/// Valid indexes of `users` with their definitions.
+async fn indexes(db: &Client) -> Vec<String> {
+    db.query(
+        "select pg_get_indexdef(indexrelid) from pg_index
+         where indrelid = 'users'::regclass and indisvalid order by 1",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+async fn count(db: &Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+const USERS: &str = "
+    create table users(id bigserial primary key, email varchar(320) not null, name text);
+    alter table users add constraint users_email_key unique (email);
+    create index users_name_email_idx on users (name, email);
+    insert into users(email, name) select 'User' || g || '@X.io', 'n' || (g % 10) from generate_series(1, 3000) g;";
+
+fn users_spec() -> Value {
+    json!({
+        "name": "users-email",
+        "table": "public.users",
+        "columns": [{"legacy": "email", "new": "email_address", "type": "varchar(320)",
+                     "forward": "lower(email)", "backward": "email_address", "not_null": true}]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_from_every_phase_keeps_the_data() {
+    let (_cluster, proxy, db) = setup(USERS).await;
+    let m = "users-email";
+    assert_eq!(
+        call(&proxy, "POST", "/v1/migrations", Some(users_spec()))
+            .await
+            .0,
+        201
+    );
+    let app = proxy.connect("scram_user").await.unwrap();
+
+    // expanded -> planned drops the new column.
+    step(&proxy, m, "expand", 200).await;
+    assert_eq!(columns(&db).await.len(), 2);
+    step(&proxy, m, "rollback", 200).await;
+    assert_eq!(phase(&proxy, m).await, "planned");
+    assert_eq!(columns(&db).await, vec![("email".into(), "NO".into())]);
+
+    // dual_write -> expanded: writes stop reaching the new column.
+    step(&proxy, m, "expand", 200).await;
+    step(&proxy, m, "dual-write", 200).await;
+    step(&proxy, m, "rollback", 200).await;
+    app.execute("insert into users(email) values ('Solo@X.io')", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &db,
+            "select count(*) from users where email = 'Solo@X.io' and email_address is null"
+        )
+        .await,
+        1
+    );
+
+    // backfilled: the legacy column's indexes are rebuilt on the new one,
+    // and rolling back drops them again.
+    step(&proxy, m, "dual-write", 200).await;
+    step(&proxy, m, "backfill", 202).await;
+    let rebuilt = indexes(&db).await;
+    assert!(
+        rebuilt.contains(&"CREATE UNIQUE INDEX users_email_address_key ON public.users USING btree (email_address)".to_string()),
+        "{rebuilt:?}"
+    );
+    assert!(
+        rebuilt.contains(&"CREATE INDEX users_name_email_address_idx ON public.users USING btree (name, email_address)".to_string()),
+        "{rebuilt:?}"
+    );
+    step(&proxy, m, "rollback", 200).await;
+    assert_eq!(phase(&proxy, m).await, "dual_write");
+    assert!(!indexes(&db)
+        .await
+        .iter()
+        .any(|i| i.contains("email_address")));
+
+    // A new backfill walks the table again (the checkpoint was forgotten).
+    step(&proxy, m, "backfill", 202).await;
+    assert_eq!(
+        count(
+            &db,
+            "select count(*) from users where email_address is distinct from lower(email)"
+        )
+        .await,
+        0
+    );
+    step(&proxy, m, "verify", 202).await;
+    assert_eq!(phase(&proxy, m).await, "verified");
+    step(&proxy, m, "rollback", 200).await;
+    assert_eq!(phase(&proxy, m).await, "backfilled");
+    // The parity pass is forgotten, so the gate is closed again.
+    step(&proxy, m, "switch-reads", 409).await;
+    step(&proxy, m, "verify", 202).await;
+    step(&proxy, m, "switch-reads", 200).await;
+    step(&proxy, m, "rollback", 200).await;
+    assert_eq!(phase(&proxy, m).await, "verified");
+    step(&proxy, m, "switch-reads", 200).await;
+    step(&proxy, m, "verify", 202).await;
+
+    // The dependency check refuses contract while a view reads the column.
+    db.batch_execute("create view user_emails as select id, email from users")
+        .await
+        .unwrap();
+    let body = step(&proxy, m, "contract", 409).await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("view user_emails"), "{message}");
+    assert_eq!(phase(&proxy, m).await, "reads_switched");
+    db.batch_execute("drop view user_emails").await.unwrap();
+
+    step(&proxy, m, "contract", 200).await;
+    assert_eq!(
+        columns(&db).await,
+        vec![("email_address".into(), "NO".into())]
+    );
+    // The unique constraint moved to the rebuilt index; nothing else is left.
+    let constraint: String = db
+        .query_one(
+            "select pg_get_constraintdef(oid) from pg_constraint
+             where conrelid = 'users'::regclass and contype = 'u'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(constraint, "UNIQUE (email_address)");
+    app.execute("insert into users(email) values ('After@X.io')", &[])
+        .await
+        .unwrap();
+    let dup = app
+        .execute("insert into users(email) values ('after@x.io')", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        dup.code(),
+        Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+    );
+
+    // contracted -> reads_switched: the legacy column comes back, refilled
+    // from backward(new), with its indexes.
+    let d = step(&proxy, m, "rollback", 202).await;
+    assert_eq!(d["phase"], "reads_switched", "{d}");
+    assert_eq!(d["state"]["legacy_incomplete"], false, "{d}");
+    assert_eq!(
+        columns(&db).await,
+        vec![
+            ("email".into(), "YES".into()),
+            ("email_address".into(), "NO".into())
+        ]
+    );
+    assert_eq!(
+        count(
+            &db,
+            "select count(*) from users where email is distinct from email_address"
+        )
+        .await,
+        0
+    );
+    assert!(
+        indexes(&db).await.iter().any(|i| i.contains("UNIQUE INDEX users_email_key ON public.users USING btree (email)")),
+        "{:?}",
+        indexes(&db).await
+    );
+    // Writes set both columns again, and reads still come from the new one.
+    app.execute("update users set email = 'Changed@X.io' where id = 1", &[])
+        .await
+        .unwrap();
+    let row = db
+        .query_one("select email, email_address from users where id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "Changed@X.io");
+    assert_eq!(row.get::<_, String>(1), "changed@x.io");
+    let total = count(&db, "select count(*) from users").await;
+    assert_eq!(total, 3002);
+
+    // And forward again to the end.
+    step(&proxy, m, "verify", 202).await;
+    step(&proxy, m, "contract", 200).await;
+    step(&proxy, m, "complete", 200).await;
+    assert_eq!(count(&db, "select count(*) from users").await, total);
+    let (_, events) = call(&proxy, "GET", "/v1/events", None).await;
+    let rollbacks = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["detail"]["verb"] == "rollback")
+        .count();
+    assert_eq!(rollbacks, 6, "every rollback is audited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn composite_and_unique_keys_are_walked_in_chunks() {
+    let (_cluster, proxy, db) = setup(
+        "create table orders(tenant int, id int, state int not null, primary key (tenant, id));
+         insert into orders select t, i, i % 3 from generate_series(1, 7) t, generate_series(1, 4000) i;
+         create table events(code text not null unique, kind int);
+         insert into events select 'e' || g, g % 5 from generate_series(1, 5000) g;
+         create table loose(note text, level int);",
+    )
+    .await;
+    let spec = json!({"name": "orders-state", "table": "public.orders",
+        "columns": [{"legacy": "state", "new": "state_text", "type": "text",
+                     "forward": "case state when 0 then 'new' when 1 then 'paid' else 'done' end",
+                     "backward": "case state_text when 'new' then 0 when 'paid' then 1 else 2 end"}],
+        "backfill": {"target_chunk_ms": 5}});
+    let (status, body) = call(&proxy, "POST", "/v1/migrations", Some(spec)).await;
+    assert_eq!(status, 201, "{body}");
+    let spec = json!({"name": "events-kind", "table": "public.events",
+        "columns": [{"legacy": "kind", "new": "kind_big", "type": "bigint"}]});
+    assert_eq!(
+        call(&proxy, "POST", "/v1/migrations", Some(spec)).await.0,
+        201
+    );
+    // A key column cannot be migrated, and a table without any key is refused.
+    let spec = json!({"name": "orders-id", "table": "public.orders",
+        "columns": [{"legacy": "id", "new": "id_big", "type": "bigint"}]});
+    let (status, body) = call(&proxy, "POST", "/v1/migrations", Some(spec)).await;
+    assert_eq!(status, 400, "{body}");
+    let spec = json!({"name": "loose-level", "table": "public.loose",
+        "columns": [{"legacy": "level", "new": "level_big", "type": "bigint"}]});
+    let (status, body) = call(&proxy, "POST", "/v1/migrations", Some(spec)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unique NOT NULL"));
+
+    for m in ["orders-state", "events-kind"] {
+        step(&proxy, m, "expand", 200).await;
+        step(&proxy, m, "dual-write", 200).await;
+        let d = step(&proxy, m, "backfill", 202).await;
+        assert!(
+            d["state"]["backfill"]["rows_done"].as_u64().unwrap() > 0,
+            "{d}"
+        );
+        let d = step(&proxy, m, "verify", 202).await;
+        assert_eq!(d["state"]["parity"]["mismatches"], 0, "{d}");
+    }
+    let (_, d) = call(&proxy, "GET", "/v1/migrations/orders-state", None).await;
+    assert_eq!(
+        d["state"]["backfill"]["rows_done"], 28_000,
+        "each row once: {d}"
+    );
+    assert_eq!(
+        count(&db, "select count(*) from orders where state_text is distinct from case state when 0 then 'new' when 1 then 'paid' else 'done' end").await,
+        0
+    );
+    assert_eq!(
+        count(
+            &db,
+            "select count(*) from events where kind_big is distinct from kind"
+        )
+        .await,
+        0
+    );
+    // A damaged row is found by verify, with its composite key.
+    db.batch_execute("update orders set state_text = 'wrong' where tenant = 3 and id = 17")
+        .await
+        .unwrap();
+    let d = step(&proxy, "orders-state", "verify", 202).await;
+    assert_eq!(d["state"]["parity"]["mismatches"], 1, "{d}");
+    assert_eq!(d["state"]["verify"]["sample_keys"], json!(["3,17"]), "{d}");
+}
