@@ -34,7 +34,7 @@ impl Engine {
         let lock_timeout = Duration::from_millis(m.spec.backfill.lock_timeout_ms);
         let pairs = pairs_of(&m)?;
         {
-            let client = self.client.lock().await;
+            let client = self.db().await?;
             let mut found = Vec::new();
             for p in &pairs {
                 for d in dependencies::of_column(&client, &t, &p.legacy).await? {
@@ -60,7 +60,7 @@ impl Engine {
             }
         }
         {
-            let mut client = self.client.lock().await;
+            let mut client = self.db().await?;
             for p in pairs.iter().filter(|p| p.not_null) {
                 let new = ident::quote(&p.new);
                 let check = ident::quote(&format!("switchyard_{}_not_null", p.new));
@@ -81,7 +81,7 @@ impl Engine {
         self.publish().await?;
         self.await_acknowledgement().await;
         {
-            let mut client = self.client.lock().await;
+            let mut client = self.db().await?;
             let mut retired = Vec::new();
             for p in &pairs {
                 let step = Retire {

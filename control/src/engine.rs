@@ -2,13 +2,11 @@
 //! effect (DDL, routing), publishes rules, and audits everything.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use switchyard_rules::migration::{step, MigrationSpec, Parity, Verb};
-use switchyard_rules::{
-    ColumnMapping, Phase, QualifiedName, ReadRoute, Routing, RuleSet, TableRules, WriteRoute,
-};
+use switchyard_rules::{Phase, QualifiedName, ReadRoute, RuleSet};
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 use tracing::{info, warn};
@@ -44,6 +42,12 @@ pub struct Engine {
     pub(crate) restoring: std::sync::Mutex<std::collections::HashSet<String>>,
     pub(crate) tasks:
         std::sync::Mutex<std::collections::HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// This instance, as the fleet sees it.
+    pub(crate) instance: crate::fleet::Instance,
+    /// Whether this instance holds the job lock (and so runs jobs).
+    pub(crate) holder: std::sync::atomic::AtomicBool,
+    /// The fleet upkeep task.
+    pub(crate) fleet: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -53,6 +57,7 @@ impl Engine {
         url: &str,
         sink: Arc<dyn RulesSink>,
         metrics: crate::metrics::ControlMetrics,
+        instance: crate::fleet::Instance,
     ) -> Result<Self, ControlError> {
         let (mut client, connection) = tokio_postgres::connect(url, NoTls).await?;
         tokio::spawn(async move {
@@ -76,14 +81,27 @@ impl Engine {
             metrics,
             tasks: Default::default(),
             restoring: Default::default(),
+            instance,
+            holder: Default::default(),
+            fleet: Default::default(),
         };
         engine.publish().await?;
         Ok(engine)
     }
 
+    /// The control session, reconnected if the database restarted.
+    pub(crate) async fn db(&self) -> Result<tokio::sync::MutexGuard<'_, Client>, ControlError> {
+        let mut client = self.client.lock().await;
+        if client.is_closed() {
+            *client = crate::jobs::connect(&self.url).await?;
+            info!("control session reconnected");
+        }
+        Ok(client)
+    }
+
     /// Validates and stores a new migration in phase `planned`.
     pub async fn create(&self, spec: MigrationSpec, actor: &str) -> Result<Value, ControlError> {
-        let mut client = self.client.lock().await;
+        let mut client = self.db().await?;
         let (_, pairs) = catalog::validate(&mut client, &spec).await?;
         for m in store::list(&client).await? {
             if m.phase == Phase::Completed || m.spec.table != spec.table {
@@ -124,7 +142,7 @@ impl Engine {
 
     /// One migration as the API shows it.
     pub async fn detail(&self, name: &str) -> Result<Value, ControlError> {
-        let client = self.client.lock().await;
+        let client = self.db().await?;
         let m = store::get(&client, name).await?;
         let events = store::events(&client, Some(name), 20).await?;
         Ok(json!({
@@ -134,14 +152,14 @@ impl Engine {
             "routing": routing_of(&m),
             "spec": m.spec,
             "state": m.state,
-            "job": self.jobs.lock().unwrap_or_else(|e| e.into_inner()).get(name),
+            "job": self.local_job(name).map(|p| json!(p)).or_else(|| m.state.get("job").cloned()),
             "recent_events": events,
         }))
     }
 
     /// Every migration in short.
     pub async fn list(&self) -> Result<Value, ControlError> {
-        let client = self.client.lock().await;
+        let client = self.db().await?;
         let all = store::list(&client).await?;
         Ok(Value::Array(
             all.iter()
@@ -153,23 +171,35 @@ impl Engine {
     /// Rules version, this instance's acknowledgement, migrations in short.
     pub async fn status(&self) -> Result<Value, ControlError> {
         let version = {
-            let client = self.client.lock().await;
+            let client = self.db().await?;
             store::rules_version(&client).await?
         };
         let acknowledged = self.sink.acknowledged();
         self.metrics
             .acknowledgement_lag
             .set(version.saturating_sub(acknowledged) as i64);
+        let instances = self.instances().await?;
+        for i in &instances {
+            let lag = version.saturating_sub(i["acknowledged_version"].as_u64().unwrap_or(0));
+            let label = crate::metrics::InstanceLabel {
+                instance: i["id"].as_str().unwrap_or_default().to_owned(),
+            };
+            self.metrics
+                .instance_acknowledgement_lag
+                .get_or_create(&label)
+                .set(lag as i64);
+        }
         Ok(json!({
             "rules_version": version,
-            "instances": [{"id": "local", "acknowledged_version": acknowledged}],
+            "instance": self.instance.id,
+            "instances": instances,
             "migrations": self.list().await?,
         }))
     }
 
     /// The audit log.
     pub async fn events(&self) -> Result<Value, ControlError> {
-        let client = self.client.lock().await;
+        let client = self.db().await?;
         Ok(Value::Array(store::events(&client, None, 500).await?))
     }
 
@@ -181,7 +211,7 @@ impl Engine {
         force: bool,
         actor: &str,
     ) -> Result<Value, ControlError> {
-        let mut client = self.client.lock().await;
+        let mut client = self.db().await?;
         let m = store::get(&client, name).await?;
         let parity: Option<Parity> = m
             .state
@@ -208,7 +238,7 @@ impl Engine {
                 "the legacy column of {name} is still being restored; reads must stay on the new column until that job is done"
             )));
         }
-        if self.job_running(name) {
+        if crate::lifecycle::job_pending(&m) || self.job_running(name) {
             if verb != Verb::Rollback {
                 return Err(ControlError::Conflict(format!(
                     "a job is running for {name}; wait for it (or roll back to cancel it)"
@@ -216,7 +246,7 @@ impl Engine {
             }
             drop(client);
             self.cancel_job(name).await?;
-            client = self.client.lock().await;
+            client = self.db().await?;
         }
         if matches!(verb, Verb::Backfill | Verb::Verify) {
             drop(client);
@@ -304,100 +334,6 @@ impl Engine {
         Ok(())
     }
 
-    /// Instant routing revert: reads back to legacy at once (writes stay dual
-    /// while both columns exist). The local swap does not wait on the
-    /// database; persisting and publishing follow.
-    pub async fn revert(&self, name: Option<&str>, actor: &str) -> Result<Value, ControlError> {
-        let started = Instant::now();
-        let mut set = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        set.version += 1;
-        let mut touched = Vec::new();
-        let mut skipped = Vec::new();
-        let restoring = self
-            .restoring
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for t in &mut set.tables {
-            for m in &mut t.mappings {
-                if restoring.contains(&m.migration) {
-                    skipped.push(m.migration.clone());
-                    continue;
-                }
-                if name.is_none_or(|n| n == m.migration) && m.routing.reads == ReadRoute::New {
-                    m.routing = Routing {
-                        reads: ReadRoute::Legacy,
-                        writes: if m.routing.legacy_exists() {
-                            WriteRoute::Both
-                        } else {
-                            WriteRoute::New
-                        },
-                    };
-                    touched.push(m.migration.clone());
-                }
-            }
-        }
-        touched.dedup();
-        skipped.dedup();
-        if let Some(n) = name {
-            if touched.is_empty() {
-                let client = self.client.lock().await;
-                store::get(&client, n).await?;
-            }
-        }
-        let swap = self
-            .sink
-            .install(set.clone())
-            .map_err(ControlError::Internal)?;
-        let local_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let version = set.version;
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = set;
-        info!(
-            version,
-            ?touched,
-            swap_us = swap.as_micros() as u64,
-            "routing reverted"
-        );
-        let client = self.client.lock().await;
-        client
-            .execute(
-                "UPDATE switchyard.rules SET version = greatest(version, $1), published_at = now()",
-                &[&(version as i64)],
-            )
-            .await?;
-        for m in &touched {
-            client
-                .execute(
-                    "UPDATE switchyard.migrations SET state = state || '{\"reverted\": true}' WHERE name = $1",
-                    &[m],
-                )
-                .await?;
-            store::record(
-                &client,
-                Event {
-                    actor,
-                    migration: Some(m),
-                    action: "revert",
-                    detail: json!({"version": version}),
-                },
-            )
-            .await?;
-        }
-        client
-            .execute(
-                "SELECT pg_notify('switchyard_rules', $1)",
-                &[&version.to_string()],
-            )
-            .await?;
-        Ok(json!({
-            "rules_version": version,
-            "reverted": touched,
-            "skipped_legacy_incomplete": skipped,
-            "swap_micros": swap.as_micros() as u64,
-            "local_millis": local_ms,
-        }))
-    }
-
     /// Runs one DDL step with the migration's lock policy, audits it and
     /// counts its retries.
     pub(crate) async fn run_ddl(
@@ -441,81 +377,6 @@ impl Engine {
         )
         .await?;
         Ok(report)
-    }
-
-    /// Rebuilds the rule set from the stored migrations and installs it
-    /// under a new version.
-    pub async fn publish(&self) -> Result<u64, ControlError> {
-        let client = self.client.lock().await;
-        let mut tables: Vec<TableRules> = Vec::new();
-        for m in store::list(&client).await? {
-            let Some(mut routing) = m.phase.routing() else {
-                continue;
-            };
-            if m.state
-                .get("reverted")
-                .and_then(Value::as_bool)
-                .unwrap_or(false)
-            {
-                routing.reads = ReadRoute::Legacy;
-            }
-            let table = QualifiedName::parse(&m.spec.table)
-                .ok_or_else(|| ControlError::Internal("stored table".into()))?;
-            let facts = catalog::table_facts(&client, &table).await?;
-            let mappings = pairs_of(&m)?
-                .into_iter()
-                .map(|p| ColumnMapping {
-                    migration: m.name.clone(),
-                    legacy: p.legacy,
-                    legacy_type: p.legacy_type,
-                    new: p.new,
-                    new_type: p.new_type,
-                    forward: p.forward,
-                    backward: p.backward,
-                    routing,
-                    legacy_position: Some(p.legacy_position),
-                    on_unsupported: Default::default(),
-                })
-                .collect::<Vec<_>>();
-            match tables.iter_mut().find(|t| t.facts.name == table) {
-                Some(t) => t.mappings.extend(mappings),
-                None => tables.push(TableRules { facts, mappings }),
-            }
-        }
-        let version = store::bump_rules_version(&client).await?;
-        let all = store::list(&client).await?;
-        *self.restoring.lock().unwrap_or_else(|p| p.into_inner()) = all
-            .iter()
-            .filter(|m| legacy_incomplete(m))
-            .map(|m| m.name.clone())
-            .collect();
-        for m in all {
-            self.metrics.set_phase(&m.name, m.phase);
-            if let Some(n) = m
-                .state
-                .pointer("/parity/mismatches")
-                .and_then(Value::as_i64)
-            {
-                self.metrics
-                    .parity_mismatches
-                    .get_or_create(&crate::metrics::MigrationLabel {
-                        migration: m.name.clone(),
-                    })
-                    .set(n);
-            }
-        }
-        self.metrics.rules_version.set(version as i64);
-        let set = RuleSet {
-            version,
-            database: self.database.clone(),
-            tables,
-            shadows: vec![],
-        };
-        self.sink
-            .install(set.clone())
-            .map_err(ControlError::Internal)?;
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = set;
-        Ok(version)
     }
 }
 

@@ -8,12 +8,14 @@ pub mod ddl;
 pub mod dependencies;
 pub mod engine;
 pub mod error;
+pub mod fleet;
 pub mod http;
 pub mod indexes;
 pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;
 pub mod operator;
+mod publication;
 mod rollback;
 pub mod store;
 

@@ -1,6 +1,10 @@
-//! The long steps of the lifecycle: backfill and verify jobs (answered 202
-//! and followed through the migration detail) and contract.
+//! Long jobs: backfill, verify, and the restore after a rollback of
+//! contract. Any instance records a job (answered 202, followed through the
+//! migration detail); the holder of the job lock runs it, so exactly one
+//! instance works on a table, and a new holder picks up what a dead one
+//! left, from its checkpoint.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +17,7 @@ use crate::catalog;
 
 use crate::engine::{pairs_of, Engine};
 use crate::error::ControlError;
+use crate::fleet::JOBS_CHANNEL;
 use crate::indexes;
 use crate::jobs::{self, Direction, Target};
 use crate::store::{self, Event, StoredMigration};
@@ -25,7 +30,7 @@ impl Engine {
     ) -> Result<Target, ControlError> {
         let table = QualifiedName::parse(&m.spec.table)
             .ok_or_else(|| ControlError::Internal("stored table".into()))?;
-        let client = self.client.lock().await;
+        let client = self.db().await?;
         let facts = catalog::table_facts(&client, &table).await?;
         if facts.key.is_empty() {
             return Err(ControlError::Conflict(format!(
@@ -55,16 +60,9 @@ impl Engine {
         })
     }
 
-    /// Waits until this instance's open transactions all run under the
-    /// published rules, so that no write escapes dual-write.
-    pub(crate) async fn await_acknowledgement(&self) {
-        let version = self.last.lock().unwrap_or_else(|e| e.into_inner()).version;
-        while self.sink.acknowledged() < version {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Starts a backfill or verify job; answers at once.
+    /// Starts a backfill, verify or restore job and answers at once. The
+    /// job is recorded in the database first; the holder of the job lock
+    /// runs it (this instance, or another one woken by a notification).
     pub(crate) async fn start_job(
         self: &Arc<Self>,
         m: StoredMigration,
@@ -72,15 +70,16 @@ impl Engine {
         outcome: Outcome,
         actor: &str,
     ) -> Result<Value, ControlError> {
-        if self.job_running(&m.name) {
+        if job_pending(&m) || self.job_running(&m.name) {
             return Err(ControlError::Conflict(format!(
                 "a job is already running for {}",
                 m.name
             )));
         }
         let target = self.target(&m, direction_of(verb)).await?;
+        let holder = self.holder.load(Ordering::SeqCst);
         {
-            let client = self.client.lock().await;
+            let client = self.db().await?;
             // A new backfill walks the whole table again; only a resumed
             // one continues from the checkpoint.
             if verb != Verb::Verify {
@@ -91,32 +90,28 @@ impl Engine {
                     )
                     .await?;
             }
-            store::record(
-                &client,
-                Event {
-                    actor,
-                    migration: Some(&m.name),
-                    action: verb.as_str(),
-                    detail: json!({"state": "started"}),
-                },
-            )
-            .await?;
-        }
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            m.name.clone(),
-            jobs::Progress {
-                state: "running".into(),
-                ..Default::default()
-            },
-        );
-        // Recorded so that a restarted `serve` resumes the job.
-        {
-            let client = self.client.lock().await;
-            let running = json!({"running_job": {"verb": verb.as_str(), "next": outcome.next}});
-            store::set_phase(&client, &m.name, m.phase, m.phase, &running).await?;
+            let event = Event {
+                actor,
+                migration: Some(&m.name),
+                action: verb.as_str(),
+                detail: json!({"state": "started", "instance": self.instance.id}),
+            };
+            store::record(&client, event).await?;
+            let state = json!({
+                "running_job": {"verb": verb.as_str(), "next": outcome.next, "actor": actor},
+                "job": jobs::Progress { state: "running".into(), ..Default::default() },
+            });
+            store::set_phase(&client, &m.name, m.phase, m.phase, &state).await?;
+            if !holder {
+                client
+                    .execute("SELECT pg_notify($1, $2)", &[&JOBS_CHANNEL, &m.name])
+                    .await?;
+            }
         }
         let name = m.name.clone();
-        self.spawn_job(m, verb, outcome.next, target, actor.to_owned());
+        if holder {
+            self.spawn_job(m, verb, outcome.next, target, actor.to_owned());
+        }
         let mut detail = self.detail(&name).await?;
         detail["accepted"] = json!(true);
         Ok(detail)
@@ -131,15 +126,36 @@ impl Engine {
         actor: String,
     ) {
         let name = m.name.clone();
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            name.clone(),
+            jobs::Progress {
+                state: "running".into(),
+                ..Default::default()
+            },
+        );
         let engine = self.clone();
         let task = tokio::spawn(async move {
             let result = engine.run_job(&m, verb, next, &target, &actor).await;
             if let Err(e) = result {
                 warn!(migration = %m.name, error = %e, "job failed");
-                let mut jobs = engine.jobs.lock().unwrap_or_else(|e| e.into_inner());
-                let p = jobs.entry(m.name.clone()).or_default();
-                p.state = "failed".into();
-                p.error = Some(e.to_string());
+                let failed = {
+                    let mut jobs = engine.jobs.lock().unwrap_or_else(|e| e.into_inner());
+                    let p = jobs.entry(m.name.clone()).or_default();
+                    p.state = "failed".into();
+                    p.error = Some(e.to_string());
+                    p.clone()
+                };
+                // A failed job is not retried by the next holder; the
+                // operator issues the verb again.
+                let state = json!({"running_job": null, "job": failed});
+                if let Ok(client) = engine.db().await {
+                    let _ = client
+                        .execute(
+                            "UPDATE switchyard.migrations SET state = state || $2 WHERE name = $1",
+                            &[&m.name, &state],
+                        )
+                        .await;
+                }
             }
         });
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
@@ -148,16 +164,34 @@ impl Engine {
         }
     }
 
-    /// Whether a job runs (or is paused) for `name`.
+    /// Whether a job task of `name` is alive in this instance.
     pub(crate) fn job_running(&self, name: &str) -> bool {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .is_some_and(|t| !t.is_finished())
+    }
+
+    /// This instance's view of the job of `name`, if it ran it.
+    pub(crate) fn local_job(&self, name: &str) -> Option<jobs::Progress> {
+        if !self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(name)
+        {
+            return None;
+        }
         self.jobs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
-            .is_some_and(|p| p.state == "running" || p.state == "paused")
+            .cloned()
     }
 
-    /// Stops the job of `name` (a rollback undoes what it was doing).
+    /// Cancels the job of `name` wherever it runs (a rollback undoes what
+    /// it was doing).
     pub(crate) async fn cancel_job(&self, name: &str) -> Result<(), ControlError> {
         if let Some(task) = self
             .tasks
@@ -167,66 +201,113 @@ impl Engine {
         {
             task.abort();
         }
-        if let Some(p) = self
-            .jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(name)
-        {
+        let cancelled = {
+            let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            let p = jobs.entry(name.to_owned()).or_default();
             p.state = "cancelled".into();
-        }
-        let client = self.client.lock().await;
+            p.clone()
+        };
+        let client = self.db().await?;
+        let state = json!({"running_job": null, "job": cancelled});
         client
             .execute(
-                "UPDATE switchyard.migrations SET state = state || '{\"running_job\": null}' WHERE name = $1",
-                &[&name],
+                "UPDATE switchyard.migrations SET state = state || $2 WHERE name = $1",
+                &[&name, &state],
             )
+            .await?;
+        client
+            .execute("SELECT pg_notify($1, $2)", &[&JOBS_CHANNEL, &name])
             .await?;
         Ok(())
     }
 
-    /// Restarts the jobs that were running when the process stopped; the
-    /// backfill continues from its checkpoint.
-    pub fn resume_jobs(self: &Arc<Self>) {
-        let engine = self.clone();
-        tokio::spawn(async move {
-            let migrations = {
-                let client = engine.client.lock().await;
-                store::list(&client).await
-            };
-            for m in migrations.into_iter().flatten() {
-                let Some(job) = m.state.get("running_job").filter(|j| !j.is_null()) else {
-                    continue;
-                };
-                let (Some(verb), Ok(next)) = (
-                    job["verb"].as_str().and_then(Verb::parse),
-                    serde_json::from_value::<Phase>(job["next"].clone()),
-                ) else {
-                    continue;
-                };
-                match engine.target(&m, direction_of(verb)).await {
-                    Ok(target) => {
-                        info!(migration = %m.name, verb = verb.as_str(), "resuming job");
-                        engine
-                            .jobs
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(
-                                m.name.clone(),
-                                jobs::Progress {
-                                    state: "running".into(),
-                                    ..Default::default()
-                                },
-                            );
-                        engine.spawn_job(m, verb, next, target, "system".into());
-                    }
-                    Err(e) => warn!(migration = %m.name, error = %e, "cannot resume job"),
-                }
+    /// On the job-lock holder: starts recorded jobs that run nowhere (new
+    /// ones, or ones interrupted by a restart or by the death of the last
+    /// holder; a backfill continues from its checkpoint), stops cancelled
+    /// ones, and refreshes operator settings.
+    pub(crate) async fn scan_jobs(self: &Arc<Self>) -> Result<(), ControlError> {
+        let all = {
+            let client = self.db().await?;
+            store::list(&client).await?
+        };
+        for m in all {
+            if let Some(live) = m
+                .state
+                .get("live")
+                .and_then(|v| serde_json::from_value::<jobs::Live>(v.clone()).ok())
+            {
+                self.live
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(m.name.clone(), live);
             }
-        });
+            let running_here = self.job_running(&m.name);
+            let Some((verb, next)) = job_of(&m) else {
+                if running_here && m.state.pointer("/job/state") == Some(&json!("cancelled")) {
+                    if let Some(task) = self
+                        .tasks
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&m.name)
+                    {
+                        task.abort();
+                    }
+                }
+                continue;
+            };
+            if running_here {
+                continue;
+            }
+            match self.target(&m, direction_of(verb)).await {
+                Ok(target) => {
+                    info!(migration = %m.name, verb = verb.as_str(), "running recorded job");
+                    let actor = m
+                        .state
+                        .pointer("/running_job/actor")
+                        .and_then(Value::as_str)
+                        .unwrap_or("system")
+                        .to_owned();
+                    self.spawn_job(m, verb, next, target, actor);
+                }
+                Err(e) => warn!(migration = %m.name, error = %e, "cannot run recorded job"),
+            }
+        }
+        Ok(())
     }
 
-    /// Stops running jobs (process shutdown); they resume on the next start.
+    /// On the holder: copies running jobs' progress to the database, so
+    /// that every instance's API shows it.
+    pub(crate) async fn save_progress(&self) -> Result<(), ControlError> {
+        let running: Vec<(String, jobs::Progress)> = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(name, p)| {
+                (p.state == "running" || p.state == "paused") && self.job_running(name)
+            })
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect();
+        if running.is_empty() {
+            return Ok(());
+        }
+        let client = self.db().await?;
+        for (name, progress) in running {
+            let state = json!({ "job": progress });
+            // Only while the job is recorded as running: never over "done".
+            client
+                .execute(
+                    "UPDATE switchyard.migrations SET state = state || $2
+                     WHERE name = $1 AND jsonb_typeof(state->'running_job') = 'object'",
+                    &[&name, &state],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Stops running jobs (shutdown, or the job lock lost); the next holder
+    /// resumes them.
     pub fn stop_jobs(&self) {
         for (_, task) in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain() {
             task.abort();
@@ -253,17 +334,6 @@ impl Engine {
                 .insert(m.name.clone(), p.clone());
         };
         let (progress, state) = if verb != Verb::Verify {
-            if let Some(live) = m
-                .state
-                .get("live")
-                .and_then(|v| serde_json::from_value::<jobs::Live>(v.clone()).ok())
-            {
-                self.live
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(m.name.clone())
-                    .or_insert(live);
-            }
             let p = jobs::backfill(&mut client, t, || self.live_settings(&m.name), report).await?;
             let mut rebuilt = Vec::new();
             for pair in &t.pairs {
@@ -274,9 +344,9 @@ impl Engine {
                 rebuilt.extend(indexes::rebuild(&client, &t.table, from, to).await?);
             }
             let state = if verb == Verb::Backfill {
-                json!({"backfill": p, "indexes": rebuilt, "running_job": null})
+                json!({"backfill": p, "indexes": rebuilt, "running_job": null, "job": p})
             } else {
-                json!({"restore": p, "restored_indexes": rebuilt, "running_job": null, "legacy_incomplete": false})
+                json!({"restore": p, "restored_indexes": rebuilt, "running_job": null, "job": p, "legacy_incomplete": false})
             };
             (p, state)
         } else {
@@ -286,7 +356,7 @@ impl Engine {
                 phase: m.phase,
                 stale: false,
             };
-            let state = json!({"verify": p, "parity": parity, "running_job": null});
+            let state = json!({"verify": p, "parity": parity, "running_job": null, "job": p});
             (p, state)
         };
         let next = if verb == Verb::Verify && progress.rows_changed > 0 {
@@ -294,7 +364,7 @@ impl Engine {
         } else {
             next
         };
-        let client = self.client.lock().await;
+        let client = self.db().await?;
         store::set_phase(&client, &m.name, m.phase, next, &state).await?;
         store::record(
             &client,
@@ -316,6 +386,19 @@ impl Engine {
         info!(migration = %m.name, verb = verb.as_str(), rows = progress.rows_done, "job done");
         Ok(())
     }
+}
+
+/// The recorded job of `m`: its verb and the phase it completes into.
+fn job_of(m: &StoredMigration) -> Option<(Verb, Phase)> {
+    let job = m.state.get("running_job").filter(|j| j.is_object())?;
+    let verb = job["verb"].as_str().and_then(Verb::parse)?;
+    let next = serde_json::from_value::<Phase>(job["next"].clone()).ok()?;
+    Some((verb, next))
+}
+
+/// Whether `m` has a job recorded as running (on any instance).
+pub(crate) fn job_pending(m: &StoredMigration) -> bool {
+    job_of(m).is_some()
 }
 
 /// A backfill computes the new column; the restore after a rollback of

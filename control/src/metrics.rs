@@ -16,6 +16,13 @@ pub struct MigrationLabel {
     pub migration: String,
 }
 
+/// Label: one proxy instance.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabel {
+    /// Its id.
+    pub instance: String,
+}
+
 /// The control plane's metrics.
 #[derive(Clone, Default)]
 pub struct ControlMetrics {
@@ -37,6 +44,9 @@ pub struct ControlMetrics {
     pub parity_mismatches: Family<MigrationLabel, Gauge>,
     /// DDL tries beyond the first.
     pub ddl_retries: Counter,
+    /// Published minus acknowledged rules version, per instance (as of the
+    /// last `GET /v1/status`).
+    pub instance_acknowledgement_lag: Family<InstanceLabel, Gauge>,
 }
 
 impl ControlMetrics {
@@ -44,6 +54,11 @@ impl ControlMetrics {
     pub fn new(registry: &mut Registry) -> Self {
         let m = ControlMetrics::default();
         let r = registry.sub_registry_with_prefix("switchyard_control");
+        r.register(
+            "instance_acknowledgement_lag",
+            "Published minus acknowledged rules version, per instance",
+            m.instance_acknowledgement_lag.clone(),
+        );
         r.register(
             "rules_version",
             "Published rules version",

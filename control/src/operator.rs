@@ -31,7 +31,7 @@ impl Engine {
         action: &str,
     ) -> Result<Value, ControlError> {
         {
-            let client = self.client.lock().await;
+            let client = self.db().await?;
             let m = store::get(&client, name).await?;
             store::set_phase(&client, name, m.phase, m.phase, &json!({ "live": live })).await?;
             store::record(
@@ -105,7 +105,7 @@ impl Engine {
 
     /// Sessions holding or waiting for locks on tables being migrated.
     pub async fn blockers(&self) -> Result<Value, ControlError> {
-        let client = self.client.lock().await;
+        let client = self.db().await?;
         let tables: Vec<String> = store::list(&client)
             .await?
             .iter()
@@ -162,7 +162,7 @@ impl Engine {
             )));
         };
         let entry = entry.clone();
-        let client = self.client.lock().await;
+        let client = self.db().await?;
         let function = if terminate {
             "pg_terminate_backend"
         } else {

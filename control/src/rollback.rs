@@ -37,7 +37,7 @@ impl Engine {
         let t = table.to_string();
         let lock_timeout = Duration::from_millis(m.spec.backfill.lock_timeout_ms);
         let pairs = pairs_of(&m)?;
-        let mut client = self.client.lock().await;
+        let mut client = self.db().await?;
         let state = match m.phase {
             Phase::Expanded => {
                 for p in &pairs {
@@ -110,7 +110,7 @@ impl Engine {
         // Writes set both columns again before the refill starts.
         self.await_acknowledgement().await;
         let restored = {
-            let client = self.client.lock().await;
+            let client = self.db().await?;
             store::get(&client, &m.name).await?
         };
         let refill = Outcome {

@@ -45,12 +45,19 @@ impl App {
                 let sink: Arc<dyn switchyard_control::RulesSink> = proxy.rules();
                 let control_metrics =
                     switchyard_control::metrics::ControlMetrics::new(&mut registry);
+                let instance = switchyard_control::fleet::Instance::new(
+                    Some(proxy.local_addr().to_string()),
+                    Some(control_addr.to_string()),
+                );
                 let engine = Arc::new(
-                    switchyard_control::Engine::connect(&url, sink, control_metrics)
+                    switchyard_control::Engine::connect(&url, sink, control_metrics, instance)
                         .await
                         .map_err(|e| anyhow::anyhow!("control plane: {e}"))?,
                 );
-                engine.resume_jobs();
+                engine
+                    .join()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("control plane: {e}"))?;
                 Some(engine)
             }
             None => None,
@@ -83,7 +90,7 @@ impl App {
     pub async fn wait(self) {
         self.proxy.wait().await;
         if let Some(engine) = &self.engine {
-            engine.stop_jobs();
+            engine.leave().await;
         }
         let _ = self.api_stop.send(true);
         let _ = self.api_task.await;

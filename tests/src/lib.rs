@@ -7,6 +7,7 @@
 pub mod certs;
 pub mod cluster;
 pub mod pgbouncer;
+pub mod process;
 pub mod proxy;
 pub mod raw;
 pub mod rules;

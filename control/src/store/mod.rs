@@ -163,12 +163,28 @@ pub async fn set_phase(
 pub async fn record(client: &Client, event: Event<'_>) -> Result<(), ControlError> {
     client
         .execute(
-            "INSERT INTO switchyard.events (actor, migration, action, detail) VALUES ($1, $2, $3, $4)",
+            EVENT_SQL,
             &[&event.actor, &event.migration, &event.action, &event.detail],
         )
         .await?;
     Ok(())
 }
+
+/// [`record`] inside a transaction, so the event commits with its change.
+pub async fn record_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    event: Event<'_>,
+) -> Result<(), ControlError> {
+    tx.execute(
+        EVENT_SQL,
+        &[&event.actor, &event.migration, &event.action, &event.detail],
+    )
+    .await?;
+    Ok(())
+}
+
+const EVENT_SQL: &str =
+    "INSERT INTO switchyard.events (actor, migration, action, detail) VALUES ($1, $2, $3, $4)";
 
 /// The audit log, newest last.
 pub async fn events(

@@ -221,10 +221,26 @@ fn print(body: &Value, json: bool) {
     if let Some(migrations) = body.get("migrations").and_then(Value::as_array) {
         println!("rules version {}", body["rules_version"]);
         for i in body["instances"].as_array().into_iter().flatten() {
+            let mut notes = Vec::new();
+            if i["this"] == true {
+                notes.push("answering");
+            }
+            if i["job_holder"] == true {
+                notes.push("runs jobs");
+            }
+            if i["live"] == false {
+                notes.push("STALE: no heartbeat, left out of acknowledgements");
+            }
             println!(
-                "instance {} acknowledged v{}",
+                "instance {} ({}) acknowledged v{}{}",
                 i["id"].as_str().unwrap_or("?"),
-                i["acknowledged_version"]
+                i["proxy_addr"].as_str().unwrap_or("?"),
+                i["acknowledged_version"],
+                if notes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", notes.join(", "))
+                }
             );
         }
         for m in migrations {

@@ -1,0 +1,81 @@
+//! The command line of the `switchyard` binary: `serve`, `demo` and `ctl`.
+//! It lives in the library so that end-to-end tests can run the very same
+//! entry point as a separate process (and `kill -9` it).
+
+use crate::app::App;
+use crate::server::State;
+use crate::{ProxyConfig, ServeArgs};
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::info;
+
+/// Safe expand/contract column migrations through a PostgreSQL wire proxy.
+#[derive(Parser)]
+#[command(name = "switchyard", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the wire proxy and the control API.
+    Serve(Box<ServeArgs>),
+    /// A throwaway cluster, the proxy, a load, and one migration through every phase.
+    Demo(crate::demo::DemoArgs),
+    /// A client of the control API.
+    Ctl(crate::ctl::CtlArgs),
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(*args)),
+        Command::Ctl(args) => {
+            let code = runtime.block_on(crate::ctl::run(args))?;
+            std::process::exit(code)
+        }
+        Command::Demo(args) => {
+            let summary = runtime.block_on(crate::demo::run(args))?;
+            if summary.client_errors > 0 {
+                anyhow::bail!(
+                    "the application saw {} errors during the demo",
+                    summary.client_errors
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = ProxyConfig::resolve(&args, std::env::var("SWITCHYARD_CONTROL_TOKEN").ok())?;
+    let app = App::start(config).await?;
+    let drainer = app.drainer();
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        info!("shutdown requested; draining sessions (signal again to close them now)");
+        drainer.send_replace(State::Draining);
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        drainer.send_replace(State::Closing);
+    });
+    app.wait().await;
+    Ok(())
+}
