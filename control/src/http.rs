@@ -81,6 +81,9 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>, mut stop: watch:
     }
 }
 
+/// The API described in OpenAPI 3, served at `GET /openapi.json`.
+pub const OPENAPI: &str = include_str!("../api/openapi.json");
+
 async fn handle(
     state: Arc<ApiState>,
     req: Request<Incoming>,
@@ -89,6 +92,10 @@ async fn handle(
     let response = match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         (&Method::GET, "/metrics") => metrics(&state),
+        (&Method::GET, "/openapi.json") => Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(OPENAPI.as_bytes())))
+            .unwrap_or_default(),
         (_, p) if p.starts_with("/v1/") => match v1(&state, req).await {
             Ok((status, body)) => json(status, body),
             Err(e) => error(e.status(), e.code(), &e.to_string()),
