@@ -48,6 +48,81 @@ pub struct Live {
     /// Overrides the spec's target chunk time.
     #[serde(default, with = "millis")]
     pub target_chunk: Option<Duration>,
+    /// Overrides the spec's replica-lag limit (`Some(None)` removes it).
+    #[serde(default)]
+    pub max_replica_lag_ms: Option<Option<u64>>,
+    /// Overrides the spec's active-session limit (`Some(None)` removes it).
+    #[serde(default)]
+    pub max_active_sessions: Option<Option<u64>>,
+}
+
+/// What the database looks like before a chunk: the throttles' inputs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Load {
+    /// The largest `replay_lag` among replicas, in milliseconds.
+    pub replica_lag_ms: f64,
+    /// Active client sessions other than the backfill's.
+    pub active_sessions: i64,
+    /// Sessions waiting for a lock on the table.
+    pub lock_waiters: i64,
+}
+
+/// The limits in force for one chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// Replica lag at most.
+    pub max_replica_lag_ms: Option<u64>,
+    /// Active sessions at most.
+    pub max_active_sessions: Option<u64>,
+}
+
+/// Why the next chunk must wait, if it must. Lock waiters always hold it:
+/// a backfill chunk must never make an application (or DDL) queue longer.
+pub fn throttle_reason(load: &Load, limits: &Limits) -> Option<String> {
+    if load.lock_waiters > 0 {
+        return Some(format!(
+            "{} session(s) waiting for a lock on the table",
+            load.lock_waiters
+        ));
+    }
+    if let Some(max) = limits.max_replica_lag_ms {
+        if load.replica_lag_ms > max as f64 {
+            return Some(format!(
+                "replica lag {:.0} ms > max_replica_lag_ms {max}",
+                load.replica_lag_ms
+            ));
+        }
+    }
+    if let Some(max) = limits.max_active_sessions {
+        if load.active_sessions > max as i64 {
+            return Some(format!(
+                "{} active sessions > max_active_sessions {max}",
+                load.active_sessions
+            ));
+        }
+    }
+    None
+}
+
+/// Reads the throttles' inputs in one statement.
+async fn load(client: &Client, table: &str) -> Result<Load, ControlError> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT coalesce(max(extract(epoch FROM replay_lag)) * 1000, 0)::float8
+                     FROM pg_stat_replication),
+                    (SELECT count(*) FROM pg_stat_activity
+                     WHERE state = 'active' AND backend_type = 'client backend'
+                       AND pid <> pg_backend_pid()),
+                    (SELECT count(*) FROM pg_locks
+                     WHERE locktype = 'relation' AND relation = $1::text::regclass AND NOT granted)",
+            &[&table],
+        )
+        .await?;
+    Ok(Load {
+        replica_lag_ms: row.get(0),
+        active_sessions: row.get(1),
+        lock_waiters: row.get(2),
+    })
 }
 
 mod millis {
@@ -88,6 +163,8 @@ pub struct Target {
     pub max_rows_per_second: Option<u64>,
     /// `lock_timeout` per chunk.
     pub lock_timeout: Duration,
+    /// Replica-lag and session limits from the spec.
+    pub limits: Limits,
 }
 
 /// Which way a backfill copies.
@@ -301,6 +378,20 @@ pub async fn backfill(
             continue;
         }
         progress.state = "running".into();
+        let limits = Limits {
+            max_replica_lag_ms: settings
+                .max_replica_lag_ms
+                .unwrap_or(t.limits.max_replica_lag_ms),
+            max_active_sessions: settings
+                .max_active_sessions
+                .unwrap_or(t.limits.max_active_sessions),
+        };
+        if let Some(reason) = throttle_reason(&load(client, &t.table).await?, &limits) {
+            progress.throttled = Some(reason);
+            report(&progress);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
         let target_chunk = settings.target_chunk.unwrap_or(t.target_chunk);
         let chunk_started = Instant::now();
         let tx = client.transaction().await?;
@@ -432,6 +523,44 @@ mod tests {
             next_chunk(100_000, Duration::from_millis(1), target),
             100_000
         );
+    }
+
+    #[test]
+    fn throttles_report_their_reason() {
+        let calm = Load {
+            replica_lag_ms: 10.0,
+            active_sessions: 3,
+            lock_waiters: 0,
+        };
+        let limits = Limits {
+            max_replica_lag_ms: Some(500),
+            max_active_sessions: Some(8),
+        };
+        assert_eq!(throttle_reason(&calm, &limits), None);
+        assert_eq!(throttle_reason(&calm, &Limits::default()), None);
+        let lagging = Load {
+            replica_lag_ms: 900.0,
+            ..calm
+        };
+        assert_eq!(
+            throttle_reason(&lagging, &limits).unwrap(),
+            "replica lag 900 ms > max_replica_lag_ms 500"
+        );
+        assert_eq!(throttle_reason(&lagging, &Limits::default()), None);
+        let busy = Load {
+            active_sessions: 20,
+            ..calm
+        };
+        assert!(throttle_reason(&busy, &limits)
+            .unwrap()
+            .contains("20 active sessions"));
+        let waiting = Load {
+            lock_waiters: 2,
+            ..calm
+        };
+        assert!(throttle_reason(&waiting, &Limits::default())
+            .unwrap()
+            .contains("2 session(s) waiting"));
     }
 
     #[test]

@@ -85,6 +85,24 @@ impl Engine {
                         ))
                     }
                 },
+                ("max_replica_lag_ms", Value::Null) => live.max_replica_lag_ms = Some(None),
+                ("max_replica_lag_ms", v) => match v.as_u64() {
+                    Some(n) => live.max_replica_lag_ms = Some(Some(n)),
+                    None => {
+                        return Err(ControlError::BadRequest(
+                            "max_replica_lag_ms: milliseconds or null".into(),
+                        ))
+                    }
+                },
+                ("max_active_sessions", Value::Null) => live.max_active_sessions = Some(None),
+                ("max_active_sessions", v) => match v.as_u64() {
+                    Some(n) => live.max_active_sessions = Some(Some(n)),
+                    None => {
+                        return Err(ControlError::BadRequest(
+                            "max_active_sessions: a count or null".into(),
+                        ))
+                    }
+                },
                 ("target_chunk_ms", v) => match v.as_u64().filter(|n| (1..=60_000).contains(n)) {
                     Some(n) => live.target_chunk = Some(Duration::from_millis(n)),
                     None => {

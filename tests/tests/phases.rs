@@ -360,3 +360,100 @@ async fn composite_and_unique_keys_are_walked_in_chunks() {
     assert_eq!(d["state"]["parity"]["mismatches"], 1, "{d}");
     assert_eq!(d["state"]["verify"]["sample_keys"], json!(["3,17"]), "{d}");
 }
+
+/// Polls the migration until `done` holds.
+async fn wait_detail(proxy: &TestProxy, name: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, d) = call(proxy, "GET", &format!("/v1/migrations/{name}"), None).await;
+        if done(&d) {
+            return d;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out: {d}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttles_hold_the_backfill_and_say_why() {
+    let (cluster, proxy, db) = setup(USERS).await;
+    let m = "users-email";
+    let mut spec = users_spec();
+    spec["backfill"] = json!({"max_active_sessions": 1, "target_chunk_ms": 5});
+    assert_eq!(
+        call(&proxy, "POST", "/v1/migrations", Some(spec)).await.0,
+        201
+    );
+    step(&proxy, m, "expand", 200).await;
+    step(&proxy, m, "dual-write", 200).await;
+
+    // Two busy sessions exceed max_active_sessions = 1.
+    let conn = cluster.conn_str("trust_user", "postgres");
+    let mut sleepers = Vec::new();
+    for _ in 0..2 {
+        let c = switchyard_tests::proxy::connect(&conn).await.unwrap();
+        sleepers.push(tokio::spawn(async move {
+            c.batch_execute("select pg_sleep(60)").await
+        }));
+    }
+    let (status, _) = call(
+        &proxy,
+        "POST",
+        &format!("/v1/migrations/{m}/backfill"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let d = wait_detail(&proxy, m, |d| {
+        d["job"]["throttled"]
+            .as_str()
+            .is_some_and(|r| r.contains("active sessions > max_active_sessions 1"))
+    })
+    .await;
+    assert_eq!(d["job"]["rows_done"], 0, "{d}");
+    // Lifting the limit at runtime lets it go on; a lock waiter holds it.
+    let holder = switchyard_tests::proxy::connect(&conn).await.unwrap();
+    holder
+        .batch_execute("begin; lock table users in share mode")
+        .await
+        .unwrap();
+    let waiter = switchyard_tests::proxy::connect(&conn).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        waiter
+            .batch_execute("begin; lock table users in exclusive mode; commit")
+            .await
+    });
+    db.batch_execute(
+        "select pg_cancel_backend(pid) from pg_stat_activity where query = 'select pg_sleep(60)'",
+    )
+    .await
+    .unwrap();
+    for s in sleepers {
+        assert!(s.await.unwrap().is_err(), "cancelled");
+    }
+    let lift = json!({"max_active_sessions": null});
+    let (status, body) = call(
+        &proxy,
+        "PATCH",
+        &format!("/v1/migrations/{m}/backfill"),
+        Some(lift),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    wait_detail(&proxy, m, |d| {
+        d["job"]["throttled"]
+            .as_str()
+            .is_some_and(|r| r.contains("waiting for a lock on the table"))
+    })
+    .await;
+    holder.batch_execute("commit").await.unwrap();
+    waiting.await.unwrap().unwrap();
+    let d = wait_detail(&proxy, m, |d| d["phase"] == "backfilled").await;
+    assert_eq!(d["state"]["backfill"]["rows_done"], 3000, "{d}");
+    let (_, events) = call(&proxy, "GET", "/v1/events", None).await;
+    assert!(events
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "tune" && e["detail"]["max_active_sessions"].is_null()));
+}

@@ -41,6 +41,12 @@ pub struct BackfillSettings {
     /// `lock_timeout` of each chunk and DDL step.
     #[serde(default = "default_lock_timeout_ms")]
     pub lock_timeout_ms: u64,
+    /// Hold chunks while a replica's `replay_lag` exceeds this.
+    #[serde(default)]
+    pub max_replica_lag_ms: Option<u64>,
+    /// Hold chunks while more client sessions than this are active.
+    #[serde(default)]
+    pub max_active_sessions: Option<u64>,
 }
 
 fn default_chunk_ms() -> u64 {
@@ -57,6 +63,8 @@ impl Default for BackfillSettings {
             target_chunk_ms: default_chunk_ms(),
             max_rows_per_second: None,
             lock_timeout_ms: default_lock_timeout_ms(),
+            max_replica_lag_ms: None,
+            max_active_sessions: None,
         }
     }
 }
