@@ -110,6 +110,27 @@ async fn ctl_drives_a_migration_and_exits_non_zero_on_refusal() {
         0
     );
     assert_eq!(run(args(&proxy, CtlCommand::Events)).await.unwrap(), 0);
+    // Throttles change through ctl (persisted in the migration's state).
+    let throttle = |rows: &str, sessions: &str| CtlCommand::Throttle {
+        name: "accounts-status".into(),
+        max_rows_per_second: Some(rows.into()),
+        target_chunk_ms: Some(20),
+        max_replica_lag_ms: Some("250".into()),
+        max_active_sessions: Some(sessions.into()),
+    };
+    assert_eq!(
+        run(args(&proxy, throttle("5000", "none"))).await.unwrap(),
+        0
+    );
+    let live = cluster
+        .psql_admin(
+            "select state->'live' from switchyard.migrations where name = 'accounts-status'",
+        )
+        .unwrap();
+    assert!(live.contains("\"max_replica_lag_ms\": 250"), "{live}");
+    assert!(live.contains("\"max_rows_per_second\": 5000"), "{live}");
+    assert!(live.contains("\"max_active_sessions\": null"), "{live}");
+    assert!(run(args(&proxy, throttle("fast", "none"))).await.is_err());
     // A wrong token is refused.
     let mut bad = args(
         &proxy,

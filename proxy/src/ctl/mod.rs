@@ -65,6 +65,23 @@ pub enum CtlCommand {
         #[arg(long)]
         all: bool,
     },
+    /// Change a running backfill's throttles (`none` lifts a limit).
+    Throttle {
+        /// The migration.
+        name: String,
+        /// Rows per second at most, or `none`.
+        #[arg(long)]
+        max_rows_per_second: Option<String>,
+        /// Target time per chunk.
+        #[arg(long)]
+        target_chunk_ms: Option<u64>,
+        /// Hold chunks while a replica lags more than this, or `none`.
+        #[arg(long)]
+        max_replica_lag_ms: Option<String>,
+        /// Hold chunks while more client sessions are active, or `none`.
+        #[arg(long)]
+        max_active_sessions: Option<String>,
+    },
     /// The audit log.
     Events,
     /// Sessions holding or waiting for locks on migrating tables.
@@ -125,6 +142,31 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<i32> {
             (None, true) => api.call(Method::POST, "/v1/revert", None).await?,
             _ => anyhow::bail!("revert takes a migration name or --all"),
         },
+        CtlCommand::Throttle {
+            name,
+            max_rows_per_second,
+            target_chunk_ms,
+            max_replica_lag_ms,
+            max_active_sessions,
+        } => {
+            let mut patch = serde_json::Map::new();
+            for (key, value) in [
+                ("max_rows_per_second", max_rows_per_second),
+                ("max_replica_lag_ms", max_replica_lag_ms),
+                ("max_active_sessions", max_active_sessions),
+            ] {
+                if let Some(v) = value {
+                    patch.insert(key.into(), limit(key, v)?);
+                }
+            }
+            if let Some(ms) = target_chunk_ms {
+                patch.insert("target_chunk_ms".into(), Value::from(*ms));
+            }
+            anyhow::ensure!(!patch.is_empty(), "throttle needs at least one setting");
+            let path = format!("/v1/migrations/{name}/backfill");
+            api.call(Method::PATCH, &path, Some(&Value::Object(patch)))
+                .await?
+        }
         CtlCommand::Events => api.call(Method::GET, "/v1/events", None).await?,
         CtlCommand::Blockers => api.call(Method::GET, "/v1/blockers", None).await?,
         CtlCommand::Cancel { pid } => {
@@ -159,6 +201,17 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<i32> {
     };
     print(&body, args.json);
     Ok(if status >= 400 { 1 } else { 0 })
+}
+
+/// A limit as JSON: a number, or `null` for `none`.
+fn limit(key: &str, value: &str) -> anyhow::Result<Value> {
+    if value == "none" {
+        return Ok(Value::Null);
+    }
+    let n: u64 = value
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--{}: a number or none", key.replace('_', "-")))?;
+    Ok(Value::from(n))
 }
 
 /// Follows a backfill or verify with a progress bar until it ends.
