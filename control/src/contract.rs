@@ -59,8 +59,10 @@ impl Engine {
                 store::record(&client, event).await?;
             }
         }
+        // DDL runs on its own session: the shared one stays free for the
+        // API (an incident responder must see and remove blockers meanwhile).
+        let mut ddl = crate::jobs::connect(&self.url).await?;
         {
-            let mut client = self.db().await?;
             for p in pairs.iter().filter(|p| p.not_null) {
                 let new = ident::quote(&p.new);
                 let check = ident::quote(&format!("switchyard_{}_not_null", p.new));
@@ -70,9 +72,10 @@ impl Engine {
                     format!("ALTER TABLE {t} ALTER COLUMN {new} SET NOT NULL"),
                     format!("ALTER TABLE {t} DROP CONSTRAINT {check}"),
                 ] {
-                    self.run_ddl(&mut client, &t, &sql, lock_timeout, &m.name, actor).await?;
+                    self.run_ddl(&mut ddl, &t, &sql, lock_timeout, &m.name, actor).await?;
                 }
             }
+            let client = self.db().await?;
             store::set_phase(&client, &m.name, m.phase, outcome.next, &json!({})).await?;
             self.record_transition(&client, &m, "contract", &outcome, actor)
                 .await?;
@@ -81,7 +84,6 @@ impl Engine {
         self.publish().await?;
         self.await_acknowledgement().await;
         {
-            let mut client = self.db().await?;
             let mut retired = Vec::new();
             for p in &pairs {
                 let step = Retire {
@@ -90,17 +92,15 @@ impl Engine {
                     new: &p.new,
                     lock_timeout,
                 };
-                retired.extend(
-                    self.retire_indexes(&mut client, step, &m.name, actor)
-                        .await?,
-                );
+                retired.extend(self.retire_indexes(&mut ddl, step, &m.name, actor).await?);
                 let sql = format!(
                     "ALTER TABLE {t} DROP COLUMN IF EXISTS {}",
                     ident::quote(&p.legacy)
                 );
-                self.run_ddl(&mut client, &t, &sql, lock_timeout, &m.name, actor)
+                self.run_ddl(&mut ddl, &t, &sql, lock_timeout, &m.name, actor)
                     .await?;
             }
+            let client = self.db().await?;
             let state = json!({"retired_indexes": retired});
             store::set_phase(&client, &m.name, outcome.next, outcome.next, &state).await?;
         }

@@ -21,6 +21,9 @@ pub struct DdlReport {
     pub millis: u64,
     /// Sessions seen blocking us, per failed try.
     pub blockers: Vec<Vec<i32>>,
+    /// Why it stopped, when it did not complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// How a DDL step runs.
@@ -45,24 +48,57 @@ pub struct Step<'a> {
     pub mode: Mode,
 }
 
+/// A DDL step that did not complete, with the report of its tries.
+#[derive(Debug)]
+pub struct DdlFailure {
+    /// What was tried.
+    pub report: DdlReport,
+    /// Why it stopped.
+    pub error: ControlError,
+}
+
 /// Runs a step with its `lock_timeout`, retrying up to `max_tries` times on
-/// 55P03 and 40P01.
+/// 55P03 and 40P01. Success or not, the report says what happened.
 pub async fn run(
     client: &mut Client,
     step: Step<'_>,
     max_tries: u32,
-) -> Result<DdlReport, ControlError> {
+) -> Result<DdlReport, DdlFailure> {
+    let started = Instant::now();
+    let mut report = DdlReport {
+        sql: step.sql.to_owned(),
+        tries: 0,
+        millis: 0,
+        blockers: Vec::new(),
+        error: None,
+    };
+    let result = tries(client, step, max_tries, &mut report).await;
+    report.millis = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(()) => Ok(report),
+        Err(error) => {
+            report.error = Some(error.to_string());
+            Err(DdlFailure { report, error })
+        }
+    }
+}
+
+async fn tries(
+    client: &mut Client,
+    step: Step<'_>,
+    max_tries: u32,
+    report: &mut DdlReport,
+) -> Result<(), ControlError> {
     let Step {
         table,
         sql,
         lock_timeout,
         mode,
     } = step;
-    let started = Instant::now();
-    let mut blockers = Vec::new();
     let mut backoff = Duration::from_millis(50);
     let timeout = lock_timeout.as_millis().max(1);
     for attempt in 1..=max_tries {
+        report.tries = attempt;
         let result = match mode {
             Mode::Transaction => {
                 let tx = client.transaction().await?;
@@ -83,21 +119,16 @@ pub async fn run(
             }
         };
         match result {
-            Ok(()) => {
-                return Ok(DdlReport {
-                    sql: sql.to_owned(),
-                    tries: attempt,
-                    millis: started.elapsed().as_millis() as u64,
-                    blockers,
-                });
-            }
+            Ok(()) => return Ok(()),
             Err(e)
                 if matches!(
                     e.code(),
                     Some(&SqlState::LOCK_NOT_AVAILABLE) | Some(&SqlState::T_R_DEADLOCK_DETECTED)
                 ) =>
             {
-                blockers.push(blocking_pids(client, table).await.unwrap_or_default());
+                report
+                    .blockers
+                    .push(blocking_pids(client, table).await.unwrap_or_default());
                 if attempt == max_tries {
                     break;
                 }
@@ -117,16 +148,18 @@ pub async fn run(
     Err(ControlError::Conflict(format!(
         "DDL could not take its lock within {max_tries} tries of {} ms; blockers: {:?}",
         lock_timeout.as_millis(),
-        blockers.last().cloned().unwrap_or_default()
+        report.blockers.last().cloned().unwrap_or_default()
     )))
 }
 
-/// Sessions holding or queueing locks on `table`, other than us.
+/// Sessions holding locks on `table`, other than us (the ones that were
+/// ahead of our lock request).
 pub async fn blocking_pids(client: &Client, table: &str) -> Result<Vec<i32>, ControlError> {
     let rows = client
         .query(
             "SELECT DISTINCT l.pid FROM pg_locks l
-             WHERE l.relation = $1::text::regclass AND l.pid <> pg_backend_pid() ORDER BY 1",
+             WHERE l.relation = $1::text::regclass AND l.granted AND l.pid <> pg_backend_pid()
+             ORDER BY 1",
             &[&table],
         )
         .await?;

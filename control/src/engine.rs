@@ -267,6 +267,9 @@ impl Engine {
         let mut state = json!({});
         match (verb, m.phase) {
             (Verb::Expand, _) => {
+                // DDL on its own session; the shared one serves the API.
+                drop(client);
+                let mut ddl = crate::jobs::connect(&self.url).await?;
                 let mut reports = Vec::new();
                 for p in &pairs {
                     let sql = format!(
@@ -276,7 +279,7 @@ impl Engine {
                     );
                     let report = self
                         .run_ddl(
-                            &mut client,
+                            &mut ddl,
                             &table.to_string(),
                             &sql,
                             lock_timeout,
@@ -287,6 +290,7 @@ impl Engine {
                     reports.push(report);
                 }
                 state = json!({ "expand": reports });
+                client = self.db().await?;
             }
             (Verb::DualWrite | Verb::Complete, _) => {}
             (Verb::SwitchReads, _) => state = json!({ "reverted": false }),
@@ -362,21 +366,27 @@ impl Engine {
         migration: &str,
         actor: &str,
     ) -> Result<ddl::DdlReport, ControlError> {
-        let report = ddl::run(client, step, 20).await?;
+        let (report, failure) = match ddl::run(client, step, 20).await {
+            Ok(report) => (report, None),
+            Err(f) => (f.report, Some(f.error)),
+        };
         self.metrics
             .ddl_retries
             .inc_by(u64::from(report.tries.saturating_sub(1)));
-        store::record(
-            client,
-            Event {
-                actor,
-                migration: Some(migration),
-                action: "ddl",
-                detail: json!(report),
-            },
-        )
-        .await?;
-        Ok(report)
+        // Every DDL step is audited, the ones that gave up too.
+        let event = Event {
+            actor,
+            migration: Some(migration),
+            action: "ddl",
+            detail: json!(report),
+        };
+        if let Err(e) = store::record(client, event).await {
+            warn!(error = %e, "cannot audit a DDL step");
+        }
+        match failure {
+            None => Ok(report),
+            Some(e) => Err(e),
+        }
     }
 }
 

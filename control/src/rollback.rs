@@ -37,7 +37,8 @@ impl Engine {
         let t = table.to_string();
         let lock_timeout = Duration::from_millis(m.spec.backfill.lock_timeout_ms);
         let pairs = pairs_of(&m)?;
-        let mut client = self.db().await?;
+        // DDL on its own session, so the API stays responsive meanwhile.
+        let mut ddl = crate::jobs::connect(&self.url).await?;
         let state = match m.phase {
             Phase::Expanded => {
                 for p in &pairs {
@@ -45,7 +46,7 @@ impl Engine {
                         "ALTER TABLE {t} DROP COLUMN IF EXISTS {}",
                         ident::quote(&p.new)
                     );
-                    self.run_ddl(&mut client, &t, &sql, lock_timeout, &m.name, actor)
+                    self.run_ddl(&mut ddl, &t, &sql, lock_timeout, &m.name, actor)
                         .await?;
                 }
                 json!({})
@@ -54,7 +55,7 @@ impl Engine {
             Phase::Backfilled => {
                 let mut dropped = Vec::new();
                 for p in &pairs {
-                    for index in indexes::covering(&client, &t, &p.new).await? {
+                    for index in indexes::covering(&ddl, &t, &p.new).await? {
                         let sql = format!(
                             "DROP INDEX CONCURRENTLY IF EXISTS {}.{}",
                             ident::quote(&index.schema),
@@ -66,16 +67,15 @@ impl Engine {
                             lock_timeout,
                             mode: Mode::Concurrently,
                         };
-                        self.run_ddl_step(&mut client, step, &m.name, actor).await?;
+                        self.run_ddl_step(&mut ddl, step, &m.name, actor).await?;
                         dropped.push(index.name);
                     }
                 }
-                client
-                    .execute(
-                        "DELETE FROM switchyard.checkpoints WHERE migration = $1",
-                        &[&m.name],
-                    )
-                    .await?;
+                ddl.execute(
+                    "DELETE FROM switchyard.checkpoints WHERE migration = $1",
+                    &[&m.name],
+                )
+                .await?;
                 json!({"backfill": null, "indexes": null, "dropped_indexes": dropped})
             }
             Phase::Verified => json!({"parity": null, "verify": null}),
@@ -87,7 +87,7 @@ impl Engine {
                         ident::quote(&p.legacy),
                         p.legacy_type
                     );
-                    self.run_ddl(&mut client, &t, &sql, lock_timeout, &m.name, actor)
+                    self.run_ddl(&mut ddl, &t, &sql, lock_timeout, &m.name, actor)
                         .await?;
                 }
                 json!({"parity": null, "reverted": false, "legacy_incomplete": true})
@@ -99,6 +99,7 @@ impl Engine {
                 )))
             }
         };
+        let client = self.db().await?;
         store::set_phase(&client, &m.name, m.phase, outcome.next, &state).await?;
         self.record_transition(&client, &m, "rollback", &outcome, actor)
             .await?;

@@ -457,3 +457,140 @@ async fn throttles_hold_the_backfill_and_say_why() {
         .iter()
         .any(|e| e["action"] == "tune" && e["detail"]["max_active_sessions"].is_null()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocker_during_contract_is_retried_listed_and_terminated() {
+    let (cluster, proxy, db) = setup(USERS).await;
+    let m = "users-email";
+    assert_eq!(
+        call(&proxy, "POST", "/v1/migrations", Some(users_spec()))
+            .await
+            .0,
+        201
+    );
+    for (verb, status) in [
+        ("expand", 200),
+        ("dual-write", 200),
+        ("backfill", 202),
+        ("verify", 202),
+        ("switch-reads", 200),
+        ("verify", 202),
+    ] {
+        step(&proxy, m, verb, status).await;
+    }
+
+    // An application keeps reading and writing through the proxy and
+    // records its slowest statement.
+    let app = proxy.connect("md5_user").await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let read = app.prepare("select email from users where id = $1").await?;
+            let write = app
+                .prepare("update users set name = $1 where id = $2")
+                .await?;
+            let mut slowest = std::time::Duration::ZERO;
+            let mut i = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                let id = 1 + i % 3000;
+                app.query_one(&read, &[&id]).await?;
+                app.execute(&write, &[&format!("w{i}"), &id]).await?;
+                slowest = slowest.max(started.elapsed());
+                i += 1;
+            }
+            Ok::<_, tokio_postgres::Error>((slowest, i))
+        })
+    };
+
+    // A long transaction holds a lock the contract's ALTERs need.
+    let blocker = switchyard_tests::proxy::connect(&cluster.conn_str("scram_user", "postgres"))
+        .await
+        .unwrap();
+    blocker
+        .batch_execute("begin; select count(*) from users")
+        .await
+        .unwrap();
+    let pid: i32 = blocker
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let contract = {
+        let addr = proxy.control_addr;
+        tokio::spawn(async move {
+            http(
+                addr,
+                "POST",
+                "/v1/migrations/users-email/contract",
+                None,
+                Some(TOKEN),
+            )
+            .await
+            .unwrap()
+        })
+    };
+    // The contract's DDL queues behind the blocker, gives up after
+    // lock_timeout and tries again: /v1/blockers shows the blocker and the
+    // waiting DDL, then no waiter (backing off), then the DDL again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seen = 0;
+    loop {
+        let (_, list) = call(&proxy, "GET", "/v1/blockers", None).await;
+        let entries = list.as_array().unwrap();
+        let listed = entries
+            .iter()
+            .any(|b| b["pid"] == pid && b["granted"] == true);
+        let ddl_waits = entries.iter().any(|b| {
+            b["granted"] == false
+                && b["mode"] == "AccessExclusiveLock"
+                && b["blocked_by"].as_array().unwrap().contains(&json!(pid))
+        });
+        assert!(listed, "the blocker is listed: {list}");
+        if ddl_waits == (seen % 2 == 0) {
+            seen += 1;
+            if seen == 3 {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "blocker not seen: {list}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(!contract.is_finished(), "contract waits for the blocker");
+    let (status, body) = call(
+        &proxy,
+        "POST",
+        &format!("/v1/blockers/{pid}/terminate"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = contract.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["phase"], "contracted");
+    assert_eq!(
+        columns(&db).await,
+        vec![("email_address".into(), "NO".into())]
+    );
+    let (_, events) = call(&proxy, "GET", "/v1/events", None).await;
+    let retried = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "ddl" && e["detail"]["tries"].as_u64().unwrap_or(0) > 1);
+    assert!(retried, "some DDL step needed more than one try");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (slowest, statements) = load.await.unwrap().expect("no client error");
+    assert!(statements > 0);
+    // Never queued behind the DDL for the blocker's lifetime: each wait is
+    // bounded by lock_timeout (100 ms) plus a margin for a shared machine.
+    assert!(
+        slowest < std::time::Duration::from_millis(1500),
+        "slowest statement {slowest:?}"
+    );
+}
