@@ -3,8 +3,13 @@
 //! - `wire`: pgbench `-S` direct vs Switchyard vs PgBouncer.
 //! - `dualwrite`: updates of a routed table through Switchyard vs the same
 //!   dual-write SQL hand-written, vs a trigger doing it.
+//! - `backfill`: the backfill against one whole-table UPDATE, and the p99
+//!   of a concurrent workload before and during it.
+//! - `flip`: a routing change's time to every instance's acknowledgement.
 
+mod backfill;
 mod dualwrite;
+mod flip;
 mod pgbench;
 mod report;
 mod wire;
@@ -24,7 +29,7 @@ pub struct Options {
 }
 
 const USAGE: &str =
-    "usage: switchyard-bench wire|dualwrite [--seconds N] [--rounds N] [--scale N] [--out FILE]";
+    "usage: switchyard-bench wire|dualwrite|backfill|flip [--seconds N] [--rounds N] [--scale N] [--out FILE]";
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -50,6 +55,8 @@ fn main() -> anyhow::Result<()> {
     match which.as_str() {
         "wire" => wire::run(o),
         "dualwrite" => dualwrite::run(o),
+        "flip" => flip::run(o),
+        "backfill" => backfill::run(o),
         _ => bail!(USAGE),
     }
 }

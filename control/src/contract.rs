@@ -1,6 +1,7 @@
 //! Contract: refuse while other objects depend on the legacy column; set
 //! NOT NULL without a long lock (CHECK NOT VALID, VALIDATE, SET NOT NULL,
-//! DROP CHECK); route to the new column only; move unique constraints to
+//! DROP CHECK); drop NOT NULL from the legacy column (writes stop setting
+//! it); route to the new column only; move unique constraints to
 //! the rebuilt indexes and drop the other legacy indexes concurrently; then
 //! drop the legacy column. Each step is its own short-locked transaction.
 
@@ -74,6 +75,16 @@ impl Engine {
                 ] {
                     self.run_ddl(&mut ddl, &t, &sql, lock_timeout, &m.name, actor).await?;
                 }
+            }
+            // Writes will name only the new column until the legacy one is
+            // dropped: a NOT NULL on the legacy column must not refuse them.
+            for p in &pairs {
+                let sql = format!(
+                    "ALTER TABLE {t} ALTER COLUMN {} DROP NOT NULL",
+                    ident::quote(&p.legacy)
+                );
+                self.run_ddl(&mut ddl, &t, &sql, lock_timeout, &m.name, actor)
+                    .await?;
             }
             let client = self.db().await?;
             store::set_phase(&client, &m.name, m.phase, outcome.next, &json!({})).await?;

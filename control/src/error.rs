@@ -47,6 +47,21 @@ impl ControlError {
         }
     }
 
+    /// Whether the database connection was lost (a retry may succeed).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ControlError::Database(e) => {
+                e.is_closed()
+                    || e.code().is_some_and(|c| {
+                        let c = c.code();
+                        c.starts_with("08") || c.starts_with("57P")
+                    })
+                    || e.as_db_error().is_none()
+            }
+            _ => false,
+        }
+    }
+
     /// The machine-readable code in `{"error": {"code": ...}}`.
     pub fn code(&self) -> &'static str {
         match self {

@@ -104,6 +104,21 @@ impl Engine {
     /// in the background until [`Engine::leave`].
     pub async fn join(self: &Arc<Self>) -> Result<(), ControlError> {
         let session = Session::open(&self.url).await?;
+        // A predecessor on this host and address is dead: we hold its
+        // listening socket now. Do not wait for its heartbeat to go stale.
+        let host = self.instance.id.rsplitn(3, '-').nth(2).unwrap_or_default();
+        if let Some(addr) = self.instance.proxy_addr.as_ref().filter(|a| {
+            a.parse::<std::net::SocketAddr>()
+                .is_ok_and(|s| !s.ip().is_unspecified())
+        }) {
+            session
+                .client
+                .execute(
+                    "DELETE FROM switchyard.instances WHERE proxy_addr = $1 AND id <> $2 AND id LIKE $3",
+                    &[addr, &self.instance.id, &format!("{host}-%")],
+                )
+                .await?;
+        }
         self.beat(&session.client).await?;
         self.try_hold(&session.client).await?;
         let engine = self.clone();

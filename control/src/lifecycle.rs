@@ -141,6 +141,13 @@ impl Engine {
         let task = tokio::spawn(async move {
             let result = engine.run_job(&m, verb, next, &target, &actor).await;
             if let Err(e) = result {
+                if e.is_transient() {
+                    // The database went away (restart, failover): the job
+                    // stays recorded and the next scan resumes it from its
+                    // checkpoint.
+                    warn!(migration = %m.name, error = %e, "job interrupted; it will resume");
+                    return;
+                }
                 warn!(migration = %m.name, error = %e, "job failed");
                 let failed = {
                     let mut jobs = engine.jobs.lock().unwrap_or_else(|e| e.into_inner());

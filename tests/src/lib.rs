@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod load;
 pub mod pgbouncer;
 pub mod process;
 pub mod proxy;

@@ -15,6 +15,7 @@ pub struct ServeProcess {
     pub addr: SocketAddr,
     /// The control API.
     pub control_addr: SocketAddr,
+    reaped: bool,
 }
 
 impl ServeProcess {
@@ -25,6 +26,26 @@ impl ServeProcess {
             format!("127.0.0.1:{}", switchyard::pgcluster::free_port()?).parse()?;
         let control_addr: SocketAddr =
             format!("127.0.0.1:{}", switchyard::pgcluster::free_port()?).parse()?;
+        Self::start_at(cluster, token, addr, control_addr).await
+    }
+
+    /// Kills this process and starts a new one on the same addresses, as
+    /// a supervisor restarting a crashed `serve` would.
+    pub async fn restart(&mut self, cluster: &Cluster, token: &str) -> anyhow::Result<()> {
+        self.kill();
+        let fresh = Self::start_at(cluster, token, self.addr, self.control_addr).await?;
+        // The old child is reaped; dropping it would kill the new pid's twin.
+        let mut old = std::mem::replace(self, fresh);
+        old.reaped = true;
+        Ok(())
+    }
+
+    async fn start_at(
+        cluster: &Cluster,
+        token: &str,
+        addr: SocketAddr,
+        control_addr: SocketAddr,
+    ) -> anyhow::Result<Self> {
         let child = Command::new(binary()?)
             .args(["serve", "--listen", &addr.to_string()])
             .args(["--upstream", &format!("127.0.0.1:{}", cluster.port)])
@@ -42,6 +63,7 @@ impl ServeProcess {
             child,
             addr,
             control_addr,
+            reaped: false,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -59,8 +81,11 @@ impl ServeProcess {
 
     /// `kill -9`: no drain, no goodbye; its database sessions just end.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.reaped = true;
+        }
     }
 }
 
