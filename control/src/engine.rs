@@ -22,6 +22,9 @@ pub trait RulesSink: Send + Sync {
     fn install(&self, set: RuleSet) -> Result<Duration, String>;
     /// The lowest rules version an open transaction still runs under.
     fn acknowledged(&self) -> u64;
+    /// Writes forwarded unrewritten since start, per migration: their rows
+    /// need another backfill pass.
+    fn unrewritten_writes(&self) -> Vec<(String, u64)>;
 }
 
 /// The control plane of one `serve` process.
@@ -46,6 +49,8 @@ pub struct Engine {
     pub(crate) instance: crate::fleet::Instance,
     /// Whether this instance holds the job lock (and so runs jobs).
     pub(crate) holder: std::sync::atomic::AtomicBool,
+    /// Unrewritten writes already added to the database's counters.
+    pub(crate) reported: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// The fleet upkeep task.
     pub(crate) fleet: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -84,6 +89,7 @@ impl Engine {
             instance,
             holder: Default::default(),
             fleet: Default::default(),
+            reported: Default::default(),
         };
         engine.publish().await?;
         Ok(engine)
@@ -212,11 +218,17 @@ impl Engine {
         actor: &str,
     ) -> Result<Value, ControlError> {
         let mut client = self.db().await?;
+        // Our own unrewritten writes count now, not at the next heartbeat.
+        self.flush_unrewritten(&client).await?;
         let m = store::get(&client, name).await?;
         let parity: Option<Parity> = m
             .state
             .get("parity")
-            .and_then(|p| serde_json::from_value(p.clone()).ok());
+            .and_then(|p| serde_json::from_value::<Parity>(p.clone()).ok())
+            .map(|mut p| {
+                p.stale |= unrewritten_writes(&m) > p.writes_seen;
+                p
+            });
         let reverted = m
             .state
             .get("reverted")
@@ -393,6 +405,15 @@ impl Engine {
 pub(crate) fn pairs_of(m: &StoredMigration) -> Result<Vec<Pair>, ControlError> {
     serde_json::from_value(m.state.get("pairs").cloned().unwrap_or(Value::Null))
         .map_err(|e| ControlError::Internal(format!("stored pairs of {}: {e}", m.name)))
+}
+
+/// Writes forwarded without the dual-write rewrite, counted over every
+/// instance: rows that may be out of step until a backfill pass.
+pub(crate) fn unrewritten_writes(m: &StoredMigration) -> u64 {
+    m.state
+        .get("unrewritten_writes")
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
 }
 
 /// A rolled-back contract whose legacy column is not refilled yet: its

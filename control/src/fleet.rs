@@ -220,6 +220,7 @@ impl Engine {
                 ],
             )
             .await?;
+        self.flush_unrewritten(client).await?;
         Ok(())
     }
 
@@ -265,6 +266,38 @@ impl Engine {
             )
             .await?;
         Ok(row.get(0))
+    }
+
+    /// Adds the writes this instance forwarded unrewritten since its last
+    /// report to each migration's persistent counter
+    /// (`state.unrewritten_writes`), which parity passes are compared with.
+    pub(crate) async fn flush_unrewritten(&self, client: &Client) -> Result<(), ControlError> {
+        for (migration, total) in self.sink.unrewritten_writes() {
+            let reported = self
+                .reported
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&migration)
+                .copied()
+                .unwrap_or(0);
+            if total <= reported {
+                continue;
+            }
+            client
+                .execute(
+                    "UPDATE switchyard.migrations
+                     SET state = jsonb_set(state, '{unrewritten_writes}',
+                         to_jsonb(coalesce((state->>'unrewritten_writes')::bigint, 0) + $2))
+                     WHERE name = $1",
+                    &[&migration, &((total - reported) as i64)],
+                )
+                .await?;
+            self.reported
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(migration, total);
+        }
+        Ok(())
     }
 
     /// Every instance, with its acknowledgement and whether it is live.

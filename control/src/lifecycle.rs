@@ -366,6 +366,7 @@ impl Engine {
                 mismatches: p.rows_changed,
                 phase: m.phase,
                 stale: false,
+                writes_seen: crate::engine::unrewritten_writes(m),
             };
             let state = json!({"verify": p, "parity": parity, "running_job": null, "job": p});
             (p, state)

@@ -594,3 +594,49 @@ async fn a_blocker_during_contract_is_retried_listed_and_terminated() {
         "slowest statement {slowest:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrewritten_writes_close_the_gate_until_another_pass() {
+    let (_cluster, proxy, db) = setup(USERS).await;
+    let m = "users-email";
+    assert_eq!(
+        call(&proxy, "POST", "/v1/migrations", Some(users_spec()))
+            .await
+            .0,
+        201
+    );
+    for (verb, status) in [
+        ("expand", 200),
+        ("dual-write", 200),
+        ("backfill", 202),
+        ("verify", 202),
+    ] {
+        step(&proxy, m, verb, status).await;
+    }
+    // A MERGE is not rewritten: before the read switch it is forwarded,
+    // and its row is left out of step.
+    let app = proxy.connect("trust_user").await.unwrap();
+    app.simple_query(
+        "MERGE INTO users u USING (VALUES (5, 'Merged@X.io')) v(id, email) ON u.id = v.id
+         WHEN MATCHED THEN UPDATE SET email = v.email",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        count(
+            &db,
+            "select count(*) from users where email_address is distinct from lower(email)"
+        )
+        .await,
+        1
+    );
+    let body = step(&proxy, m, "switch-reads", 409).await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("escaped dual-write"), "{message}");
+    // Another pass repairs the row and reopens the gate.
+    step(&proxy, m, "backfill", 202).await;
+    let d = step(&proxy, m, "verify", 202).await;
+    assert_eq!(d["state"]["parity"]["mismatches"], 0, "{d}");
+    assert_eq!(d["state"]["unrewritten_writes"], 1, "{d}");
+    step(&proxy, m, "switch-reads", 200).await;
+}

@@ -113,4 +113,8 @@ impl switchyard_control::RulesSink for RulesHub {
     fn acknowledged(&self) -> u64 {
         RulesHub::acknowledged(self)
     }
+
+    fn unrewritten_writes(&self) -> Vec<(String, u64)> {
+        self.resync_needed()
+    }
 }

@@ -438,10 +438,24 @@ impl SessionRouter {
                 u.reason
             ))
         } else {
-            self.hub.note_resync(&u.migrations);
+            // Only a write leaves rows out of step; an unrewritten read
+            // before the switch reads the legacy column, which is right.
+            if may_write(sql) {
+                self.hub.note_resync(&u.migrations);
+            }
             Outcome::Same
         }
     }
+}
+
+/// Whether a statement can write rows (any write keyword as a word).
+fn may_write(sql: &str) -> bool {
+    sql.split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .any(|w| {
+            ["insert", "update", "delete", "merge", "copy"]
+                .iter()
+                .any(|k| w.eq_ignore_ascii_case(k))
+        })
 }
 
 impl Drop for SessionRouter {

@@ -15,7 +15,12 @@ pub struct Parity {
     /// The phase the migration was in when the pass completed.
     pub phase: Phase,
     /// Unrewritten writes were seen after this pass started.
+    #[serde(default)]
     pub stale: bool,
+    /// The migration's count of unrewritten writes when the pass started;
+    /// a higher count later makes the pass stale.
+    #[serde(default)]
+    pub writes_seen: u64,
 }
 
 impl Parity {
@@ -158,6 +163,7 @@ mod tests {
             mismatches,
             phase,
             stale: false,
+            writes_seen: 0,
         }
     }
 
