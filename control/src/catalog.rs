@@ -92,10 +92,15 @@ pub async fn validate(
         .validate()
         .map_err(|e| ControlError::BadRequest(e.to_string()))?;
     let facts = table_facts(client, &table).await?;
-    if facts.key.is_empty() {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?
+        .get(0);
+    // Without a key the jobs walk ctid ranges, which need TID range scans.
+    if facts.key.is_empty() && version < 140000 {
         return Err(ControlError::BadRequest(format!(
-            "table: {table} has neither a primary key nor a unique NOT NULL key; the backfill \
-             needs one to walk the table in chunks"
+            "table: {table} has neither a primary key nor a unique NOT NULL key, and this \
+             server (before PostgreSQL 14) cannot walk it by ctid ranges; add a key first"
         )));
     }
     let mut pairs = Vec::new();

@@ -294,7 +294,9 @@ async fn composite_and_unique_keys_are_walked_in_chunks() {
          insert into orders select t, i, i % 3 from generate_series(1, 7) t, generate_series(1, 4000) i;
          create table events(code text not null unique, kind int);
          insert into events select 'e' || g, g % 5 from generate_series(1, 5000) g;
-         create table loose(note text, level int);",
+         create table loose(note text, level int);
+         insert into loose select 'n' || g, g from generate_series(1, 20000) g;
+         analyze loose;",
     )
     .await;
     let spec = json!({"name": "orders-state", "table": "public.orders",
@@ -310,7 +312,8 @@ async fn composite_and_unique_keys_are_walked_in_chunks() {
         call(&proxy, "POST", "/v1/migrations", Some(spec)).await.0,
         201
     );
-    // A key column cannot be migrated, and a table without any key is refused.
+    // A key column cannot be migrated; a table without any key is walked
+    // by ctid ranges (PostgreSQL 14+).
     let spec = json!({"name": "orders-id", "table": "public.orders",
         "columns": [{"legacy": "id", "new": "id_big", "type": "bigint"}]});
     let (status, body) = call(&proxy, "POST", "/v1/migrations", Some(spec)).await;
@@ -318,13 +321,9 @@ async fn composite_and_unique_keys_are_walked_in_chunks() {
     let spec = json!({"name": "loose-level", "table": "public.loose",
         "columns": [{"legacy": "level", "new": "level_big", "type": "bigint"}]});
     let (status, body) = call(&proxy, "POST", "/v1/migrations", Some(spec)).await;
-    assert_eq!(status, 400, "{body}");
-    assert!(body["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("unique NOT NULL"));
+    assert_eq!(status, 201, "{body}");
 
-    for m in ["orders-state", "events-kind"] {
+    for m in ["orders-state", "events-kind", "loose-level"] {
         step(&proxy, m, "expand", 200).await;
         step(&proxy, m, "dual-write", 200).await;
         let d = step(&proxy, m, "backfill", 202).await;
@@ -352,6 +351,16 @@ async fn composite_and_unique_keys_are_walked_in_chunks() {
         .await,
         0
     );
+    assert_eq!(
+        count(
+            &db,
+            "select count(*) from loose where level_big is distinct from level"
+        )
+        .await,
+        0
+    );
+    let (_, d) = call(&proxy, "GET", "/v1/migrations/loose-level", None).await;
+    assert_eq!(d["state"]["verify"]["rows_done"], 20_000, "{d}");
     // A damaged row is found by verify, with its composite key.
     db.batch_execute("update orders set state_text = 'wrong' where tenant = 3 and id = 17")
         .await
@@ -639,4 +648,52 @@ async fn unrewritten_writes_close_the_gate_until_another_pass() {
     assert_eq!(d["state"]["parity"]["mismatches"], 0, "{d}");
     assert_eq!(d["state"]["unrewritten_writes"], 1, "{d}");
     step(&proxy, m, "switch-reads", 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_without_a_key_is_walked_by_tid_range_scans() {
+    let (_cluster, _proxy, db) = setup(
+        "create table loose(note text, level int, level_big bigint);
+         insert into loose select 'n' || g, g from generate_series(1, 50000) g;
+         analyze loose;",
+    )
+    .await;
+    let pair = switchyard_control::catalog::Pair {
+        legacy: "level".into(),
+        legacy_type: "integer".into(),
+        new: "level_big".into(),
+        new_type: "bigint".into(),
+        forward: "level::bigint".into(),
+        backward: "level_big::integer".into(),
+        not_null: false,
+        legacy_position: 1,
+    };
+    let target = switchyard_control::jobs::Target {
+        migration: "m".into(),
+        table: "public.loose".into(),
+        key: vec![],
+        key_types: vec![],
+        direction: switchyard_control::jobs::Direction::Forward,
+        pairs: vec![pair],
+        target_chunk: std::time::Duration::from_millis(100),
+        max_rows_per_second: None,
+        lock_timeout: std::time::Duration::from_millis(100),
+        limits: Default::default(),
+    };
+    let last: Option<Vec<String>> = Some(vec!["40".into()]);
+    for sql in [
+        switchyard_control::jobs::chunk_sql(&target),
+        switchyard_control::jobs::verify_sql(&target),
+    ] {
+        let plan: Vec<String> = db
+            .query(&format!("EXPLAIN {sql}"), &[&last, &5000i64])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("Tid Range Scan on loose"), "{plan}");
+        assert!(!plan.contains("Seq Scan on loose"), "{plan}");
+    }
 }
