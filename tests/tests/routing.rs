@@ -437,4 +437,44 @@ async fn search_path_and_sql_level_prepare_are_followed() {
         .await
         .unwrap();
     assert_eq!(env.new_value(2).await, None, "back on public.users");
+
+    // SET LOCAL holds until the end of its transaction only; a rolled-back
+    // SET is undone; set_config() is followed too.
+    install(&env.hub, set(5, Phase::DualWrite));
+    let app_new = |id: i32| {
+        let direct = &env.direct;
+        async move {
+            direct
+                .query_one("select email_address from app.users where id = $1", &[&id])
+                .await
+                .unwrap()
+                .get::<_, Option<String>>(0)
+        }
+    };
+    c.batch_execute("BEGIN; SET LOCAL search_path TO app; insert into users(id, email) values (20, 'L@x'); COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(app_new(20).await.as_deref(), Some("l@x"));
+    c.batch_execute("insert into users(id, email) values (21, 'P21@x')")
+        .await
+        .unwrap();
+    assert_eq!(env.new_value(21).await, None, "SET LOCAL ended with COMMIT");
+    c.batch_execute("BEGIN; SET search_path TO app; ROLLBACK")
+        .await
+        .unwrap();
+    c.batch_execute("insert into users(id, email) values (22, 'P22@x')")
+        .await
+        .unwrap();
+    assert_eq!(
+        env.new_value(22).await,
+        None,
+        "the rolled-back SET is undone"
+    );
+    c.simple_query("SELECT set_config('search_path', 'app, public', false)")
+        .await
+        .unwrap();
+    c.batch_execute("insert into users(id, email) values (23, 'C@x')")
+        .await
+        .unwrap();
+    assert_eq!(app_new(23).await.as_deref(), Some("c@x"));
 }

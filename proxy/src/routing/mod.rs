@@ -4,6 +4,7 @@
 pub mod hub;
 pub mod messages;
 pub mod router;
+pub mod search_path;
 pub mod session_sql;
 
 pub use hub::RulesHub;

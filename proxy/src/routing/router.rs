@@ -12,6 +12,7 @@ use switchyard_rules::{ActiveRules, ReadRoute, Rewrite, Unsupported, Unsupported
 
 use super::hub::RulesHub;
 use super::messages::{self, Parse};
+use super::search_path::SearchPathState;
 use super::session_sql::{classify_all, SessionCommand};
 use crate::relay::Action;
 
@@ -58,7 +59,7 @@ struct State {
     statements: HashMap<String, Prepared>,
     /// In extended-protocol COPY FROM STDIN, where the server ignores Sync.
     copy_in: bool,
-    search_path: SearchPath,
+    path: SearchPathState,
     sql_prepared: HashMap<String, SqlPrepared>,
 }
 
@@ -68,7 +69,6 @@ pub struct SessionRouter {
     id: u64,
     database: String,
     user: String,
-    default_path: SearchPath,
     state: Mutex<State>,
 }
 
@@ -93,13 +93,12 @@ impl SessionRouter {
                 pending: VecDeque::new(),
                 statements: HashMap::new(),
                 copy_in: false,
-                search_path: default_path.clone(),
+                path: SearchPathState::new(default_path),
                 sql_prepared: HashMap::new(),
             }),
             hub,
             database: database.to_owned(),
             user: user.to_owned(),
-            default_path,
         }
     }
 
@@ -128,7 +127,7 @@ impl SessionRouter {
                 for command in &commands {
                     inject = self.session_command(&mut st, command).or(inject);
                 }
-                let (sent, action) = match self.rewrite(&st.search_path, &st.rules, sql) {
+                let (sent, action) = match self.rewrite(st.path.current(), &st.rules, sql) {
                     Outcome::Same => (sql.to_owned(), Action::Forward),
                     Outcome::Text(text) => {
                         let frame = messages::query(&text);
@@ -166,7 +165,8 @@ impl SessionRouter {
                 let Some(parse) = Parse::decode(body) else {
                     return Action::Forward;
                 };
-                let (sent, action) = match self.rewrite(&st.search_path, &st.rules, &parse.query) {
+                let (sent, action) = match self.rewrite(st.path.current(), &st.rules, &parse.query)
+                {
                     Outcome::Same => (parse.query.clone(), Action::Forward),
                     Outcome::Text(text) => {
                         let frame = parse.frame_with(&text);
@@ -271,7 +271,11 @@ impl SessionRouter {
             }
             b'n' => pop_if(&mut st, |e| *e == Expect::Describe),
             b'T' => pop_if(&mut st, |e| *e == Expect::Describe),
-            b'C' | b'I' | b's' => pop_if(&mut st, |e| *e == Expect::Execute),
+            b'C' => {
+                st.path.on_complete(frame.get(5..).unwrap_or_default());
+                pop_if(&mut st, |e| *e == Expect::Execute)
+            }
+            b'I' | b's' => pop_if(&mut st, |e| *e == Expect::Execute),
             // In extended mode the server skips everything up to the next
             // Sync; an injected Parse skipped that way must be redone.
             b'E' if !matches!(
@@ -301,7 +305,9 @@ impl SessionRouter {
                         break;
                     }
                 }
-                st.idle = frame.get(5) == Some(&b'I');
+                let status = frame.get(5).copied().unwrap_or(b'I');
+                st.path.on_ready(status);
+                st.idle = status == b'I';
                 if st.idle && st.pending.is_empty() && st.pinned {
                     st.pinned = false;
                     self.hub.unpin(self.id);
@@ -337,7 +343,7 @@ impl SessionRouter {
         if prepared.version == version {
             return None;
         }
-        let path = st.search_path.clone();
+        let path = st.path.current().clone();
         let text = match self.rewrite(&path, &rules, &prepared.parse.query) {
             Outcome::Same => prepared.parse.query.clone(),
             Outcome::Text(t) => t,
@@ -367,10 +373,10 @@ impl SessionRouter {
     /// version is about to be `EXECUTE`d and its rewrite changed.
     fn session_command(&self, st: &mut State, command: &SessionCommand) -> Option<Bytes> {
         match command {
-            SessionCommand::SearchPath(Some(schemas)) => {
-                st.search_path = path_for(&self.user, schemas.clone())
+            SessionCommand::SearchPath { schemas, local } => {
+                let path = schemas.clone().map(|s| path_for(&self.user, s));
+                st.path.set(path, *local);
             }
-            SessionCommand::SearchPath(None) => st.search_path = self.default_path.clone(),
             SessionCommand::Deallocate(name) => {
                 st.sql_prepared.remove(name);
             }
@@ -382,7 +388,7 @@ impl SessionRouter {
             SessionCommand::Execute(name) => {
                 let version = st.rules.version();
                 let prepared = st.sql_prepared.get(name).filter(|p| p.version != version)?;
-                let text = match self.rewrite(&st.search_path, &st.rules, &prepared.text) {
+                let text = match self.rewrite(st.path.current(), &st.rules, &prepared.text) {
                     Outcome::Same => prepared.text.clone(),
                     Outcome::Text(t) => t,
                     Outcome::Refuse(m) => refusal(&m),

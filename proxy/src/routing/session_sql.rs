@@ -7,8 +7,15 @@ use switchyard_rules::ident;
 /// What a simple query does to session state the router tracks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionCommand {
-    /// `SET [SESSION] search_path TO|= a, b`; `None` for `RESET` or `DEFAULT`.
-    SearchPath(Option<Vec<String>>),
+    /// `SET [SESSION|LOCAL] search_path TO|= a, b` or
+    /// `set_config('search_path', 'a, b', is_local)`; `None` for `RESET`
+    /// or `DEFAULT`.
+    SearchPath {
+        /// The schemas, or the session default.
+        schemas: Option<Vec<String>>,
+        /// Only until the end of the transaction (`SET LOCAL`).
+        local: bool,
+    },
     /// `PREPARE name [(types)] AS ...`.
     Prepare(String),
     /// `EXECUTE name [(args)]`.
@@ -65,7 +72,8 @@ pub fn classify(sql: &str) -> Option<SessionCommand> {
     match first.as_str() {
         "set" => {
             let mut next = w.next()?;
-            if next.eq_ignore_ascii_case("session") {
+            let local = next.eq_ignore_ascii_case("local");
+            if local || next.eq_ignore_ascii_case("session") {
                 next = w.next()?;
             }
             if !next.to_ascii_lowercase().starts_with("search_path") {
@@ -82,19 +90,25 @@ pub fn classify(sql: &str) -> Option<SessionCommand> {
             }
             let rest = rest.split(';').next()?.trim();
             if rest.eq_ignore_ascii_case("default") {
-                return Some(SessionCommand::SearchPath(None));
+                return Some(SessionCommand::SearchPath {
+                    schemas: None,
+                    local,
+                });
             }
-            let schemas = rest
-                .split(',')
-                .map(|s| ident::fold(s.trim().trim_matches('\'')))
-                .collect::<Option<Vec<String>>>()?;
-            Some(SessionCommand::SearchPath(Some(schemas)))
+            Some(SessionCommand::SearchPath {
+                schemas: Some(schema_list(rest)?),
+                local,
+            })
         }
         "reset" => {
             let next = w.next()?;
             (next.eq_ignore_ascii_case("search_path") || next.eq_ignore_ascii_case("all"))
-                .then_some(SessionCommand::SearchPath(None))
+                .then_some(SessionCommand::SearchPath {
+                    schemas: None,
+                    local: false,
+                })
         }
+        "select" => set_config(sql),
         "prepare" => Some(SessionCommand::Prepare(name(w.next())?)),
         "execute" => Some(SessionCommand::Execute(name(w.next())?)),
         "deallocate" => {
@@ -116,6 +130,39 @@ pub fn classify(sql: &str) -> Option<SessionCommand> {
     }
 }
 
+/// `a, "B", 'c'` as folded schema names.
+fn schema_list(text: &str) -> Option<Vec<String>> {
+    text.split(',')
+        .map(|s| ident::fold(s.trim().trim_matches('\'')))
+        .collect()
+}
+
+/// `SELECT set_config('search_path', 'a, b', true|false)` with literal
+/// arguments (the form ORMs and poolers send).
+fn set_config(sql: &str) -> Option<SessionCommand> {
+    let lower = sql.to_ascii_lowercase();
+    let at = lower.find("set_config")? + "set_config".len();
+    let args = sql[at..].trim_start().strip_prefix('(')?;
+    let args = &args[..args.find(')')?];
+    let mut parts = args.splitn(2, ',');
+    let setting = parts.next()?.trim();
+    if !setting.eq_ignore_ascii_case("'search_path'") {
+        return None;
+    }
+    let rest = parts.next()?.trim();
+    let value = rest.strip_prefix('\'')?;
+    let end = value.find('\'')?;
+    let (value, tail) = (&value[..end], &value[end + 1..]);
+    let local = tail
+        .trim_start_matches(|c: char| c == ',' || c.is_whitespace())
+        .to_ascii_lowercase()
+        .starts_with("true");
+    Some(SessionCommand::SearchPath {
+        schemas: Some(schema_list(value)?),
+        local,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,22 +170,43 @@ mod tests {
 
     #[test]
     fn follows_search_path_changes() {
+        let set = |s: &[&str], local| C::SearchPath {
+            schemas: Some(s.iter().map(|x| x.to_string()).collect()),
+            local,
+        };
+        let reset = C::SearchPath {
+            schemas: None,
+            local: false,
+        };
         assert_eq!(
             classify("SET search_path TO app, public"),
-            Some(C::SearchPath(Some(vec!["app".into(), "public".into()])))
+            Some(set(&["app", "public"], false))
         );
         assert_eq!(
             classify("set session search_path = \"App\""),
-            Some(C::SearchPath(Some(vec!["App".into()])))
+            Some(set(&["App"], false))
         );
         assert_eq!(
-            classify("SET search_path TO DEFAULT"),
-            Some(C::SearchPath(None))
+            classify("SET LOCAL search_path TO app"),
+            Some(set(&["app"], true))
         );
-        assert_eq!(classify("reset all"), Some(C::SearchPath(None)));
+        assert_eq!(classify("SET search_path TO DEFAULT"), Some(reset.clone()));
+        assert_eq!(classify("reset all"), Some(reset.clone()));
         assert_eq!(
             classify("set search_path='a','b';"),
-            Some(C::SearchPath(Some(vec!["a".into(), "b".into()])))
+            Some(set(&["a", "b"], false))
+        );
+        assert_eq!(
+            classify("SELECT set_config('search_path', 'app, public', false)"),
+            Some(set(&["app", "public"], false))
+        );
+        assert_eq!(
+            classify("select pg_catalog.set_config('search_path', '\"App\"', true)"),
+            Some(set(&["App"], true))
+        );
+        assert_eq!(
+            classify("select set_config('work_mem', '1MB', false)"),
+            None
         );
         assert_eq!(classify("set work_mem = '1MB'"), None);
     }
@@ -159,7 +227,13 @@ mod tests {
         assert_eq!(classify("select 1"), None);
         assert_eq!(
             classify_all("deallocate x; select ';'; RESET search_path;"),
-            vec![C::Deallocate("x".into()), C::SearchPath(None)]
+            vec![
+                C::Deallocate("x".into()),
+                C::SearchPath {
+                    schemas: None,
+                    local: false
+                }
+            ]
         );
     }
 }
