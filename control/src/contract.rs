@@ -93,6 +93,45 @@ impl Engine {
         }
         // Route to the new column only before the legacy one disappears.
         self.publish().await?;
+        self.finish_contract(&m.name, actor, true).await?;
+        self.detail(&m.name).await
+    }
+
+    /// The end of contract, once routing goes to the new column only:
+    /// after every instance acknowledged it, retire the legacy indexes and
+    /// drop the legacy column. Also run after a restart for a migration
+    /// left `contracted` with its legacy column still there. One finisher at
+    /// a time (an advisory lock): `wait` queues behind another, otherwise
+    /// this returns at once when someone else is at it.
+    pub(crate) async fn finish_contract(
+        &self,
+        name: &str,
+        actor: &str,
+        wait: bool,
+    ) -> Result<(), ControlError> {
+        let m = {
+            let client = self.db().await?;
+            store::get(&client, name).await?
+        };
+        let table = QualifiedName::parse(&m.spec.table)
+            .ok_or_else(|| ControlError::Internal("stored table".into()))?;
+        let t = table.to_string();
+        let lock_timeout = Duration::from_millis(m.spec.backfill.lock_timeout_ms);
+        let pairs = pairs_of(&m)?;
+        let mut ddl = crate::jobs::connect(&self.url).await?;
+        let key = format!("switchyard.contract.{name}");
+        if wait {
+            ddl.execute("SELECT pg_advisory_lock(hashtext($1))", &[&key])
+                .await?;
+        } else {
+            let got: bool = ddl
+                .query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[&key])
+                .await?
+                .get(0);
+            if !got {
+                return Ok(());
+            }
+        }
         self.await_acknowledgement().await;
         {
             let mut retired = Vec::new();
@@ -113,10 +152,10 @@ impl Engine {
             }
             let client = self.db().await?;
             let state = json!({"retired_indexes": retired});
-            store::set_phase(&client, &m.name, outcome.next, outcome.next, &state).await?;
+            store::set_phase(&client, &m.name, m.phase, m.phase, &state).await?;
         }
         self.publish().await?;
-        self.detail(&m.name).await
+        Ok(())
     }
 
     /// Drops the legacy column's indexes concurrently; a unique constraint

@@ -237,6 +237,11 @@ impl Engine {
             let client = self.db().await?;
             store::list(&client).await?
         };
+        for m in &all {
+            if m.phase == Phase::Contracted && !self.job_running(&m.name) {
+                self.resume_contract(m).await;
+            }
+        }
         for m in all {
             if let Some(live) = m
                 .state
@@ -280,6 +285,36 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Finishes a contract that a crash interrupted between routing to the
+    /// new column and dropping the legacy one (checked against the
+    /// catalog), in the background.
+    async fn resume_contract(self: &Arc<Self>, m: &StoredMigration) {
+        let Ok(table) = QualifiedName::parse(&m.spec.table).ok_or(()) else {
+            return;
+        };
+        let facts = match self.db().await {
+            Ok(client) => catalog::table_facts(&client, &table).await,
+            Err(e) => Err(e),
+        };
+        let Ok(facts) = facts else { return };
+        let Ok(pairs) = pairs_of(m) else { return };
+        if !pairs.iter().any(|p| facts.column(&p.legacy).is_some()) {
+            return;
+        }
+        info!(migration = %m.name, "finishing an interrupted contract");
+        let engine = self.clone();
+        let name = m.name.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = engine.finish_contract(&name, "system", false).await {
+                warn!(migration = %name, error = %e, "cannot finish the contract yet");
+            }
+        });
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(m.name.clone(), task);
     }
 
     /// On the holder: copies running jobs' progress to the database, so

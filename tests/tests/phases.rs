@@ -697,3 +697,67 @@ async fn a_table_without_a_key_is_walked_by_tid_range_scans() {
         assert!(!plan.contains("Seq Scan on loose"), "{plan}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contract_interrupted_before_the_column_drop_is_finished_on_restart() {
+    let (cluster, proxy, db) = setup(USERS).await;
+    let m = "users-email";
+    assert_eq!(
+        call(&proxy, "POST", "/v1/migrations", Some(users_spec()))
+            .await
+            .0,
+        201
+    );
+    for (verb, status) in [
+        ("expand", 200),
+        ("dual-write", 200),
+        ("backfill", 202),
+        ("verify", 202),
+        ("switch-reads", 200),
+        ("verify", 202),
+    ] {
+        step(&proxy, m, verb, status).await;
+    }
+    // The state a crash leaves between routing to the new column only and
+    // dropping the legacy one: phase `contracted`, legacy column present.
+    proxy.shutdown().await;
+    db.batch_execute(
+        "alter table users alter column email drop not null;
+         update switchyard.migrations set phase = 'contracted' where name = 'users-email'",
+    )
+    .await
+    .unwrap();
+    let proxy = TestProxy::start(
+        &cluster,
+        TestProxyOptions {
+            control_database: Some(("trust_user".into(), "postgres".into())),
+            control_token: Some(TOKEN.into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while columns(&db).await.len() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            columns(&db).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        columns(&db).await,
+        vec![("email_address".into(), "YES".into())]
+    );
+    let d = wait_detail(&proxy, m, |d| d["state"]["retired_indexes"].is_array()).await;
+    assert_eq!(d["phase"], "contracted");
+    // Applications keep using the legacy name through the proxy.
+    let app = proxy.connect("trust_user").await.unwrap();
+    let email: String = app
+        .query_one("select email from users where id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(email, "user1@x.io");
+}
