@@ -25,6 +25,9 @@ pub struct Pair {
     pub not_null: bool,
     /// Position of the legacy column among the table's columns.
     pub legacy_position: usize,
+    /// Non-volatile default of the new column.
+    #[serde(default)]
+    pub default: Option<String>,
 }
 
 /// Reads a table's columns and key; 400 if the table does not exist.
@@ -181,6 +184,16 @@ pub async fn validate(
                 return Err(ControlError::BadRequest(format!("{}: {e}", field(name))));
             }
         }
+        let default = match c.default.as_deref().map(str::trim) {
+            None => None,
+            Some(d) if d.eq_ignore_ascii_case("null") => None,
+            Some(d) => {
+                check_default(client, &new_type, d)
+                    .await
+                    .map_err(|e| ControlError::BadRequest(format!("{}: {e}", field("default"))))?;
+                Some(d.to_owned())
+            }
+        };
         pairs.push(Pair {
             legacy: c.legacy.clone(),
             legacy_type,
@@ -190,9 +203,49 @@ pub async fn validate(
             backward,
             not_null: c.not_null,
             legacy_position,
+            default,
         });
     }
     Ok((facts, pairs))
+}
+
+/// Accepts a default only if adding a column with it is metadata-only
+/// (PostgreSQL stores it as the column's "missing" value instead of
+/// rewriting the table), tried on a rolled-back temporary table.
+async fn check_default(client: &mut Client, ty: &str, default: &str) -> Result<(), String> {
+    let msg = |e: tokio_postgres::Error| {
+        e.as_db_error()
+            .map(|d| d.message().to_owned())
+            .unwrap_or_else(|| e.to_string())
+    };
+    if default.contains(';') {
+        return Err("not an expression".into());
+    }
+    let tx = client.transaction().await.map_err(msg)?;
+    let tried = async {
+        tx.batch_execute(&format!(
+            "CREATE TEMP TABLE switchyard_default_check (k int) ON COMMIT DROP;
+             INSERT INTO switchyard_default_check VALUES (1);
+             ALTER TABLE switchyard_default_check ADD COLUMN c {ty} DEFAULT ({default})"
+        ))
+        .await?;
+        tx.query_one(
+            "SELECT atthasmissing FROM pg_attribute
+             WHERE attrelid = 'switchyard_default_check'::regclass AND attname = 'c'",
+            &[],
+        )
+        .await
+        .map(|r| r.get::<_, bool>(0))
+    }
+    .await;
+    let _ = tx.rollback().await;
+    match tried {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!(
+            "{default} is volatile (or NULL): adding the column with it would rewrite the table"
+        )),
+        Err(e) => Err(msg(e)),
+    }
 }
 
 /// The type name as `format_type` prints it (typmod included), so that

@@ -284,8 +284,13 @@ impl Engine {
                 let mut ddl = crate::jobs::connect(&self.url).await?;
                 let mut reports = Vec::new();
                 for p in &pairs {
+                    let default = p
+                        .default
+                        .as_ref()
+                        .map(|d| format!(" DEFAULT ({d})"))
+                        .unwrap_or_default();
                     let sql = format!(
-                        "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {} NULL",
+                        "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {} NULL{default}",
                         switchyard_rules::ident::quote(&p.new),
                         p.new_type
                     );

@@ -376,17 +376,42 @@ fn qualify(expr: &str, column: &str, alias: &str) -> String {
     }
 }
 
-/// Next chunk size: aim at the target time, grow at most ×1.5, cut hard
-/// when a chunk took five times the target, within [100, 100 000].
+/// Chunk sizing from recent chunks: aim the p90 of their time per row at
+/// the target, grow at most ×1.5, cut hard (÷4) when the last chunk took
+/// five times the target, within [100, 100 000].
+#[derive(Debug, Clone, Default)]
+pub struct ChunkSizer {
+    /// Seconds per row of the last chunks, oldest first.
+    recent: std::collections::VecDeque<f64>,
+}
+
+impl ChunkSizer {
+    const WINDOW: usize = 10;
+
+    /// The size after a chunk of `size` rows took `took`.
+    pub fn next(&mut self, size: u64, took: Duration, target: Duration) -> u64 {
+        let took = took.as_secs_f64().max(0.000_1);
+        let target = target.as_secs_f64();
+        if self.recent.len() == Self::WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(took / size.max(1) as f64);
+        let next = if took > 5.0 * target {
+            self.recent.clear();
+            size as f64 / 4.0
+        } else {
+            let mut per_row: Vec<f64> = self.recent.iter().copied().collect();
+            per_row.sort_by(|a, b| a.total_cmp(b));
+            let p90 = per_row[(per_row.len() * 9 / 10).min(per_row.len() - 1)];
+            (target / p90).min(size as f64 * 1.5)
+        };
+        (next as u64).clamp(100, 100_000)
+    }
+}
+
+/// Next chunk size from the last chunk alone (see [`ChunkSizer`]).
 pub fn next_chunk(size: u64, took: Duration, target: Duration) -> u64 {
-    let took = took.as_secs_f64().max(0.000_1);
-    let target = target.as_secs_f64();
-    let next = if took > 5.0 * target {
-        size as f64 / 4.0
-    } else {
-        (size as f64 * target / took).min(size as f64 * 1.5)
-    };
-    (next as u64).clamp(100, 100_000)
+    ChunkSizer::default().next(size, took, target)
 }
 
 /// Runs the backfill from the stored checkpoint to the end of the table.
@@ -426,6 +451,7 @@ pub async fn backfill(
     let started = Instant::now();
     let done_at_start = progress.rows_done;
     let chunk_sql = chunk_sql(t);
+    let mut sizer = ChunkSizer::default();
     loop {
         // Operator controls, read before every chunk.
         let settings = live();
@@ -494,7 +520,7 @@ pub async fn backfill(
         last = Some(max_key);
 
         let took = chunk_started.elapsed();
-        progress.chunk_rows = next_chunk(progress.chunk_rows, took, target_chunk);
+        progress.chunk_rows = sizer.next(progress.chunk_rows, took, target_chunk);
         let elapsed = started.elapsed().as_secs_f64().max(0.001);
         progress.rows_per_second = (progress.rows_done - done_at_start) as f64 / elapsed;
         progress.eta_seconds = (progress.rows_per_second > 0.0).then(|| {
@@ -582,6 +608,13 @@ mod tests {
             next_chunk(100_000, Duration::from_millis(1), target),
             100_000
         );
+        // One fast chunk among slow ones does not make the next one big:
+        // the p90 of recent chunks decides.
+        let mut sizer = ChunkSizer::default();
+        for _ in 0..5 {
+            assert_eq!(sizer.next(1000, Duration::from_millis(100), target), 1000);
+        }
+        assert_eq!(sizer.next(1000, Duration::from_millis(10), target), 1000);
     }
 
     #[test]

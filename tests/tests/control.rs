@@ -58,9 +58,19 @@ fn spec() -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_expand_dual_write_gates_and_revert() {
     let (_cluster, proxy, direct) = setup().await;
-    let (status, created) = call(&proxy, "POST", "/v1/migrations", Some(spec())).await;
+    let mut with_default = spec();
+    with_default["columns"][0]["default"] = json!("'unknown'");
+    let (status, created) = call(&proxy, "POST", "/v1/migrations", Some(with_default)).await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["phase"], "planned");
+    let file_before: u32 = direct
+        .query_one(
+            "select relfilenode::int8::int4 from pg_class where relname = 'users'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i32>(0) as u32;
     let (status, _) = call(&proxy, "POST", "/v1/migrations", Some(spec())).await;
     assert_eq!(status, 409, "a second migration of the same column");
 
@@ -77,6 +87,19 @@ async fn create_expand_dual_write_gates_and_revert() {
     assert_eq!(row.get::<_, String>(0), "character varying");
     assert_eq!(row.get::<_, Option<i32>>(1), Some(320));
     assert_eq!(row.get::<_, String>(2), "YES");
+    // The default came with the column, and the table was not rewritten.
+    let (default, file_after): (Option<String>, i32) = direct
+        .query_one(
+            "select (select column_default::text from information_schema.columns
+                     where table_name = 'users' and column_name = 'email_address'),
+                    (select relfilenode::int8::int4 from pg_class where relname = 'users')",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(default.as_deref(), Some("'unknown'::character varying"));
+    assert_eq!(file_after as u32, file_before, "no table rewrite");
 
     let (status, body) = call(
         &proxy,
@@ -181,6 +204,18 @@ async fn errors_and_auth() {
         .as_str()
         .unwrap()
         .contains("invalid migration spec"));
+    // A default must be non-volatile (a volatile one would rewrite the table).
+    let mut volatile = spec();
+    volatile["columns"][0]["default"] = json!("random()::text");
+    let (status, body) = call(&proxy, "POST", "/v1/migrations", Some(volatile)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("columns[0].default"),
+        "{body}"
+    );
     let mut bad = spec();
     bad["columns"][0]["legacy"] = json!("mail");
     let (status, body) = call(&proxy, "POST", "/v1/migrations", Some(bad)).await;

@@ -667,6 +667,7 @@ async fn a_table_without_a_key_is_walked_by_tid_range_scans() {
         backward: "level_big::integer".into(),
         not_null: false,
         legacy_position: 1,
+        default: None,
     };
     let target = switchyard_control::jobs::Target {
         migration: "m".into(),

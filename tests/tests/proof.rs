@@ -34,6 +34,11 @@ fn seed_rows() -> i64 {
         .unwrap_or(30_000)
 }
 
+/// The first id the test's clients own: above every seed row.
+fn owned(offset: i32) -> i32 {
+    seed_rows() as i32 + 1_000_000 + offset
+}
+
 /// Load runs at least this long in each phase (`SWITCHYARD_PROOF_PHASE_SECONDS`).
 fn phase_time() -> Duration {
     Duration::from_secs(
@@ -156,7 +161,7 @@ fn java_client(cluster: &Cluster, port: u16) -> External {
             .arg(format!("{jar}:{}", dir.display()))
             .arg("ProofClient")
             .arg(url)
-            .arg("3000000"),
+            .arg(owned(2_000_000).to_string()),
     )
 }
 
@@ -180,7 +185,7 @@ async fn flip_with_burst(serve: &ServeProcess, db: &Client) {
             barrier.wait().await;
             let mut after = Vec::new();
             for n in 0..25 {
-                let id = 4_000_000 + w * 100 + n;
+                let id = owned(3_000_000) + w * 100 + n;
                 let started = Instant::now();
                 c.execute(&insert, &[&id, &n]).await?;
                 if flipped.get().is_some_and(|f| *f <= started) {
@@ -218,6 +223,7 @@ async fn flip_with_burst(serve: &ServeProcess, db: &Client) {
 /// A client that sends Parse/Bind/Execute of a write and disconnects
 /// before Sync: nothing is committed and nobody else notices.
 async fn disconnect_mid_pipeline(serve: &ServeProcess, db: &Client) {
+    let dropped = owned(4_000_000);
     let (mut raw, _) = RawConn::login(serve.addr.port(), "trust_user", 0, &[])
         .await
         .unwrap();
@@ -245,7 +251,7 @@ async fn disconnect_mid_pipeline(serve: &ServeProcess, db: &Client) {
     loop {
         let left: i64 = db
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%5000000, 1, ''dropped''%' AND pid <> pg_backend_pid()",
+                &format!("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{dropped}, 1, ''dropped''%' AND pid <> pg_backend_pid()"),
                 &[],
             )
             .await
@@ -258,7 +264,7 @@ async fn disconnect_mid_pipeline(serve: &ServeProcess, db: &Client) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let written: i64 = db
-        .query_one("SELECT count(*) FROM items WHERE id = 5000000", &[])
+        .query_one("SELECT count(*) FROM items WHERE id = $1", &[&dropped])
         .await
         .unwrap()
         .get(0);
@@ -296,7 +302,7 @@ async fn a_migration_under_load_survives_every_fault() {
     let port = serve.addr.port();
     let conn =
         format!("host=127.0.0.1 port={port} user=trust_user dbname=postgres sslmode=disable");
-    let load = Load::start(&conn, 4, 1_000_000);
+    let load = Load::start(&conn, 4, owned(0));
     let mut since = Instant::now();
     let started = Instant::now();
     let python = switchyard_tests::tools::python().unwrap();
@@ -308,7 +314,7 @@ async fn a_migration_under_load_survives_every_fault() {
                 "/clients/proof_psycopg.py"
             ))
             .arg(port.to_string())
-            .arg("2000000"),
+            .arg(owned(1_000_000).to_string()),
     );
     let java = java_client(&cluster, port);
 

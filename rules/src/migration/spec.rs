@@ -26,6 +26,10 @@ pub struct ColumnSpec {
     /// Set NOT NULL on the new column at contract.
     #[serde(default)]
     pub not_null: bool,
+    /// A default for the new column, added with it at expand; it must be
+    /// non-volatile, so that the table is never rewritten.
+    #[serde(default)]
+    pub default: Option<String>,
 }
 
 /// Backfill throttle settings.
