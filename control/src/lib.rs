@@ -3,6 +3,7 @@
 //! log) and its state in the database's `switchyard` schema.
 
 pub mod catalog;
+pub mod chunks;
 mod contract;
 pub mod ddl;
 pub mod dependencies;
@@ -18,6 +19,7 @@ pub mod operator;
 mod publication;
 mod rollback;
 pub mod store;
+pub mod throttle;
 
 pub use engine::{Engine, RulesSink};
 pub use error::ControlError;

@@ -53,7 +53,7 @@ impl Engine {
             target_chunk: Duration::from_millis(m.spec.backfill.target_chunk_ms),
             max_rows_per_second: m.spec.backfill.max_rows_per_second,
             lock_timeout: Duration::from_millis(m.spec.backfill.lock_timeout_ms),
-            limits: jobs::Limits {
+            limits: crate::throttle::Limits {
                 max_replica_lag_ms: m.spec.backfill.max_replica_lag_ms,
                 max_active_sessions: m.spec.backfill.max_active_sessions,
             },

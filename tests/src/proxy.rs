@@ -30,6 +30,18 @@ pub struct TestProxyOptions {
     pub control_token: Option<String>,
 }
 
+impl TestProxyOptions {
+    /// The control plane on database `postgres` as `trust_user`, behind
+    /// bearer `token`.
+    pub fn control(token: &str) -> Self {
+        TestProxyOptions {
+            control_database: Some(("trust_user".into(), "postgres".into())),
+            control_token: Some(token.into()),
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for TestProxyOptions {
     fn default() -> Self {
         TestProxyOptions {

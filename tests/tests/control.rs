@@ -19,16 +19,9 @@ async fn setup() -> (Cluster, TestProxy, tokio_postgres::Client) {
         )
         .await
         .unwrap();
-    let proxy = TestProxy::start(
-        &cluster,
-        TestProxyOptions {
-            control_database: Some(("trust_user".into(), "postgres".into())),
-            control_token: Some(TOKEN.into()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let proxy = TestProxy::start(&cluster, TestProxyOptions::control(TOKEN))
+        .await
+        .unwrap();
     (cluster, proxy, direct)
 }
 
@@ -522,16 +515,9 @@ async fn backfill_resumes_from_its_checkpoint_after_a_restart() {
     assert!((2000..20100).contains(&at_stop), "checkpoint at {at_stop}");
 
     // A new serve resumes from the checkpoint (the throttle persisted too).
-    let proxy = TestProxy::start(
-        &cluster,
-        TestProxyOptions {
-            control_database: Some(("trust_user".into(), "postgres".into())),
-            control_token: Some(TOKEN.into()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let proxy = TestProxy::start(&cluster, TestProxyOptions::control(TOKEN))
+        .await
+        .unwrap();
     let fast = json!({"max_rows_per_second": null});
     assert_eq!(
         call(

@@ -22,16 +22,9 @@ async fn ctl_drives_a_migration_and_exits_non_zero_on_refusal() {
     cluster
         .psql_admin("create table accounts(id int primary key, status int); insert into accounts select g, g % 2 from generate_series(1, 1000) g")
         .unwrap();
-    let proxy = TestProxy::start(
-        &cluster,
-        TestProxyOptions {
-            control_database: Some(("trust_user".into(), "postgres".into())),
-            control_token: Some("t0ken".into()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let proxy = TestProxy::start(&cluster, TestProxyOptions::control("t0ken"))
+        .await
+        .unwrap();
     let spec = cluster.scratch().join("spec.toml");
     std::fs::write(
         &spec,

@@ -101,16 +101,9 @@ async fn a_million_rows_from_expand_to_complete() {
     ))
     .await
     .unwrap();
-    let proxy = TestProxy::start(
-        &cluster,
-        TestProxyOptions {
-            control_database: Some(("trust_user".into(), "postgres".into())),
-            control_token: Some(TOKEN.into()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let proxy = TestProxy::start(&cluster, TestProxyOptions::control(TOKEN))
+        .await
+        .unwrap();
     let spec = json!({"name": "htt-field", "table": "public.high_traffic_table",
         "columns": [{"legacy": "legacy_field", "new": "new_field", "type": "text",
                      "forward": "upper(legacy_field)", "backward": "new_field", "not_null": true}]});

@@ -16,16 +16,9 @@ async fn setup(ddl: &str) -> (Cluster, TestProxy, Client) {
         .await
         .unwrap();
     direct.batch_execute(ddl).await.unwrap();
-    let proxy = TestProxy::start(
-        &cluster,
-        TestProxyOptions {
-            control_database: Some(("trust_user".into(), "postgres".into())),
-            control_token: Some(TOKEN.into()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let proxy = TestProxy::start(&cluster, TestProxyOptions::control(TOKEN))
+        .await
+        .unwrap();
     (cluster, proxy, direct)
 }
 
@@ -728,16 +721,9 @@ async fn a_contract_interrupted_before_the_column_drop_is_finished_on_restart() 
     )
     .await
     .unwrap();
-    let proxy = TestProxy::start(
-        &cluster,
-        TestProxyOptions {
-            control_database: Some(("trust_user".into(), "postgres".into())),
-            control_token: Some(TOKEN.into()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let proxy = TestProxy::start(&cluster, TestProxyOptions::control(TOKEN))
+        .await
+        .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while columns(&db).await.len() != 1 {
         assert!(

@@ -1,0 +1,206 @@
+//! The SQL of one backfill or parity chunk: keyset ranges over the key
+//! (composite keys too) or, for a table without one, `ctid` page ranges.
+//! Pure text building; the jobs run it.
+
+use crate::catalog::Pair;
+use crate::jobs::{Direction, Target};
+
+/// The written column, its type, and the expression computing it from the
+/// source column.
+fn copy_of(p: &Pair, direction: Direction) -> (&str, &str, &str, &str) {
+    match direction {
+        Direction::Forward => (&p.new, &p.new_type, &p.forward, &p.legacy),
+        Direction::Backward => (&p.legacy, &p.legacy_type, &p.backward, &p.new),
+    }
+}
+
+fn set_clause(t: &Target) -> String {
+    t.pairs
+        .iter()
+        .map(|p| {
+            let (target, ty, expr, _) = copy_of(p, t.direction);
+            format!(
+                "{} = ({expr})::{ty}",
+                switchyard_rules::ident::quote(target)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn mismatch(t: &Target, alias: &str) -> String {
+    t.pairs
+        .iter()
+        .map(|p| {
+            let (target, ty, expr, source) = copy_of(p, t.direction);
+            let expr = qualify(expr, source, alias);
+            format!(
+                "{alias}.{} IS DISTINCT FROM ({expr})::{ty}",
+                switchyard_rules::ident::quote(target)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+/// `(k1, k2)` qualified by `alias`.
+fn key_row(t: &Target, alias: &str) -> String {
+    let cols: Vec<String> = t.key.iter().map(|k| format!("{alias}.{k}")).collect();
+    format!("({})", cols.join(", "))
+}
+
+/// `($1[1]::type1, $1[2]::type2)`: the checkpoint, a text array, typed.
+fn key_param(t: &Target) -> String {
+    let vals: Vec<String> = t
+        .key_types
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| format!("($1::text[])[{}]::{ty}", i + 1))
+        .collect();
+    format!("({})", vals.join(", "))
+}
+
+/// Keyset order over the key, ascending or descending.
+fn key_order(t: &Target, alias: &str, desc: bool) -> String {
+    let dir = if desc { " DESC" } else { "" };
+    t.key
+        .iter()
+        .map(|k| format!("{alias}.{k}{dir}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One backfill chunk: the next `$2` keys after checkpoint `$1` (a text
+/// array), updated where they differ; answers the last key, the rows
+/// visited and the rows changed.
+pub fn chunk_sql(t: &Target) -> String {
+    if t.key.is_empty() {
+        return ctid_chunk_sql(t);
+    }
+    let batch_cols: Vec<String> = t
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("s.{k} AS k{i}"))
+        .collect();
+    let join: Vec<String> = t
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("t.{k} = batch.k{i}"))
+        .collect();
+    let last: Vec<String> = (0..t.key.len()).map(|i| format!("k{i}::text")).collect();
+    let last_order: Vec<String> = (0..t.key.len()).map(|i| format!("k{i} DESC")).collect();
+    format!(
+        "WITH batch AS (SELECT {cols} FROM {table} AS s WHERE $1::text[] IS NULL OR {row} > {param} ORDER BY {order} LIMIT $2),
+              upd AS (UPDATE {table} AS t SET {set} FROM batch WHERE {join} AND ({mismatch}) RETURNING 1)
+         SELECT (SELECT ARRAY[{last}] FROM batch ORDER BY {last_order} LIMIT 1), (SELECT count(*) FROM batch), (SELECT count(*) FROM upd)",
+        cols = batch_cols.join(", "),
+        table = t.table,
+        row = key_row(t, "s"),
+        param = key_param(t),
+        order = key_order(t, "s", false),
+        set = set_clause(t),
+        join = join.join(" AND "),
+        mismatch = mismatch(t, "t"),
+        last = last.join(", "),
+        last_order = last_order.join(", "),
+    )
+}
+
+/// The page range of a chunk over a table without a key: from checkpoint
+/// `$1` (a one-element text array: the next page) for about `$2` rows'
+/// worth of pages. The bounds are scalar subqueries so that PostgreSQL
+/// (14+) runs a TID range scan, never a sequential one.
+fn ctid_range(t: &Target) -> String {
+    let table = t.table.replace('\'', "''");
+    format!(
+        "r AS (SELECT coalesce(($1::text[])[1]::bigint, 0) AS lo,
+                      greatest(1, $2::bigint / greatest(1, (SELECT (reltuples / greatest(relpages, 1))::bigint
+                                                            FROM pg_class WHERE oid = '{table}'::regclass))) AS pages,
+                      pg_relation_size('{table}'::regclass) / current_setting('block_size')::bigint AS relpages),
+         b AS (SELECT lo, pages, relpages, format('(%s,0)', lo)::tid AS lo_tid,
+                      format('(%s,0)', lo + pages)::tid AS hi_tid FROM r)"
+    )
+}
+
+/// [`chunk_sql`] for a table without a key: a page range by `ctid`. The
+/// checkpoint is the next page; rows an update moved behind it are already
+/// in step, and rows it moved ahead are skipped by the mismatch filter.
+fn ctid_chunk_sql(t: &Target) -> String {
+    format!(
+        "WITH {range},
+              upd AS (UPDATE {table} AS t SET {set}
+                      WHERE t.ctid >= (SELECT lo_tid FROM b) AND t.ctid < (SELECT hi_tid FROM b)
+                        AND ({mismatch}) RETURNING 1)
+         SELECT CASE WHEN (SELECT lo FROM b) < (SELECT relpages FROM b)
+                     THEN ARRAY[(SELECT lo + pages FROM b)::text] END,
+                (SELECT count(*) FROM {table} AS s
+                 WHERE s.ctid >= (SELECT lo_tid FROM b) AND s.ctid < (SELECT hi_tid FROM b)),
+                (SELECT count(*) FROM upd)",
+        range = ctid_range(t),
+        table = t.table,
+        set = set_clause(t),
+        mismatch = mismatch(t, "t"),
+    )
+}
+
+/// [`verify_sql`] for a table without a key; sample keys are `ctid`s.
+fn ctid_verify_sql(t: &Target) -> String {
+    format!(
+        "WITH {range},
+              c AS (SELECT t.ctid::text AS k, ({mismatch}) AS bad FROM {table} AS t
+                    WHERE t.ctid >= (SELECT lo_tid FROM b) AND t.ctid < (SELECT hi_tid FROM b))
+         SELECT CASE WHEN (SELECT lo FROM b) < (SELECT relpages FROM b)
+                     THEN ARRAY[(SELECT lo + pages FROM b)::text] END,
+                (SELECT count(*) FROM c), (SELECT count(*) FROM c WHERE bad),
+                (SELECT array_agg(k) FROM (SELECT k FROM c WHERE bad LIMIT 5) s)",
+        range = ctid_range(t),
+        table = t.table,
+        mismatch = mismatch(t, "t"),
+    )
+}
+
+/// One parity chunk: the last key, rows seen, mismatches and up to five
+/// sample keys.
+pub fn verify_sql(t: &Target) -> String {
+    if t.key.is_empty() {
+        return ctid_verify_sql(t);
+    }
+    let key_text: Vec<String> = t.key.iter().map(|k| format!("t.{k}::text")).collect();
+    format!(
+        "WITH c AS (SELECT ARRAY[{key_text}] AS k, row_number() OVER (ORDER BY {order}) AS n, ({mismatch}) AS bad
+                    FROM (SELECT * FROM {table} AS t WHERE $1::text[] IS NULL OR {row} > {param}
+                          ORDER BY {order} LIMIT $2) AS t)
+         SELECT (SELECT k FROM c ORDER BY n DESC LIMIT 1), (SELECT count(*) FROM c),
+                (SELECT count(*) FROM c WHERE bad),
+                (SELECT array_agg(array_to_string(k, ',')) FROM (SELECT k FROM c WHERE bad ORDER BY n LIMIT 5) s)",
+        key_text = key_text.join(", "),
+        mismatch = mismatch(t, "t"),
+        table = t.table,
+        row = key_row(t, "t"),
+        param = key_param(t),
+        order = key_order(t, "t", false),
+    )
+}
+
+/// `forward` with its legacy column qualified by `alias`.
+fn qualify(expr: &str, column: &str, alias: &str) -> String {
+    match switchyard_rules::template::Template::compile(expr, column) {
+        Ok(t) => t.fill(&format!(
+            "{alias}.{}",
+            switchyard_rules::ident::quote(column)
+        )),
+        Err(_) => expr.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mismatch_predicates_qualify_the_legacy_column() {
+        assert_eq!(qualify("lower(email)", "email", "t"), "(lower((t.email)))");
+    }
+}
