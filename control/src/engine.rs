@@ -185,16 +185,6 @@ impl Engine {
             .acknowledgement_lag
             .set(version.saturating_sub(acknowledged) as i64);
         let instances = self.instances().await?;
-        for i in &instances {
-            let lag = version.saturating_sub(i["acknowledged_version"].as_u64().unwrap_or(0));
-            let label = crate::metrics::InstanceLabel {
-                instance: i["id"].as_str().unwrap_or_default().to_owned(),
-            };
-            self.metrics
-                .instance_acknowledgement_lag
-                .get_or_create(&label)
-                .set(lag as i64);
-        }
         Ok(json!({
             "rules_version": version,
             "instance": self.instance.id,

@@ -185,6 +185,7 @@ impl Engine {
                 if poll.elapsed() >= POLL {
                     poll = Instant::now();
                     self.sync().await?;
+                    self.instances().await?;
                     if !self.holder.load(Ordering::SeqCst) {
                         self.try_hold(&s.client).await?;
                     } else {
@@ -300,7 +301,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Every instance, with its acknowledgement and whether it is live.
+    /// Every instance, with its acknowledgement and whether it is live; also
+    /// refreshes the per-instance acknowledgement-lag metric.
     pub(crate) async fn instances(&self) -> Result<Vec<Value>, ControlError> {
         let client = self.db().await?;
         let rows = client
@@ -312,6 +314,7 @@ impl Engine {
                 &[&STALE_AFTER.as_secs_f64()],
             )
             .await?;
+        let version = self.installed_version();
         Ok(rows
             .iter()
             .map(|r| {
@@ -322,6 +325,13 @@ impl Engine {
                 } else {
                     r.get(1)
                 };
+                let label = crate::metrics::InstanceLabel {
+                    instance: id.clone(),
+                };
+                self.metrics
+                    .instance_acknowledgement_lag
+                    .get_or_create(&label)
+                    .set((version as i64 - acknowledged).max(0));
                 json!({
                     "id": id,
                     "acknowledged_version": acknowledged,

@@ -44,8 +44,8 @@ pub struct ControlMetrics {
     pub parity_mismatches: Family<MigrationLabel, Gauge>,
     /// DDL tries beyond the first.
     pub ddl_retries: Counter,
-    /// Published minus acknowledged rules version, per instance (as of the
-    /// last `GET /v1/status`).
+    /// Published minus acknowledged rules version, per instance (refreshed
+    /// every second by the fleet upkeep).
     pub instance_acknowledgement_lag: Family<InstanceLabel, Gauge>,
 }
 

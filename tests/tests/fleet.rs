@@ -70,6 +70,17 @@ async fn two_instances_share_flips_and_the_job_survives_its_holder() {
     let b = ServeProcess::start(&cluster, TOKEN).await.unwrap();
     let status = wait_until(b.control_addr, "/v1/status", |s| all_acknowledged(s, 2)).await;
     assert_eq!(status["instances"].as_array().unwrap().len(), 2, "{status}");
+    // Each instance exports the acknowledgement lag of every instance.
+    let (_, metrics) = switchyard_tests::tools::http_get(b.control_addr, "/metrics")
+        .await
+        .unwrap();
+    for i in status["instances"].as_array().unwrap() {
+        let line = format!(
+            "switchyard_control_instance_acknowledgement_lag{{instance=\"{}\"}}",
+            i["id"].as_str().unwrap()
+        );
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
 
     let spec = json!({"name": "users-email", "table": "public.users",
         "columns": [{"legacy": "email", "new": "email_address", "forward": "lower(email)"}]});
