@@ -420,18 +420,23 @@ pub(crate) fn legacy_incomplete(m: &StoredMigration) -> bool {
         .unwrap_or(false)
 }
 
+/// The routing `m` publishes: its phase's, with reads on the legacy column
+/// after a revert; `None` once completed.
+pub(crate) fn routing(m: &StoredMigration) -> Option<switchyard_rules::Routing> {
+    let mut r = m.phase.routing()?;
+    if m.state
+        .get("reverted")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
+        r.reads = ReadRoute::Legacy;
+    }
+    Some(r)
+}
+
 fn routing_of(m: &StoredMigration) -> Value {
-    match m.phase.routing() {
-        Some(mut r) => {
-            if m.state
-                .get("reverted")
-                .and_then(Value::as_bool)
-                .unwrap_or(false)
-            {
-                r.reads = ReadRoute::Legacy;
-            }
-            json!({"reads": r.reads, "writes": r.writes})
-        }
+    match routing(m) {
+        Some(r) => json!({"reads": r.reads, "writes": r.writes}),
         None => Value::Null,
     }
 }

@@ -156,12 +156,7 @@ impl Engine {
                 // operator issues the verb again.
                 let state = json!({"running_job": null, "job": failed});
                 if let Ok(client) = engine.db().await {
-                    let _ = client
-                        .execute(
-                            "UPDATE switchyard.migrations SET state = state || $2 WHERE name = $1",
-                            &[&m.name, &state],
-                        )
-                        .await;
+                    let _ = store::merge_state(&client, &m.name, &state).await;
                 }
             }
         });
@@ -216,12 +211,7 @@ impl Engine {
         };
         let client = self.db().await?;
         let state = json!({"running_job": null, "job": cancelled});
-        client
-            .execute(
-                "UPDATE switchyard.migrations SET state = state || $2 WHERE name = $1",
-                &[&name, &state],
-            )
-            .await?;
+        store::merge_state(&client, name, &state).await?;
         client
             .execute("SELECT pg_notify($1, $2)", &[&JOBS_CHANNEL, &name])
             .await?;

@@ -66,16 +66,9 @@ impl Engine {
         let all = store::list(client).await?;
         let mut tables: Vec<TableRules> = Vec::new();
         for m in &all {
-            let Some(mut routing) = m.phase.routing() else {
+            let Some(routing) = crate::engine::routing(m) else {
                 continue;
             };
-            if m.state
-                .get("reverted")
-                .and_then(Value::as_bool)
-                .unwrap_or(false)
-            {
-                routing.reads = ReadRoute::Legacy;
-            }
             let table = QualifiedName::parse(&m.spec.table)
                 .ok_or_else(|| ControlError::Internal("stored table".into()))?;
             let facts = catalog::table_facts(client, &table).await?;

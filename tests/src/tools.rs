@@ -102,6 +102,21 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<
     raw_http(addr, "GET", path, "", None).await
 }
 
+/// A control API call with an optional JSON body and a bearer token;
+/// transport errors panic (the test fails there).
+pub async fn api(
+    addr: std::net::SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let body = body.map(|b| b.to_string());
+    http(addr, method, path, body.as_deref(), Some(token))
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
 /// A minimal HTTP/1.1 request with an optional JSON body and bearer token;
 /// returns the status and the parsed JSON body (`null` if not JSON).
 pub async fn http(

@@ -2,7 +2,7 @@
 //! expand, dual-write, gates, force, revert, audit, auth and errors.
 
 use serde_json::{json, Value};
-use switchyard_tests::tools::http;
+use switchyard_tests::tools::{api, http};
 use switchyard_tests::{Cluster, TestProxy, TestProxyOptions};
 
 const TOKEN: &str = "s3cret-token";
@@ -26,16 +26,7 @@ async fn setup() -> (Cluster, TestProxy, tokio_postgres::Client) {
 }
 
 async fn call(proxy: &TestProxy, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let body = body.map(|b| b.to_string());
-    http(
-        proxy.control_addr,
-        method,
-        path,
-        body.as_deref(),
-        Some(TOKEN),
-    )
-    .await
-    .unwrap()
+    api(proxy.control_addr, TOKEN, method, path, body).await
 }
 
 fn spec() -> Value {

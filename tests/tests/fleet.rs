@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use switchyard_tests::process::ServeProcess;
-use switchyard_tests::tools::http;
+use switchyard_tests::tools::api;
 use switchyard_tests::Cluster;
 
 const TOKEN: &str = "fleet-token";
@@ -18,10 +18,7 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let body = body.map(|b| b.to_string());
-    http(addr, method, path, body.as_deref(), Some(TOKEN))
-        .await
-        .unwrap()
+    api(addr, TOKEN, method, path, body).await
 }
 
 /// Polls `path` on `addr` until `done` holds.

@@ -3,7 +3,7 @@
 //! (`information_schema.columns`), constraints and indexes.
 
 use serde_json::{json, Value};
-use switchyard_tests::tools::http;
+use switchyard_tests::tools::{api, http};
 use switchyard_tests::{Cluster, TestProxy, TestProxyOptions};
 use tokio_postgres::Client;
 
@@ -11,9 +11,7 @@ const TOKEN: &str = "million";
 const ROWS: i64 = 1_000_000;
 
 async fn call(proxy: &TestProxy, method: &str, path: &str) -> (u16, Value) {
-    http(proxy.control_addr, method, path, None, Some(TOKEN))
-        .await
-        .unwrap()
+    api(proxy.control_addr, TOKEN, method, path, None).await
 }
 
 /// The guide's integrity check: (column, nullable, type) of both columns.

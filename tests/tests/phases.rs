@@ -4,7 +4,7 @@
 //! check before contract, and backfills over composite and unique keys.
 
 use serde_json::{json, Value};
-use switchyard_tests::tools::http;
+use switchyard_tests::tools::{api, http};
 use switchyard_tests::{Cluster, TestProxy, TestProxyOptions};
 use tokio_postgres::Client;
 
@@ -23,16 +23,7 @@ async fn setup(ddl: &str) -> (Cluster, TestProxy, Client) {
 }
 
 async fn call(proxy: &TestProxy, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let body = body.map(|b| b.to_string());
-    http(
-        proxy.control_addr,
-        method,
-        path,
-        body.as_deref(),
-        Some(TOKEN),
-    )
-    .await
-    .unwrap()
+    api(proxy.control_addr, TOKEN, method, path, body).await
 }
 
 /// Posts `verb`, asserts the status, and for a job waits until it is done.
@@ -57,6 +48,15 @@ async fn step(proxy: &TestProxy, name: &str, verb: &str, status: u16) -> Value {
         assert_ne!(d["job"]["state"], "failed", "{d}");
         assert!(std::time::Instant::now() < deadline, "timed out: {d}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Creates the users migration `m` and walks it through `steps`.
+async fn create_and_walk(proxy: &TestProxy, m: &str, steps: &[(&str, u16)]) {
+    let (status, body) = call(proxy, "POST", "/v1/migrations", Some(users_spec())).await;
+    assert_eq!(status, 201, "{body}");
+    for (verb, status) in steps {
+        step(proxy, m, verb, *status).await;
     }
 }
 
@@ -464,22 +464,19 @@ async fn throttles_hold_the_backfill_and_say_why() {
 async fn a_blocker_during_contract_is_retried_listed_and_terminated() {
     let (cluster, proxy, db) = setup(USERS).await;
     let m = "users-email";
-    assert_eq!(
-        call(&proxy, "POST", "/v1/migrations", Some(users_spec()))
-            .await
-            .0,
-        201
-    );
-    for (verb, status) in [
-        ("expand", 200),
-        ("dual-write", 200),
-        ("backfill", 202),
-        ("verify", 202),
-        ("switch-reads", 200),
-        ("verify", 202),
-    ] {
-        step(&proxy, m, verb, status).await;
-    }
+    create_and_walk(
+        &proxy,
+        m,
+        &[
+            ("expand", 200),
+            ("dual-write", 200),
+            ("backfill", 202),
+            ("verify", 202),
+            ("switch-reads", 200),
+            ("verify", 202),
+        ],
+    )
+    .await;
 
     // An application keeps reading and writing through the proxy and
     // records its slowest statement.
@@ -601,20 +598,17 @@ async fn a_blocker_during_contract_is_retried_listed_and_terminated() {
 async fn unrewritten_writes_close_the_gate_until_another_pass() {
     let (_cluster, proxy, db) = setup(USERS).await;
     let m = "users-email";
-    assert_eq!(
-        call(&proxy, "POST", "/v1/migrations", Some(users_spec()))
-            .await
-            .0,
-        201
-    );
-    for (verb, status) in [
-        ("expand", 200),
-        ("dual-write", 200),
-        ("backfill", 202),
-        ("verify", 202),
-    ] {
-        step(&proxy, m, verb, status).await;
-    }
+    create_and_walk(
+        &proxy,
+        m,
+        &[
+            ("expand", 200),
+            ("dual-write", 200),
+            ("backfill", 202),
+            ("verify", 202),
+        ],
+    )
+    .await;
     // A MERGE is not rewritten: before the read switch it is forwarded,
     // and its row is left out of step.
     let app = proxy.connect("trust_user").await.unwrap();
@@ -696,22 +690,19 @@ async fn a_table_without_a_key_is_walked_by_tid_range_scans() {
 async fn a_contract_interrupted_before_the_column_drop_is_finished_on_restart() {
     let (cluster, proxy, db) = setup(USERS).await;
     let m = "users-email";
-    assert_eq!(
-        call(&proxy, "POST", "/v1/migrations", Some(users_spec()))
-            .await
-            .0,
-        201
-    );
-    for (verb, status) in [
-        ("expand", 200),
-        ("dual-write", 200),
-        ("backfill", 202),
-        ("verify", 202),
-        ("switch-reads", 200),
-        ("verify", 202),
-    ] {
-        step(&proxy, m, verb, status).await;
-    }
+    create_and_walk(
+        &proxy,
+        m,
+        &[
+            ("expand", 200),
+            ("dual-write", 200),
+            ("backfill", 202),
+            ("verify", 202),
+            ("switch-reads", 200),
+            ("verify", 202),
+        ],
+    )
+    .await;
     // The state a crash leaves between routing to the new column only and
     // dropping the legacy one: phase `contracted`, legacy column present.
     proxy.shutdown().await;

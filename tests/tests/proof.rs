@@ -52,10 +52,7 @@ const NAME: &str = "items-qty";
 const LOCK_TIMEOUT_MS: u64 = 100;
 
 async fn api(s: &ServeProcess, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let body = body.map(|b| b.to_string());
-    http(s.control_addr, method, path, body.as_deref(), Some(TOKEN))
-        .await
-        .unwrap()
+    switchyard_tests::tools::api(s.control_addr, TOKEN, method, path, body).await
 }
 
 async fn detail(s: &ServeProcess) -> Value {

@@ -159,6 +159,17 @@ pub async fn set_phase(
     Ok(())
 }
 
+/// Merges `state` into the migration's state, whatever its phase.
+pub async fn merge_state(client: &Client, name: &str, state: &Value) -> Result<(), ControlError> {
+    client
+        .execute(
+            "UPDATE switchyard.migrations SET state = state || $2 WHERE name = $1",
+            &[&name, state],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Appends to the audit log.
 pub async fn record(client: &Client, event: Event<'_>) -> Result<(), ControlError> {
     client
