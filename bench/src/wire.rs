@@ -42,13 +42,23 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         upstream_tls: switchyard::tls::UpstreamTlsMode::Disable,
         ..ProxyConfig::default()
     };
+    // The same two proxies again, reaching the server through its Unix
+    // socket, as a proxy on the database host would.
+    let unix_config = ProxyConfig {
+        upstream: cluster.socket_path().display().to_string(),
+        ..config.clone()
+    };
     let app = runtime.block_on(App::start(config))?;
+    let unix_app = runtime.block_on(App::start(unix_config))?;
     let bouncer = switchyard_tests::pgbouncer::PgBouncer::start(&cluster)?;
+    let unix_bouncer = switchyard_tests::pgbouncer::PgBouncer::start_unix(&cluster)?;
 
     let paths = [
         ("direct", cluster.port),
         ("switchyard", app.proxy_addr.port()),
         ("pgbouncer", bouncer.port),
+        ("switchyard-unix", unix_app.proxy_addr.port()),
+        ("pgbouncer-unix", unix_bouncer.port),
     ];
     let cells: Vec<(&str, u32)> = vec![
         ("simple", 1),
@@ -95,7 +105,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             &table,
             "direct",
             "pgbouncer",
-            &["direct", "switchyard", "pgbouncer"]
+            &[
+                "direct",
+                "switchyard",
+                "pgbouncer",
+                "switchyard-unix",
+                "pgbouncer-unix"
+            ]
         )
     );
     if let Some(dir) = Path::new(&options.out).parent() {
@@ -107,8 +123,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     )?;
     eprintln!("raw numbers written to {}", options.out);
     drop(bouncer);
+    drop(unix_bouncer);
     runtime.block_on(async {
         let _ = tokio::time::timeout(Duration::from_secs(5), app.shutdown()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), unix_app.shutdown()).await;
     });
     Ok(())
 }

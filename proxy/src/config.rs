@@ -16,7 +16,7 @@ pub struct ServeArgs {
     /// Where applications connect (PostgreSQL wire protocol) [default: 127.0.0.1:6432].
     #[arg(long)]
     pub listen: Option<String>,
-    /// The PostgreSQL server, HOST:PORT [default: 127.0.0.1:5432].
+    /// The PostgreSQL server: HOST:PORT, or the path of its Unix socket (file or directory) [default: 127.0.0.1:5432].
     #[arg(long)]
     pub upstream: Option<String>,
     /// TLS to the server: disable, prefer, require, verify-full [default: prefer].
@@ -78,7 +78,7 @@ struct FileConfig {
 pub struct ProxyConfig {
     /// Application listen address.
     pub listen: String,
-    /// Upstream `host:port`.
+    /// Upstream `host:port`, or an absolute Unix socket path.
     pub upstream: String,
     /// Upstream TLS mode.
     pub upstream_tls: UpstreamTlsMode,
@@ -173,17 +173,20 @@ impl ProxyConfig {
         let secs = |flag: Option<u64>, file: Option<u64>, default: Duration| {
             flag.or(file).map(Duration::from_secs).unwrap_or(default)
         };
+        let upstream = args
+            .upstream
+            .clone()
+            .or(file.upstream)
+            .unwrap_or(d.upstream);
+        let upstream_tls = args
+            .upstream_tls
+            .or(file.upstream_tls)
+            .unwrap_or(d.upstream_tls);
+        let upstream = unix_socket(upstream, upstream_tls)?;
         Ok(ProxyConfig {
             listen: args.listen.clone().or(file.listen).unwrap_or(d.listen),
-            upstream: args
-                .upstream
-                .clone()
-                .or(file.upstream)
-                .unwrap_or(d.upstream),
-            upstream_tls: args
-                .upstream_tls
-                .or(file.upstream_tls)
-                .unwrap_or(d.upstream_tls),
+            upstream,
+            upstream_tls,
             upstream_ca: args.upstream_ca.clone().or(file.upstream_ca),
             tls,
             control_listen: args
@@ -215,6 +218,11 @@ impl ProxyConfig {
         })
     }
 
+    /// Whether the upstream is a Unix socket on this host.
+    pub fn upstream_is_unix(&self) -> bool {
+        self.upstream.starts_with('/')
+    }
+
     /// The upstream host name (for TLS verification).
     pub fn upstream_host(&self) -> &str {
         match self.upstream.rsplit_once(':') {
@@ -222,6 +230,24 @@ impl ProxyConfig {
             None => &self.upstream,
         }
     }
+}
+
+/// Checks a Unix-socket upstream: PostgreSQL offers no TLS on one, and a
+/// directory means its default socket file, as libpq reads `host=/dir`.
+fn unix_socket(upstream: String, tls: UpstreamTlsMode) -> Result<String, ConfigError> {
+    if !upstream.starts_with('/') {
+        return Ok(upstream);
+    }
+    if matches!(tls, UpstreamTlsMode::Require | UpstreamTlsMode::VerifyFull) {
+        return Err(ConfigError::Invalid(format!(
+            "upstream {upstream} is a Unix socket, which carries no TLS; use --upstream-tls disable or prefer"
+        )));
+    }
+    let path = std::path::Path::new(&upstream);
+    if path.is_dir() {
+        return Ok(path.join(".s.PGSQL.5432").display().to_string());
+    }
+    Ok(upstream)
 }
 
 #[cfg(test)]
@@ -250,6 +276,21 @@ mod tests {
         assert_eq!(c.upstream_tls, UpstreamTlsMode::VerifyFull);
         assert_eq!(c.control_listen, "127.0.0.1:7432");
         assert_eq!(c.control_token.as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn a_unix_socket_upstream_refuses_tls_and_reads_a_directory_as_libpq_does() {
+        let dir = std::env::temp_dir();
+        let args = |tls| ServeArgs {
+            upstream: Some(dir.display().to_string()),
+            upstream_tls: Some(tls),
+            ..Default::default()
+        };
+        let c = ProxyConfig::resolve(&args(UpstreamTlsMode::Prefer), None).unwrap();
+        assert!(c.upstream_is_unix());
+        assert_eq!(c.upstream, dir.join(".s.PGSQL.5432").display().to_string());
+        let err = ProxyConfig::resolve(&args(UpstreamTlsMode::VerifyFull), None).unwrap_err();
+        assert!(err.to_string().contains("carries no TLS"), "{err}");
     }
 
     #[test]

@@ -100,8 +100,10 @@ impl Cluster {
             .map_err(err)?;
         use std::io::Write;
         writeln!(f, "\n{}", conf.join("\n")).map_err(err)?;
-        let mut hba = vec!["local all all trust".to_string()];
-        hba.extend(options.hba);
+        // Options first, so that a `local` line for one user beats the
+        // catch-all trust below.
+        let mut hba = options.hba;
+        hba.push("local all all trust".to_string());
         hba.push("host all all 127.0.0.1/32 trust".to_string());
         std::fs::write(data.join("pg_hba.conf"), hba.join("\n") + "\n").map_err(err)?;
         cluster.chown()?;
@@ -187,6 +189,11 @@ impl Cluster {
     /// `host:port` of the server.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The server's Unix socket file.
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.path().join(format!(".s.PGSQL.{}", self.port))
     }
 
     /// A libpq-style connection string directly to the server.

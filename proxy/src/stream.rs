@@ -5,13 +5,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 /// A client- or server-side connection, plain or TLS.
 #[derive(Debug)]
 pub enum MaybeTls {
     /// Plain TCP.
     Plain(TcpStream),
+    /// A Unix-domain socket to a server on this host (never TLS).
+    Unix(UnixStream),
     /// TLS terminated by us (client side).
     Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// TLS initiated by us (upstream side).
@@ -21,7 +23,7 @@ pub enum MaybeTls {
 impl MaybeTls {
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
-        !matches!(self, MaybeTls::Plain(_))
+        !matches!(self, MaybeTls::Plain(_) | MaybeTls::Unix(_))
     }
 }
 
@@ -29,6 +31,10 @@ macro_rules! delegate {
     ($self:ident, $s:ident => $e:expr) => {
         match $self.get_mut() {
             MaybeTls::Plain($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            MaybeTls::Unix($s) => {
                 let $s = Pin::new($s);
                 $e
             }
@@ -74,6 +80,7 @@ impl AsyncWrite for MaybeTls {
     fn is_write_vectored(&self) -> bool {
         match self {
             MaybeTls::Plain(s) => s.is_write_vectored(),
+            MaybeTls::Unix(s) => s.is_write_vectored(),
             MaybeTls::Server(s) => s.is_write_vectored(),
             MaybeTls::Client(s) => s.is_write_vectored(),
         }

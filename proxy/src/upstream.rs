@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 
 use crate::stream::MaybeTls;
@@ -15,7 +15,7 @@ const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 /// Where and how to reach the upstream server.
 #[derive(Clone)]
 pub struct Upstream {
-    /// `host:port`.
+    /// `host:port`, or the path of a Unix socket.
     pub addr: String,
     /// The host part, for certificate verification.
     pub host: String,
@@ -46,6 +46,14 @@ impl Upstream {
     }
 
     async fn connect_inner(&self, allow_tls: bool) -> Result<MaybeTls, String> {
+        if self.addr.starts_with('/') {
+            // The server answers an SSLRequest on a Unix socket with `N`;
+            // the configuration already refused modes that need TLS.
+            let unix = UnixStream::connect(&self.addr)
+                .await
+                .map_err(|e| format!("{}: {e}", self.addr))?;
+            return Ok(MaybeTls::Unix(unix));
+        }
         let mut tcp = TcpStream::connect(&self.addr)
             .await
             .map_err(|e| format!("{}: {e}", self.addr))?;

@@ -126,3 +126,24 @@ fn column_less_insert_after_contract_uses_the_legacy_shape() {
         )
     );
 }
+
+#[test]
+fn merge_reads_and_writes_follow_the_routing() {
+    // Reads switched: the join condition reads the new column, and the
+    // write still sets both.
+    assert_eq!(
+        text(
+            RS,
+            "merge into users u using src s on u.email = s.email when matched then update set name = s.name"
+        ),
+        "merge into users u using src s on (((u.email_address))::character varying(320)) = s.email when matched then update set name = s.name"
+    );
+    // Contracted: the legacy name is written through forward.
+    assert_eq!(
+        text(
+            Phase::Contracted,
+            "merge into users u using src s on u.id = s.id when matched and u.email <> s.email then update set email = s.email when not matched then insert (id, email) values (s.id, s.email)"
+        ),
+        "merge into users u using src s on u.id = s.id when matched and (((u.email_address))::character varying(320)) <> s.email then update set email_address = (lower(((s.email)::character varying(320)))) when not matched then insert (id, email_address) values (s.id, (lower(((s.email)::character varying(320)))))"
+    );
+}

@@ -143,3 +143,33 @@ fn what_cannot_be_rewritten_is_reported() {
         Rewrite::Unsupported(_)
     ));
 }
+
+#[test]
+fn merge_update_and_insert_actions_set_both_columns() {
+    let sql = "MERGE INTO users u USING (VALUES (5, 'M@X')) v(id, email) ON u.id = v.id \
+               WHEN MATCHED AND u.name IS NULL THEN UPDATE SET email = v.email \
+               WHEN MATCHED THEN DELETE \
+               WHEN NOT MATCHED THEN INSERT (id, email) VALUES (v.id, v.email)";
+    assert_eq!(
+        text(DW, sql),
+        "MERGE INTO users u USING (VALUES (5, 'M@X')) v(id, email) ON u.id = v.id \
+         WHEN MATCHED AND u.name IS NULL THEN UPDATE SET email_address = (lower(((v.email)::character varying(320)))), email = v.email \
+         WHEN MATCHED THEN DELETE \
+         WHEN NOT MATCHED THEN INSERT (email_address, id, email) VALUES ((lower(((v.email)::character varying(320)))), v.id, v.email)"
+    );
+    // Without a column list the catalog names the columns.
+    assert_eq!(
+        text(
+            DW,
+            "merge into users using src on users.id = src.id when not matched then insert values (src.id, src.email, 'n', 0)"
+        ),
+        "merge into users using src on users.id = src.id when not matched then insert (email_address, id, email, name, status) values ((lower(((src.email)::character varying(320)))), src.id, src.email, 'n', 0)"
+    );
+    // A MERGE that writes neither column, or one into another table, stays.
+    for sql in [
+        "merge into users u using src s on u.id = s.id when matched then update set name = s.name",
+        "merge into orders o using users u on o.user_id = u.id when matched then update set email = u.email",
+    ] {
+        assert_eq!(rw(DW, sql), Rewrite::Unchanged, "{sql}");
+    }
+}

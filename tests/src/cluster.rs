@@ -39,7 +39,12 @@ impl Cluster {
             ClusterOptions {
                 hba: USERS
                     .iter()
-                    .map(|(user, _, method)| format!("host all {user} 127.0.0.1/32 {method}"))
+                    .flat_map(|(user, _, method)| {
+                        [
+                            format!("host all {user} 127.0.0.1/32 {method}"),
+                            format!("local all {user} {method}"),
+                        ]
+                    })
                     .collect(),
                 ..Default::default()
             },

@@ -23,23 +23,37 @@ impl PgBouncer {
     /// Starts PgBouncer in front of `upstream_port` on 127.0.0.1 (e.g. a
     /// Switchyard proxy), using `cluster`'s scratch directory.
     pub fn start_for(cluster: &Cluster, upstream_port: u16) -> anyhow::Result<Self> {
+        Self::start_with(cluster, &format!("host=127.0.0.1 port={upstream_port}"))
+    }
+
+    /// Starts PgBouncer in front of `cluster` through its Unix socket.
+    pub fn start_unix(cluster: &Cluster) -> anyhow::Result<Self> {
+        let socket = cluster.socket_path();
+        let dir = socket.parent().context("socket directory")?;
+        Self::start_with(
+            cluster,
+            &format!("host={} port={}", dir.display(), cluster.port),
+        )
+    }
+
+    /// Starts PgBouncer with `server` as its libpq-style target.
+    fn start_with(cluster: &Cluster, server: &str) -> anyhow::Result<Self> {
         let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .context("pgbouncer not found: apt-get install pgbouncer")?;
-        let dir = cluster.scratch().join("pgbouncer");
-        std::fs::create_dir_all(&dir)?;
         let port = free_port()?;
+        let dir = cluster.scratch().join(format!("pgbouncer-{port}"));
+        std::fs::create_dir_all(&dir)?;
         let users = dir.join("users.txt");
         std::fs::write(&users, "\"trust_user\" \"\"\n")?;
         let ini = dir.join("pgbouncer.ini");
         std::fs::write(
             &ini,
             format!(
-                "[databases]\npostgres = host=127.0.0.1 port={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+                "[databases]\npostgres = {server}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
                  unix_socket_dir =\nauth_type = trust\nauth_file = {}\npool_mode = session\nmax_client_conn = 200\n\
                  default_pool_size = 40\nlogfile = {}\npidfile = {}\nignore_startup_parameters = extra_float_digits\n",
-                upstream_port,
                 users.display(),
                 dir.join("pgbouncer.log").display(),
                 dir.join("pgbouncer.pid").display(),

@@ -28,6 +28,8 @@ pub struct TestProxyOptions {
     pub control_database: Option<(String, String)>,
     /// Bearer token for the control API.
     pub control_token: Option<String>,
+    /// Reach the server through its Unix socket instead of TCP.
+    pub unix_upstream: bool,
 }
 
 impl TestProxyOptions {
@@ -52,6 +54,7 @@ impl Default for TestProxyOptions {
             drain_timeout: Duration::from_secs(30),
             control_database: None,
             control_token: None,
+            unix_upstream: false,
         }
     }
 }
@@ -72,15 +75,19 @@ impl TestProxy {
     pub async fn start(cluster: &Cluster, options: TestProxyOptions) -> anyhow::Result<Self> {
         let config = ProxyConfig {
             listen: "127.0.0.1:0".into(),
-            upstream: format!(
-                "{}:{}",
-                if options.verify_upstream {
-                    "localhost"
-                } else {
-                    "127.0.0.1"
-                },
-                cluster.port
-            ),
+            upstream: if options.unix_upstream {
+                cluster.socket_path().display().to_string()
+            } else {
+                format!(
+                    "{}:{}",
+                    if options.verify_upstream {
+                        "localhost"
+                    } else {
+                        "127.0.0.1"
+                    },
+                    cluster.port
+                )
+            },
             upstream_tls: options.upstream_tls,
             upstream_ca: options.verify_upstream.then(|| cluster.certs.ca.clone()),
             tls: options.client_tls.map(|c| (c.cert, c.key)),

@@ -215,3 +215,69 @@ async fn pgbouncer_in_front_of_switchyard() {
     assert_eq!(n, 100_000);
     drop(bouncer);
 }
+
+/// A proxy on the database host can reach it through its Unix socket, which
+/// skips the TCP stack on that leg; authentication is still relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_upstream_relays_auth_queries_and_cancel() {
+    let cluster = Cluster::start().expect("cluster");
+    let options = TestProxyOptions {
+        unix_upstream: true,
+        ..Default::default()
+    };
+    let proxy = TestProxy::start(&cluster, options).await.expect("proxy");
+    for user in ["trust_user", "md5_user", "scram_user"] {
+        let c = proxy.connect(user).await.unwrap();
+        // A Unix-socket backend has no client address.
+        let row = c
+            .query_one(
+                "select current_user::text, inet_client_addr() is null, $1::int * 2",
+                &[&21i32],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), user);
+        assert!(row.get::<_, bool>(1), "{user} reached the server over TCP");
+        assert_eq!(row.get::<_, i32>(2), 42);
+    }
+    // A wrong password is refused by the server, relayed as its error.
+    let wrong = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=scram_user password=nope dbname=postgres",
+            proxy.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await;
+    let err = wrong.err().expect("a wrong password must fail");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD)
+    );
+
+    let c = proxy.connect("trust_user").await.unwrap();
+    let token = c.cancel_token();
+    let sleeper = tokio::spawn(async move { c.simple_query("select pg_sleep(30)").await });
+    let watcher = proxy.connect("trust_user").await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !sleeper.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "cancel had no effect");
+        let sleeping: i64 = watcher
+            .query_one(
+                "select count(*) from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if sleeping > 0 {
+            token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let err = sleeper.await.unwrap().expect_err("the sleep was cancelled");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+    );
+}

@@ -478,3 +478,59 @@ async fn search_path_and_sql_level_prepare_are_followed() {
         .unwrap();
     assert_eq!(app_new(23).await.as_deref(), Some("c@x"));
 }
+
+/// MERGE's UPDATE and INSERT actions dual-write like the plain statements,
+/// and after contract write the new column through `forward`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_dual_writes_and_follows_the_contract() {
+    let mut env = Env::new().await;
+    env.phase(Phase::DualWrite).await;
+    let c = env.proxy.connect("trust_user").await.unwrap();
+    c.execute(
+        "insert into users(id, email, name) values (1, 'Ann@X.io', 'ann')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let merge = "MERGE INTO users u USING (VALUES ($1::int, $2::text)) v(id, email) ON u.id = v.id
+                 WHEN MATCHED THEN UPDATE SET email = v.email
+                 WHEN NOT MATCHED THEN INSERT (id, email, name) VALUES (v.id, v.email, 'merged')";
+    assert_eq!(
+        c.execute(merge, &[&1i32, &"Ann@Merged.io"]).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        c.execute(merge, &[&2i32, &"Bob@Merged.io"]).await.unwrap(),
+        1
+    );
+    c.batch_execute(
+        "merge into users using (select 3 as id, 'Cy@X.io' as email) s on users.id = s.id
+         when not matched then insert values (s.id, s.email, 'cy', 0)",
+    )
+    .await
+    .unwrap();
+    assert_eq!(env.new_value(1).await.as_deref(), Some("ann@merged.io"));
+    assert_eq!(env.new_value(2).await.as_deref(), Some("bob@merged.io"));
+    assert_eq!(env.new_value(3).await.as_deref(), Some("cy@x.io"));
+    assert_eq!(env.mismatches().await, 0);
+    assert!(
+        env.hub.resync_needed().is_empty(),
+        "every MERGE was rewritten"
+    );
+
+    env.phase(Phase::ReadsSwitched).await;
+    env.direct
+        .execute("alter table users drop column email", &[])
+        .await
+        .unwrap();
+    env.phase(Phase::Contracted).await;
+    assert_eq!(
+        c.execute(merge, &[&2i32, &"Bob@Contract.io"])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(c.execute(merge, &[&4i32, &"Dee@X.io"]).await.unwrap(), 1);
+    assert_eq!(env.new_value(2).await.as_deref(), Some("bob@contract.io"));
+    assert_eq!(env.new_value(4).await.as_deref(), Some("dee@x.io"));
+}

@@ -5,9 +5,7 @@ pub mod edits;
 mod read;
 mod write;
 
-use sqlparser::ast::{
-    CopySource, Expr, ObjectName, Query, SetExpr, Spanned, Statement, TableFactor,
-};
+use sqlparser::ast::{CopySource, Expr, ObjectName, Query, SetExpr, Spanned, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
@@ -244,19 +242,7 @@ fn visit_statement(ctx: &mut Ctx<'_>, statement: &Statement) {
                 }
             }
         }
-        Statement::Merge(merge) => {
-            if let TableFactor::Table { name, .. } = &merge.table {
-                if let Some(table) = ctx.resolve(name) {
-                    if table
-                        .mappings
-                        .iter()
-                        .any(|m| m.mapping.routing.writes != WriteRoute::Legacy)
-                    {
-                        ctx.refuse(table, "MERGE into a routed table is not rewritten");
-                    }
-                }
-            }
-        }
+        Statement::Merge(merge) => write::merge(ctx, merge),
         _ => {}
     }
 }

@@ -114,7 +114,9 @@ impl<'c, 'a> Reads<'c, 'a> {
                     row.content.iter().for_each(|e| self.expr(e));
                 }
             }
-            SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) => self.statement(s),
+            SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) | SetExpr::Merge(s) => {
+                self.statement(s)
+            }
             _ => {}
         }
     }
@@ -127,6 +129,7 @@ impl<'c, 'a> Reads<'c, 'a> {
             Statement::Insert(i) => self.insert(i),
             Statement::Update(u) => self.update(u),
             Statement::Delete(d) => self.delete(d),
+            Statement::Merge(m) => self.merge(m),
             Statement::Prepare { statement, .. } => self.statement(statement),
             _ => {}
         }
@@ -188,6 +191,38 @@ impl<'c, 'a> Reads<'c, 'a> {
         }
         if let Some(r) = &upd.returning {
             self.projection(r);
+        }
+        self.scopes.pop();
+    }
+
+    /// MERGE reads the target and the source in ON, in each WHEN condition
+    /// and in the values it sets or inserts.
+    fn merge(&mut self, merge: &sqlparser::ast::Merge) {
+        use sqlparser::ast::{MergeAction, MergeInsertKind, MergeUpdateKind};
+        let mut items = Vec::new();
+        self.factor(&merge.table, &mut items);
+        self.factor(&merge.source, &mut items);
+        self.scopes.push(items);
+        self.expr(&merge.on);
+        for clause in &merge.clauses {
+            if let Some(p) = &clause.predicate {
+                self.expr(p);
+            }
+            match &clause.action {
+                MergeAction::Update(u) => {
+                    if let MergeUpdateKind::Set(list) = &u.kind {
+                        list.iter().for_each(|a| self.expr(&a.value));
+                    }
+                }
+                MergeAction::Insert(i) => {
+                    if let MergeInsertKind::Values(v) = &i.kind {
+                        for row in &v.rows {
+                            row.content.iter().for_each(|e| self.expr(e));
+                        }
+                    }
+                }
+                MergeAction::Delete { .. } | MergeAction::DoNothing { .. } => {}
+            }
         }
         self.scopes.pop();
     }

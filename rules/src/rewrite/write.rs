@@ -1,11 +1,12 @@
-//! Writes: INSERT, UPDATE and ON CONFLICT DO UPDATE set both columns of a
+//! Writes: INSERT, UPDATE, ON CONFLICT DO UPDATE and MERGE set both columns of a
 //! pair under `both` routing, and the new column alone once the legacy one
 //! is gone. Text is inserted at the front of lists (before the first column,
 //! after a row's opening parenthesis), where parser locations are exact.
 
 use sqlparser::ast::{
-    Assignment, AssignmentTarget, Expr, Insert, ObjectName, OnConflictAction, OnInsert, SetExpr,
-    Spanned, TableFactor, TableObject, Update,
+    Assignment, AssignmentTarget, Expr, Insert, Merge, MergeAction, MergeInsertKind,
+    MergeUpdateKind, ObjectName, OnConflictAction, OnInsert, Query, SetExpr, Spanned, TableFactor,
+    TableObject, Update, Values,
 };
 
 use super::{column_name, quoted, Ctx};
@@ -132,6 +133,17 @@ fn value_for(add: &Addition<'_>, row: &[String], row_exprs: Option<&[Expr]>) -> 
     }
 }
 
+/// Where an INSERT's rows come from.
+#[derive(Clone, Copy)]
+enum RowSource<'s> {
+    /// `VALUES (...), (...)`.
+    Values(&'s Values),
+    /// `INSERT ... SELECT` (any query that is not plain VALUES).
+    Select(&'s Query),
+    /// `DEFAULT VALUES`.
+    Defaults,
+}
+
 pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
     let TableObject::TableName(name) = &ins.table else {
         return;
@@ -139,12 +151,75 @@ pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
     let Some(table) = ctx.resolve(name) else {
         return;
     };
+    if let Some(OnInsert::OnConflict(oc)) = &ins.on {
+        if let OnConflictAction::DoUpdate(du) = &oc.action {
+            assignments(ctx, table, &du.assignments);
+        }
+    }
+    let rows = match &ins.source {
+        None => RowSource::Defaults,
+        Some(q) => match q.body.as_ref() {
+            SetExpr::Values(v) => RowSource::Values(v),
+            _ => RowSource::Select(q),
+        },
+    };
+    // A column list the statement lacks goes right after the target.
+    let end = match &ins.table_alias {
+        Some(alias) => alias.alias.span.end,
+        None => name.span().end,
+    };
+    let list_at = ctx.map.offset(end);
+    insert_rows(ctx, table, &ins.columns, list_at, rows);
+}
+
+/// MERGE: its UPDATE actions are SET lists and its INSERT actions are
+/// one-row INSERTs, each handled like the plain statement.
+pub(crate) fn merge(ctx: &mut Ctx<'_>, merge: &Merge) {
+    let TableFactor::Table { name, .. } = &merge.table else {
+        return;
+    };
+    let Some(table) = ctx.resolve(name) else {
+        return;
+    };
+    for clause in &merge.clauses {
+        match &clause.action {
+            MergeAction::Update(update) => match &update.kind {
+                MergeUpdateKind::Set(list) => assignments(ctx, table, list),
+                _ => return ctx.refuse(table, "a MERGE UPDATE without a SET list"),
+            },
+            MergeAction::Insert(insert) => {
+                let MergeInsertKind::Values(values) = &insert.kind else {
+                    return ctx.refuse(table, "a MERGE INSERT without VALUES");
+                };
+                let list_at = ctx.map.offset(insert.insert_token.0.span.end);
+                insert_rows(
+                    ctx,
+                    table,
+                    &insert.columns,
+                    list_at,
+                    RowSource::Values(values),
+                );
+            }
+            MergeAction::Delete { .. } | MergeAction::DoNothing { .. } => {}
+        }
+    }
+}
+
+/// The pair logic of an INSERT: `column_list` as written (maybe empty),
+/// `list_at` where a missing column list would go.
+fn insert_rows(
+    ctx: &mut Ctx<'_>,
+    table: &CompiledTable,
+    column_list: &[ObjectName],
+    list_at: Option<usize>,
+    rows: RowSource<'_>,
+) {
     let facts = &table.rules.facts;
-    let values = ins.source.as_ref().and_then(|q| match q.body.as_ref() {
-        SetExpr::Values(v) => Some(v),
+    let values = match rows {
+        RowSource::Values(v) => Some(v),
         _ => None,
-    });
-    let explicit: Vec<String> = ins.columns.iter().filter_map(column_name).collect();
+    };
+    let explicit: Vec<String> = column_list.iter().filter_map(column_name).collect();
     let implicit = explicit.is_empty();
     let columns: Vec<String> = if !implicit {
         explicit
@@ -154,10 +229,10 @@ pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
             "an INSERT without a column list into a contracted table",
         );
     } else {
-        let width = match (values, &ins.source) {
-            (Some(v), _) => v.rows.first().map(|r| r.content.len()).unwrap_or(0),
-            (None, Some(_)) => facts.columns.len(),
-            (None, None) => 0,
+        let width = match rows {
+            RowSource::Values(v) => v.rows.first().map(|r| r.content.len()).unwrap_or(0),
+            RowSource::Select(_) => facts.columns.len(),
+            RowSource::Defaults => 0,
         };
         table.legacy_view().into_iter().take(width).collect()
     };
@@ -176,11 +251,7 @@ pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
     }
     if !redirects.is_empty() && implicit {
         // Name the columns, with the new one in the legacy one's place.
-        let end = match &ins.table_alias {
-            Some(alias) => alias.alias.span.end,
-            None => name.span().end,
-        };
-        let Some(at) = ctx.map.offset(end) else {
+        let Some(at) = list_at else {
             return ctx.refuse(table, "no source location for the INSERT target");
         };
         let named: Vec<String> = columns
@@ -218,7 +289,7 @@ pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
     }
     if !redirects.is_empty() {
         for (index, mapping) in &redirects {
-            let Some(col) = ins.columns.get(*index) else {
+            let Some(col) = column_list.get(*index) else {
                 return;
             };
             let Some(range) = ctx.map.range(col.span()).filter(|r| !r.is_empty()) else {
@@ -235,32 +306,23 @@ pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
             }
         }
     }
-    if let Some(OnInsert::OnConflict(oc)) = &ins.on {
-        if let OnConflictAction::DoUpdate(du) = &oc.action {
-            assignments(ctx, table, &du.assignments);
-        }
-    }
     if additions.is_empty() && (redirects.is_empty() || values.is_some()) {
         return;
     }
-    let Some(source) = &ins.source else {
+    if let RowSource::Defaults = rows {
         return ctx.refuse(
             table,
             "INSERT ... DEFAULT VALUES with a column default to mirror",
         );
-    };
-    if implicit && ins.source.is_some() && values.is_none() {
+    }
+    if implicit && values.is_none() {
         return ctx.refuse(table, "INSERT ... SELECT without a column list");
     }
 
     // The column list.
     let added_columns: Vec<String> = additions.iter().map(|a| quoted(&a.column)).collect();
     if implicit {
-        let end = match &ins.table_alias {
-            Some(alias) => alias.alias.span.end,
-            None => name.span().end,
-        };
-        let Some(at) = ctx.map.offset(end) else {
+        let Some(at) = list_at else {
             return ctx.refuse(table, "no source location for the INSERT target");
         };
         let all: Vec<String> = added_columns
@@ -269,8 +331,7 @@ pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
             .collect();
         ctx.edits.insert(at, format!(" ({})", all.join(", ")));
     } else if !added_columns.is_empty() {
-        let Some(at) = ins
-            .columns
+        let Some(at) = column_list
             .first()
             .and_then(|c| ctx.map.offset(c.span().start))
         else {
@@ -281,8 +342,8 @@ pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
     }
 
     // The values.
-    match values {
-        Some(v) => {
+    match rows {
+        RowSource::Values(v) => {
             for row in &v.rows {
                 let texts: Vec<String> = row.content.iter().map(|e| ctx.text(e)).collect();
                 let Some(at) = ctx.map.offset(row.opening_token.0.span.end) else {
@@ -295,7 +356,8 @@ pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
                 ctx.edits.insert(at, format!("{}, ", vals.join(", ")));
             }
         }
-        None => {
+        RowSource::Defaults => {}
+        RowSource::Select(source) => {
             // INSERT ... SELECT: wrap the query (with two insertions, so
             // that rewrites inside it still apply) and compute from its
             // columns.
