@@ -25,6 +25,30 @@ pub trait RulesSink: Send + Sync {
     /// Writes forwarded unrewritten since start, per migration: their rows
     /// need another backfill pass.
     fn unrewritten_writes(&self) -> Vec<(String, u64)>;
+    /// Application round trips through this instance so far.
+    fn latency(&self) -> crate::latency::Histogram {
+        crate::latency::Histogram::default()
+    }
+}
+
+impl Engine {
+    /// Adds a latency snapshot to the history (called once a second).
+    pub(crate) fn sample_latency(&self) {
+        let snapshot = self.sink.latency();
+        self.latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(std::time::Instant::now(), snapshot);
+    }
+
+    /// The application's round trips of about the last `span`.
+    pub(crate) fn latency_window(&self, span: Duration) -> crate::latency::Histogram {
+        let current = self.sink.latency();
+        self.latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .window(std::time::Instant::now(), &current, span)
+    }
 }
 
 /// The control plane of one `serve` process.
@@ -40,9 +64,11 @@ pub struct Engine {
     pub(crate) live: std::sync::Mutex<std::collections::HashMap<String, crate::jobs::Live>>,
     /// Metrics.
     pub(crate) metrics: crate::metrics::ControlMetrics,
-    /// Running job tasks.
     /// Migrations whose legacy column is being refilled (revert skips them).
     pub(crate) restoring: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Once-a-second snapshots of the application's latency (backfill pacing).
+    pub(crate) latency: std::sync::Mutex<crate::latency::History>,
+    /// Running job tasks.
     pub(crate) tasks:
         std::sync::Mutex<std::collections::HashMap<String, tokio::task::JoinHandle<()>>>,
     /// This instance, as the fleet sees it.
@@ -86,11 +112,15 @@ impl Engine {
             metrics,
             tasks: Default::default(),
             restoring: Default::default(),
+            latency: Default::default(),
             instance,
             holder: Default::default(),
             fleet: Default::default(),
             reported: Default::default(),
         };
+        // The history starts here, so that a baseline window reaches back
+        // to the first round trip even in the first seconds.
+        engine.sample_latency();
         engine.publish().await?;
         Ok(engine)
     }

@@ -184,6 +184,7 @@ impl Engine {
                 }
                 if poll.elapsed() >= POLL {
                     poll = Instant::now();
+                    self.sample_latency();
                     self.sync().await?;
                     self.instances().await?;
                     if !self.holder.load(Ordering::SeqCst) {

@@ -10,7 +10,8 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::catalog::Pair;
 use crate::error::ControlError;
-use crate::throttle::{load, throttle_reason, ChunkSizer, Limits};
+use crate::latency::Histogram;
+use crate::throttle::{load, throttle_reason, ChunkSizer, LatencyGuard, Limits};
 
 pub use crate::chunks::{chunk_sql, verify_sql};
 
@@ -57,6 +58,9 @@ pub struct Live {
     /// Overrides the spec's active-session limit (`Some(None)` removes it).
     #[serde(default)]
     pub max_active_sessions: Option<Option<u64>>,
+    /// Overrides the spec's latency guard (`Some(None)` turns it off).
+    #[serde(default)]
+    pub max_app_p99_pct: Option<Option<u64>>,
 }
 
 mod millis {
@@ -121,12 +125,15 @@ pub async fn connect(url: &str) -> Result<Client, ControlError> {
 }
 
 /// Runs the backfill from the stored checkpoint to the end of the table.
+/// `latency(span)` gives the application's round trips of the last `span`.
 pub async fn backfill(
     client: &mut Client,
     t: &Target,
     live: impl Fn() -> Live,
+    latency: impl Fn(Duration) -> Histogram,
     mut report: impl FnMut(&Progress),
 ) -> Result<Progress, ControlError> {
+    let mut guard = LatencyGuard::new(&latency(LatencyGuard::BASELINE_SPAN));
     let estimate: f32 = client
         .query_one(
             &format!(
@@ -176,6 +183,7 @@ pub async fn backfill(
             max_active_sessions: settings
                 .max_active_sessions
                 .unwrap_or(t.limits.max_active_sessions),
+            max_app_p99_pct: settings.max_app_p99_pct.unwrap_or(t.limits.max_app_p99_pct),
         };
         if let Some(reason) = throttle_reason(&load(client, &t.table).await?, &limits) {
             progress.throttled = Some(reason);
@@ -236,6 +244,14 @@ pub async fn backfill(
                 / progress.rows_per_second
         });
         progress.throttled = None;
+        let recent = latency(LatencyGuard::RECENT_SPAN);
+        if let Some((pause, reason)) =
+            guard.pause(Instant::now(), &recent, limits.max_app_p99_pct, took)
+        {
+            progress.throttled = Some(reason);
+            report(&progress);
+            tokio::time::sleep(pause).await;
+        }
         if let Some(limit) = settings
             .max_rows_per_second
             .unwrap_or(t.max_rows_per_second)

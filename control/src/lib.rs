@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod http;
 pub mod indexes;
 pub mod jobs;
+pub mod latency;
 pub mod lifecycle;
 pub mod metrics;
 pub mod operator;

@@ -56,6 +56,7 @@ impl Engine {
             limits: crate::throttle::Limits {
                 max_replica_lag_ms: m.spec.backfill.max_replica_lag_ms,
                 max_active_sessions: m.spec.backfill.max_active_sessions,
+                max_app_p99_pct: m.spec.backfill.max_app_p99_pct,
             },
         })
     }
@@ -366,7 +367,14 @@ impl Engine {
                 .insert(m.name.clone(), p.clone());
         };
         let (progress, state) = if verb != Verb::Verify {
-            let p = jobs::backfill(&mut client, t, || self.live_settings(&m.name), report).await?;
+            let p = jobs::backfill(
+                &mut client,
+                t,
+                || self.live_settings(&m.name),
+                |span| self.latency_window(span),
+                report,
+            )
+            .await?;
             let mut rebuilt = Vec::new();
             for pair in &t.pairs {
                 let (from, to) = match t.direction {

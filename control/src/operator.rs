@@ -103,6 +103,15 @@ impl Engine {
                         ))
                     }
                 },
+                ("max_app_p99_pct", Value::Null) => live.max_app_p99_pct = Some(None),
+                ("max_app_p99_pct", v) => match v.as_u64().filter(|n| *n >= 100) {
+                    Some(n) => live.max_app_p99_pct = Some(Some(n)),
+                    None => {
+                        return Err(ControlError::BadRequest(
+                            "max_app_p99_pct: a percentage of at least 100, or null".into(),
+                        ))
+                    }
+                },
                 ("target_chunk_ms", v) => match v.as_u64().filter(|n| (1..=60_000).contains(n)) {
                     Some(n) => live.target_chunk = Some(Duration::from_millis(n)),
                     None => {

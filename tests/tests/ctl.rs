@@ -110,6 +110,7 @@ async fn ctl_drives_a_migration_and_exits_non_zero_on_refusal() {
         target_chunk_ms: Some(20),
         max_replica_lag_ms: Some("250".into()),
         max_active_sessions: Some(sessions.into()),
+        max_app_p99_pct: Some("150".into()),
     };
     assert_eq!(
         run(args(&proxy, throttle("5000", "none"))).await.unwrap(),
@@ -123,6 +124,7 @@ async fn ctl_drives_a_migration_and_exits_non_zero_on_refusal() {
     assert!(live.contains("\"max_replica_lag_ms\": 250"), "{live}");
     assert!(live.contains("\"max_rows_per_second\": 5000"), "{live}");
     assert!(live.contains("\"max_active_sessions\": null"), "{live}");
+    assert!(live.contains("\"max_app_p99_pct\": 150"), "{live}");
     assert!(run(args(&proxy, throttle("fast", "none"))).await.is_err());
     // A wrong token is refused.
     let mut bad = args(

@@ -740,3 +740,73 @@ async fn a_contract_interrupted_before_the_column_drop_is_finished_on_restart() 
         .get(0);
     assert_eq!(email, "user1@x.io");
 }
+
+/// The proxy times the application's round trips; while their p99 is above
+/// `max_app_p99_pct`% of the p99 before the backfill, the backfill pauses
+/// between chunks and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backfill_slows_down_while_the_application_is_slower() {
+    let (_cluster, proxy, _db) = setup(
+        "create table users(id bigserial primary key, email varchar(320) not null, name text);
+         insert into users(email, name) select 'User' || g || '@X.io', 'n' from generate_series(1, 50000) g;",
+    )
+    .await;
+    let m = "users-email";
+    let mut spec = users_spec();
+    spec["backfill"] = json!({"max_rows_per_second": 2500, "target_chunk_ms": 20});
+    assert_eq!(
+        call(&proxy, "POST", "/v1/migrations", Some(spec)).await.0,
+        201
+    );
+    step(&proxy, m, "expand", 200).await;
+    step(&proxy, m, "dual-write", 200).await;
+    // The baseline: quick round trips through the proxy.
+    let app = proxy.connect("trust_user").await.unwrap();
+    for _ in 0..300 {
+        app.simple_query("select 1").await.unwrap();
+    }
+    let (status, _) = call(
+        &proxy,
+        "POST",
+        &format!("/v1/migrations/{m}/backfill"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    // Now every round trip takes 20 ms.
+    let slow = tokio::spawn(async move {
+        loop {
+            if app.simple_query("select pg_sleep(0.02)").await.is_err() {
+                break;
+            }
+        }
+    });
+    let d = wait_detail(&proxy, m, |d| {
+        d["job"]["throttled"]
+            .as_str()
+            .is_some_and(|r| r.contains("application p99") && r.contains("max_app_p99_pct 200%"))
+    })
+    .await;
+    assert_eq!(d["job"]["state"], "running", "{d}");
+    // A percentage under 100 is refused; turning the guard off (and the
+    // rate cap) lets the backfill finish while the application stays slow.
+    let (status, body) = call(
+        &proxy,
+        "PATCH",
+        &format!("/v1/migrations/{m}/backfill"),
+        Some(json!({"max_app_p99_pct": 50})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = call(
+        &proxy,
+        "PATCH",
+        &format!("/v1/migrations/{m}/backfill"),
+        Some(json!({"max_app_p99_pct": null, "max_rows_per_second": null})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let d = wait_detail(&proxy, m, |d| d["phase"] == "backfilled").await;
+    assert_eq!(d["state"]["backfill"]["rows_done"], 50000, "{d}");
+    slow.abort();
+}

@@ -81,6 +81,10 @@ pub enum CtlCommand {
         /// Hold chunks while more client sessions are active, or `none`.
         #[arg(long)]
         max_active_sessions: Option<String>,
+        /// Pace chunks while the application's p99 exceeds this percentage
+        /// of its p99 before the backfill, or `none`.
+        #[arg(long)]
+        max_app_p99_pct: Option<String>,
     },
     /// The audit log.
     Events,
@@ -148,12 +152,14 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<i32> {
             target_chunk_ms,
             max_replica_lag_ms,
             max_active_sessions,
+            max_app_p99_pct,
         } => {
             let mut patch = serde_json::Map::new();
             for (key, value) in [
                 ("max_rows_per_second", max_rows_per_second),
                 ("max_replica_lag_ms", max_replica_lag_ms),
                 ("max_active_sessions", max_active_sessions),
+                ("max_app_p99_pct", max_app_p99_pct),
             ] {
                 if let Some(v) = value {
                     patch.insert(key.into(), limit(key, v)?);

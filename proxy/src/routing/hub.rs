@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
+use switchyard_control::latency::{Histogram, LatencyRecorder};
 use switchyard_rules::active::RuleError;
 use switchyard_rules::cache::RewriteCache;
 use switchyard_rules::{ActiveRules, RuleSet};
@@ -22,6 +23,8 @@ pub struct RulesHub {
     next_session: AtomicU64,
     logged: DashMap<String, ()>,
     resync: DashMap<String, u64>,
+    /// Round trips of every session, for the backfill's latency guard.
+    pub latency: LatencyRecorder,
 }
 
 impl Default for RulesHub {
@@ -33,6 +36,7 @@ impl Default for RulesHub {
             next_session: AtomicU64::new(1),
             logged: DashMap::new(),
             resync: DashMap::new(),
+            latency: LatencyRecorder::default(),
         }
     }
 }
@@ -116,5 +120,9 @@ impl switchyard_control::RulesSink for RulesHub {
 
     fn unrewritten_writes(&self) -> Vec<(String, u64)> {
         self.resync_needed()
+    }
+
+    fn latency(&self) -> Histogram {
+        self.latency.snapshot()
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use switchyard_rules::cache::SearchPath;
@@ -61,6 +62,9 @@ struct State {
     copy_in: bool,
     path: SearchPathState,
     sql_prepared: HashMap<String, SqlPrepared>,
+    /// When the client's current round trip began (its first message
+    /// since the last ReadyForQuery that left nothing owed).
+    busy_since: Option<Instant>,
 }
 
 /// Routing state of one session, shared by its two directions.
@@ -95,6 +99,7 @@ impl SessionRouter {
                 copy_in: false,
                 path: SearchPathState::new(default_path),
                 sql_prepared: HashMap::new(),
+                busy_since: None,
             }),
             hub,
             database: database.to_owned(),
@@ -115,6 +120,9 @@ impl SessionRouter {
     pub fn on_client(&self, tag: u8, frame: &[u8]) -> Action {
         let body = &frame[5..];
         let mut st = self.lock();
+        if st.busy_since.is_none() {
+            st.busy_since = Some(Instant::now());
+        }
         match tag {
             b'Q' => {
                 self.adopt(&mut st);
@@ -311,6 +319,11 @@ impl SessionRouter {
                 if st.idle && st.pending.is_empty() && st.pinned {
                     st.pinned = false;
                     self.hub.unpin(self.id);
+                }
+                if st.pending.is_empty() {
+                    if let Some(since) = st.busy_since.take() {
+                        self.hub.latency.record(since.elapsed());
+                    }
                 }
             }
             _ => {}

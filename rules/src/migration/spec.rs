@@ -51,6 +51,14 @@ pub struct BackfillSettings {
     /// Hold chunks while more client sessions than this are active.
     #[serde(default)]
     pub max_active_sessions: Option<u64>,
+    /// Pace chunks while the application's p99, as the proxy measures it,
+    /// exceeds this percentage of its p99 before the backfill (`null`: off).
+    #[serde(default = "default_app_p99_pct")]
+    pub max_app_p99_pct: Option<u64>,
+}
+
+fn default_app_p99_pct() -> Option<u64> {
+    Some(200)
 }
 
 fn default_chunk_ms() -> u64 {
@@ -69,6 +77,7 @@ impl Default for BackfillSettings {
             lock_timeout_ms: default_lock_timeout_ms(),
             max_replica_lag_ms: None,
             max_active_sessions: None,
+            max_app_p99_pct: default_app_p99_pct(),
         }
     }
 }
