@@ -47,20 +47,46 @@ pub struct Live {
     #[serde(default)]
     pub paused: bool,
     /// Overrides the spec's cap (`Some(None)` removes it).
-    #[serde(default)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lifted::deserialize"
+    )]
     pub max_rows_per_second: Option<Option<u64>>,
     /// Overrides the spec's target chunk time.
     #[serde(default, with = "millis")]
     pub target_chunk: Option<Duration>,
     /// Overrides the spec's replica-lag limit (`Some(None)` removes it).
-    #[serde(default)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lifted::deserialize"
+    )]
     pub max_replica_lag_ms: Option<Option<u64>>,
     /// Overrides the spec's active-session limit (`Some(None)` removes it).
-    #[serde(default)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lifted::deserialize"
+    )]
     pub max_active_sessions: Option<Option<u64>>,
     /// Overrides the spec's latency guard (`Some(None)` turns it off).
-    #[serde(default)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lifted::deserialize"
+    )]
     pub max_app_p99_pct: Option<Option<u64>>,
+}
+
+/// An override that lifts a limit (`Some(None)`) is stored as `null` and
+/// must read back as such, not as "no override".
+mod lifted {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+        Option::<u64>::deserialize(d).map(Some)
+    }
 }
 
 mod millis {
@@ -125,15 +151,16 @@ pub async fn connect(url: &str) -> Result<Client, ControlError> {
 }
 
 /// Runs the backfill from the stored checkpoint to the end of the table.
-/// `latency(span)` gives the application's round trips of the last `span`.
+/// `baseline` holds the application's round trips before it started, and
+/// `latency()` all of them so far.
 pub async fn backfill(
     client: &mut Client,
     t: &Target,
     live: impl Fn() -> Live,
-    latency: impl Fn(Duration) -> Histogram,
+    (baseline, latency): (Histogram, impl Fn() -> Histogram),
     mut report: impl FnMut(&Progress),
 ) -> Result<Progress, ControlError> {
-    let mut guard = LatencyGuard::new(&latency(LatencyGuard::BASELINE_SPAN));
+    let mut guard = LatencyGuard::new(&baseline);
     let estimate: f32 = client
         .query_one(
             &format!(
@@ -191,7 +218,7 @@ pub async fn backfill(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
-        let target_chunk = settings.target_chunk.unwrap_or(t.target_chunk);
+        let target_chunk = guard.chunk_target(settings.target_chunk.unwrap_or(t.target_chunk));
         let chunk_started = Instant::now();
         let tx = client.transaction().await?;
         tx.batch_execute(&format!(
@@ -244,9 +271,8 @@ pub async fn backfill(
                 / progress.rows_per_second
         });
         progress.throttled = None;
-        let recent = latency(LatencyGuard::RECENT_SPAN);
         if let Some((pause, reason)) =
-            guard.pause(Instant::now(), &recent, limits.max_app_p99_pct, took)
+            guard.pause(Instant::now(), &latency(), limits.max_app_p99_pct, took)
         {
             progress.throttled = Some(reason);
             report(&progress);
@@ -305,4 +331,23 @@ pub async fn verify(
     }
     progress.state = "done".into();
     Ok(progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lifted_limit_survives_a_round_trip_through_json() {
+        let live = Live {
+            max_rows_per_second: Some(None),
+            max_app_p99_pct: Some(Some(150)),
+            ..Live::default()
+        };
+        let stored = serde_json::to_value(&live).unwrap();
+        assert_eq!(stored["max_rows_per_second"], serde_json::Value::Null);
+        assert!(stored.get("max_active_sessions").is_none());
+        let back: Live = serde_json::from_value(stored).unwrap();
+        assert_eq!(back, live);
+    }
 }

@@ -21,6 +21,7 @@ use crate::fleet::JOBS_CHANNEL;
 use crate::indexes;
 use crate::jobs::{self, Direction, Target};
 use crate::store::{self, Event, StoredMigration};
+use crate::throttle::LatencyGuard;
 
 impl Engine {
     pub(crate) async fn target(
@@ -371,7 +372,9 @@ impl Engine {
                 &mut client,
                 t,
                 || self.live_settings(&m.name),
-                |span| self.latency_window(span),
+                (self.latency_window(LatencyGuard::BASELINE_SPAN), || {
+                    self.sink.latency()
+                }),
                 report,
             )
             .await?;

@@ -82,26 +82,30 @@ pub(crate) async fn load(client: &Client, table: &str) -> Result<Load, ControlEr
 
 /// Paces the backfill by the application's latency, as the proxy measures
 /// it. The baseline is the p99 of the half minute before the backfill
-/// started. At most once a second the guard compares the last two seconds'
-/// p99 with `pct`% of it: above, the pause after each chunk doubles (from
-/// 1× up to 8× the chunk's time, so the backfill keeps at least 11% of its
-/// speed); below, it halves until it is gone.
+/// started. About twice a second (once enough round trips came in) the
+/// guard compares the p99 since its last decision with `pct`% of the
+/// baseline. Above, the pause after each chunk grows (4×, 16×, then 64×
+/// the chunk's time) and chunks get shorter by the same factor, so that the
+/// application meets the backfill in small slices; below, the pause halves
+/// until it is gone.
 #[derive(Debug, Clone, Default)]
 pub struct LatencyGuard {
     baseline: Option<Duration>,
     /// The pause per chunk as a multiple of the chunk's time.
     factor: f64,
-    decided: Option<std::time::Instant>,
+    /// When the current window began, and the round trips up to then.
+    window: Option<(std::time::Instant, Histogram)>,
     reason: String,
 }
 
 impl LatencyGuard {
     /// How far back the baseline looks.
     pub const BASELINE_SPAN: Duration = Duration::from_secs(30);
-    /// How far back "now" looks.
-    pub const RECENT_SPAN: Duration = Duration::from_secs(2);
+    const DECIDE_EVERY: Duration = Duration::from_millis(500);
     const MIN_BASELINE: u64 = 100;
     const MIN_RECENT: u64 = 20;
+    const MAX_FACTOR: f64 = 64.0;
+    const MIN_CHUNK: Duration = Duration::from_millis(5);
 
     /// A guard whose baseline is the p99 of `before` (none with too few
     /// round trips: the guard then stays off).
@@ -119,12 +123,21 @@ impl LatencyGuard {
         self.baseline
     }
 
-    /// The pause after a chunk that took `took`, and why; `recent` holds
-    /// the round trips of the last [`Self::RECENT_SPAN`].
+    /// The chunk time to aim at instead of `target` while pacing.
+    pub fn chunk_target(&self, target: Duration) -> Duration {
+        if self.factor > 0.0 {
+            target.div_f64(1.0 + self.factor).max(Self::MIN_CHUNK)
+        } else {
+            target
+        }
+    }
+
+    /// The pause after a chunk that took `took`, and why; `total` holds the
+    /// application's round trips so far.
     pub fn pause(
         &mut self,
         now: std::time::Instant,
-        recent: &Histogram,
+        total: &Histogram,
         pct: Option<u64>,
         took: Duration,
     ) -> Option<(Duration, String)> {
@@ -132,36 +145,40 @@ impl LatencyGuard {
             self.factor = 0.0;
             return None;
         };
-        let due = self
-            .decided
-            .is_none_or(|d| now.duration_since(d) >= Duration::from_secs(1));
-        if due {
-            self.decided = Some(now);
+        let (since, start) = self
+            .window
+            .get_or_insert_with(|| (now, total.clone()))
+            .clone();
+        let recent = total.since(&start);
+        let age = now.duration_since(since);
+        // A quiet application (too few round trips for a p99 for a while)
+        // counts as within the limit.
+        let quiet = age >= Self::DECIDE_EVERY * 4;
+        if age >= Self::DECIDE_EVERY && (recent.count() >= Self::MIN_RECENT || quiet) {
+            self.window = Some((now, total.clone()));
             let limit = base.mul_f64(pct as f64 / 100.0);
-            let p99 = (recent.count() >= Self::MIN_RECENT)
-                .then(|| recent.quantile(0.99))
-                .flatten();
+            let p99 = match recent.count() >= Self::MIN_RECENT {
+                true => recent.quantile(0.99).unwrap_or_default(),
+                false => Duration::ZERO,
+            };
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-            match p99 {
-                Some(p) if p > limit => {
-                    self.factor = (self.factor * 2.0).clamp(1.0, 8.0);
-                    self.reason = format!(
-                        "application p99 {:.1} ms > max_app_p99_pct {pct}% of {:.1} ms before the backfill",
-                        ms(p),
-                        ms(base)
-                    );
+            if p99 > limit {
+                self.factor = (self.factor * 4.0).clamp(4.0, Self::MAX_FACTOR);
+                self.reason = format!(
+                    "application p99 {:.1} ms > max_app_p99_pct {pct}% of {:.1} ms before the backfill",
+                    ms(p99),
+                    ms(base)
+                );
+            } else if self.factor > 0.0 {
+                self.factor /= 2.0;
+                if self.factor < 0.5 {
+                    self.factor = 0.0;
                 }
-                _ if self.factor > 0.0 => {
-                    self.factor /= 2.0;
-                    if self.factor < 0.125 {
-                        self.factor = 0.0;
-                    }
-                    self.reason = format!(
-                        "easing off: application p99 back within {pct}% of {:.1} ms",
-                        ms(base)
-                    );
-                }
-                _ => {}
+                self.reason = format!(
+                    "easing off: application p99 {:.1} ms, within {pct}% of {:.1} ms",
+                    ms(p99),
+                    ms(base)
+                );
             }
         }
         (self.factor > 0.0).then(|| (took.mul_f64(self.factor), self.reason.clone()))
@@ -247,56 +264,85 @@ mod tests {
         }
         let mut guard = LatencyGuard::new(&before.snapshot());
         assert!(guard.baseline().unwrap() >= Duration::from_millis(1));
-        let slow = LatencyRecorder::default();
-        for _ in 0..100 {
-            slow.record(Duration::from_millis(3));
-        }
-        let fast = LatencyRecorder::default();
-        for _ in 0..100 {
-            fast.record(Duration::from_micros(900));
-        }
+        let app = LatencyRecorder::default();
+        let add = |n: usize, each: Duration| {
+            for _ in 0..n {
+                app.record(each);
+            }
+            app.snapshot()
+        };
         let chunk = Duration::from_millis(100);
         let t0 = std::time::Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        // Within 200%: no pause.
-        assert_eq!(guard.pause(at(0), &fast.snapshot(), Some(200), chunk), None);
-        // Above: the pause doubles once a second, up to 8x the chunk.
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let fast = Duration::from_micros(900);
+        let slow = Duration::from_millis(3);
+        // The first call opens a window; quick round trips never pause.
+        assert_eq!(guard.pause(at(0), &add(50, fast), Some(200), chunk), None);
+        assert_eq!(guard.pause(at(600), &add(50, fast), Some(200), chunk), None);
+        assert_eq!(guard.chunk_target(chunk), chunk);
+        // Slow ones: the pause starts at 4x, then grows 4x per decision.
         let (p, why) = guard
-            .pause(at(1), &slow.snapshot(), Some(200), chunk)
+            .pause(at(1200), &add(50, slow), Some(200), chunk)
             .unwrap();
-        assert_eq!(p, chunk);
+        assert_eq!(p, chunk * 4);
         assert!(why.contains("max_app_p99_pct 200%"), "{why}");
-        // Not re-decided within the same second.
+        assert!(guard.chunk_target(chunk) < chunk / 2);
+        // Too soon, or too few round trips: no new decision.
         assert_eq!(
             guard
-                .pause(at(1), &slow.snapshot(), Some(200), chunk)
+                .pause(at(1300), &add(0, slow), Some(200), chunk)
                 .unwrap()
                 .0,
-            chunk
+            chunk * 4
         );
-        for s in 2..8 {
-            guard.pause(at(s), &slow.snapshot(), Some(200), chunk);
+        assert_eq!(
+            guard
+                .pause(at(2000), &add(5, slow), Some(200), chunk)
+                .unwrap()
+                .0,
+            chunk * 4
+        );
+        let mut ms = 2000;
+        for _ in 0..10 {
+            ms += 600;
+            guard.pause(at(ms), &add(50, slow), Some(200), chunk);
         }
         assert_eq!(
             guard
-                .pause(at(8), &slow.snapshot(), Some(200), chunk)
+                .pause(at(ms), &add(0, slow), Some(200), chunk)
                 .unwrap()
                 .0,
-            chunk * 8
+            chunk * 64
         );
+        assert_eq!(guard.chunk_target(chunk), LatencyGuard::MIN_CHUNK);
         // Back under: it halves until gone.
-        let mut s = 9;
+        let mut decisions = 0;
         while guard
-            .pause(at(s), &fast.snapshot(), Some(200), chunk)
+            .pause(at(ms), &add(50, fast), Some(200), chunk)
             .is_some()
         {
-            s += 1;
-            assert!(s < 20, "the pause never went away");
+            ms += 600;
+            decisions += 1;
+            assert!(decisions < 20, "the pause never went away");
+        }
+        // A quiet application lets the pause go too.
+        guard.pause(at(ms), &add(50, slow), Some(200), chunk);
+        assert!(guard
+            .pause(at(ms + 600), &add(50, slow), Some(200), chunk)
+            .is_some());
+        let mut quiet_ms = ms + 600;
+        while guard
+            .pause(at(quiet_ms), &add(0, slow), Some(200), chunk)
+            .is_some()
+        {
+            quiet_ms += 2100;
+            assert!(quiet_ms < ms + 60_000, "a quiet application kept the pause");
         }
         // Off, or without a baseline, it never pauses.
-        assert_eq!(guard.pause(at(30), &slow.snapshot(), None, chunk), None);
+        assert_eq!(guard.pause(at(ms + 600), &add(50, slow), None, chunk), None);
         let mut blind = LatencyGuard::new(&LatencyRecorder::default().snapshot());
-        assert_eq!(blind.pause(at(0), &slow.snapshot(), Some(200), chunk), None);
+        assert_eq!(blind.pause(at(0), &add(50, slow), Some(200), chunk), None);
+        assert_eq!(blind.pause(at(600), &add(50, slow), Some(200), chunk), None);
     }
 
     #[test]
