@@ -72,9 +72,15 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(100);
+        // `BACKFILL_P99_PCT`: the latency guard's limit (`none` turns it off).
+        let p99_pct: Value = match std::env::var("BACKFILL_P99_PCT").ok().as_deref() {
+            Some("none") => Value::Null,
+            Some(v) => json!(v.parse::<u64>()?),
+            None => json!(200),
+        };
         let spec = json!({"name": "bench", "table": "public.migrated",
             "columns": [{"legacy": "email", "new": "email_address", "forward": "lower(email)"}],
-            "backfill": {"target_chunk_ms": chunk_ms}});
+            "backfill": {"target_chunk_ms": chunk_ms, "max_app_p99_pct": p99_pct}});
         api(&app, "POST", "/v1/migrations", Some(spec)).await?;
         api(&app, "POST", "/v1/migrations/bench/expand", None).await?;
         api(&app, "POST", "/v1/migrations/bench/dual-write", None).await?;
