@@ -76,7 +76,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         let p99_pct: Value = match std::env::var("BACKFILL_P99_PCT").ok().as_deref() {
             Some("none") => Value::Null,
             Some(v) => json!(v.parse::<u64>()?),
-            None => json!(200),
+            None => json!(150),
         };
         let spec = json!({"name": "bench", "table": "public.migrated",
             "columns": [{"legacy": "email", "new": "email_address", "forward": "lower(email)"}],

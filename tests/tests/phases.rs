@@ -784,7 +784,7 @@ async fn the_backfill_slows_down_while_the_application_is_slower() {
     let d = wait_detail(&proxy, m, |d| {
         d["job"]["throttled"]
             .as_str()
-            .is_some_and(|r| r.contains("application p99") && r.contains("max_app_p99_pct 200%"))
+            .is_some_and(|r| r.contains("application p99") && r.contains("max_app_p99_pct 150%"))
     })
     .await;
     assert_eq!(d["job"]["state"], "running", "{d}");

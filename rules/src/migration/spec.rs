@@ -58,7 +58,8 @@ pub struct BackfillSettings {
 }
 
 fn default_app_p99_pct() -> Option<u64> {
-    Some(200)
+    // 150 leaves room for the guard's reaction time under a 2x budget.
+    Some(150)
 }
 
 fn default_chunk_ms() -> u64 {
