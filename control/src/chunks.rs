@@ -49,13 +49,13 @@ fn key_row(t: &Target, alias: &str) -> String {
     format!("({})", cols.join(", "))
 }
 
-/// `($1[1]::type1, $1[2]::type2)`: the checkpoint, a text array, typed.
-fn key_param(t: &Target) -> String {
+/// `($n[1]::type1, $n[2]::type2)`: a key passed as a text array, typed.
+fn key_param(t: &Target, n: usize) -> String {
     let vals: Vec<String> = t
         .key_types
         .iter()
         .enumerate()
-        .map(|(i, ty)| format!("($1::text[])[{}]::{ty}", i + 1))
+        .map(|(i, ty)| format!("(${n}::text[])[{}]::{ty}", i + 1))
         .collect();
     format!("({})", vals.join(", "))
 }
@@ -71,8 +71,10 @@ fn key_order(t: &Target, alias: &str, desc: bool) -> String {
 }
 
 /// One backfill chunk: the next `$2` keys after checkpoint `$1` (a text
-/// array), updated where they differ; answers the last key, the rows
-/// visited and the rows changed.
+/// array) and up to the end key `$3` (the last key when the backfill
+/// started: later rows were dual-written from their first write), updated
+/// where they differ; answers the last key, the rows visited and the rows
+/// changed.
 pub fn chunk_sql(t: &Target) -> String {
     if t.key.is_empty() {
         return ctid_chunk_sql(t);
@@ -92,13 +94,16 @@ pub fn chunk_sql(t: &Target) -> String {
     let last: Vec<String> = (0..t.key.len()).map(|i| format!("k{i}::text")).collect();
     let last_order: Vec<String> = (0..t.key.len()).map(|i| format!("k{i} DESC")).collect();
     format!(
-        "WITH batch AS (SELECT {cols} FROM {table} AS s WHERE $1::text[] IS NULL OR {row} > {param} ORDER BY {order} LIMIT $2),
+        "WITH batch AS (SELECT {cols} FROM {table} AS s
+                        WHERE ($1::text[] IS NULL OR {row} > {param}) AND ($3::text[] IS NULL OR {row} <= {end})
+                        ORDER BY {order} LIMIT $2),
               upd AS (UPDATE {table} AS t SET {set} FROM batch WHERE {join} AND ({mismatch}) RETURNING 1)
          SELECT (SELECT ARRAY[{last}] FROM batch ORDER BY {last_order} LIMIT 1), (SELECT count(*) FROM batch), (SELECT count(*) FROM upd)",
         cols = batch_cols.join(", "),
         table = t.table,
         row = key_row(t, "s"),
-        param = key_param(t),
+        param = key_param(t, 1),
+        end = key_param(t, 3),
         order = key_order(t, "s", false),
         set = set_clause(t),
         join = join.join(" AND "),
@@ -127,13 +132,14 @@ fn ctid_range(t: &Target) -> String {
 /// [`chunk_sql`] for a table without a key: a page range by `ctid`. The
 /// checkpoint is the next page; rows an update moved behind it are already
 /// in step, and rows it moved ahead are skipped by the mismatch filter.
+/// `$3` holds the table's page count when the backfill started.
 fn ctid_chunk_sql(t: &Target) -> String {
     format!(
         "WITH {range},
               upd AS (UPDATE {table} AS t SET {set}
                       WHERE t.ctid >= (SELECT lo_tid FROM b) AND t.ctid < (SELECT hi_tid FROM b)
                         AND ({mismatch}) RETURNING 1)
-         SELECT CASE WHEN (SELECT lo FROM b) < (SELECT relpages FROM b)
+         SELECT CASE WHEN (SELECT lo FROM b) < least((SELECT relpages FROM b), coalesce(($3::text[])[1]::bigint, (SELECT relpages FROM b)))
                      THEN ARRAY[(SELECT lo + pages FROM b)::text] END,
                 (SELECT count(*) FROM {table} AS s
                  WHERE s.ctid >= (SELECT lo_tid FROM b) AND s.ctid < (SELECT hi_tid FROM b)),
@@ -161,6 +167,23 @@ fn ctid_verify_sql(t: &Target) -> String {
     )
 }
 
+/// Where a backfill started now ends (answers a text array or NULL).
+pub fn end_sql(t: &Target) -> String {
+    if t.key.is_empty() {
+        let table = t.table.replace('\'', "''");
+        return format!(
+            "SELECT ARRAY[(pg_relation_size('{table}'::regclass) / current_setting('block_size')::bigint)::text]"
+        );
+    }
+    let key_text: Vec<String> = t.key.iter().map(|k| format!("t.{k}::text")).collect();
+    format!(
+        "SELECT ARRAY[{}] FROM {} AS t ORDER BY {} LIMIT 1",
+        key_text.join(", "),
+        t.table,
+        key_order(t, "t", true)
+    )
+}
+
 /// One parity chunk: the last key, rows seen, mismatches and up to five
 /// sample keys.
 pub fn verify_sql(t: &Target) -> String {
@@ -179,7 +202,7 @@ pub fn verify_sql(t: &Target) -> String {
         mismatch = mismatch(t, "t"),
         table = t.table,
         row = key_row(t, "t"),
-        param = key_param(t),
+        param = key_param(t, 1),
         order = key_order(t, "t", false),
     )
 }

@@ -66,6 +66,8 @@ pub struct Engine {
     pub(crate) metrics: crate::metrics::ControlMetrics,
     /// Migrations whose legacy column is being refilled (revert skips them).
     pub(crate) restoring: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Migrations whose expand or contract DDL is running here.
+    pub(crate) ddl_running: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Once-a-second snapshots of the application's latency (backfill pacing).
     pub(crate) latency: std::sync::Mutex<crate::latency::History>,
     /// Running job tasks.
@@ -113,6 +115,7 @@ impl Engine {
             tasks: Default::default(),
             restoring: Default::default(),
             latency: Default::default(),
+            ddl_running: Default::default(),
             instance,
             holder: Default::default(),
             fleet: Default::default(),
@@ -229,8 +232,8 @@ impl Engine {
         Ok(Value::Array(store::events(&client, None, 500).await?))
     }
 
-    /// Runs `verb` on migration `name`.
-    pub async fn apply(
+    /// Runs `verb` on migration `name` now (see [`Engine::apply`]).
+    pub(crate) async fn apply_now(
         self: &Arc<Self>,
         name: &str,
         verb: Verb,

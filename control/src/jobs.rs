@@ -191,6 +191,16 @@ pub async fn backfill(
     let started = Instant::now();
     let done_at_start = progress.rows_done;
     let chunk_sql = chunk_sql(t);
+    let end: Option<Vec<String>> = client
+        .query_opt(&crate::chunks::end_sql(t), &[])
+        .await?
+        .and_then(|r| r.get(0));
+    if end.is_none() && !t.key.is_empty() {
+        // An empty table: nothing to backfill.
+        progress.state = "done".into();
+        progress.eta_seconds = Some(0.0);
+        return Ok(progress);
+    }
     let mut sizer = ChunkSizer::default();
     loop {
         // Operator controls, read before every chunk.
@@ -228,7 +238,7 @@ pub async fn backfill(
         ))
         .await?;
         let result = tx
-            .query_one(&chunk_sql, &[&last, &(progress.chunk_rows as i64)])
+            .query_one(&chunk_sql, &[&last, &(progress.chunk_rows as i64), &end])
             .await;
         let row = match result {
             Ok(row) => row,

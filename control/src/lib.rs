@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod chunks;
 mod contract;
 pub mod ddl;
+mod ddl_verbs;
 pub mod dependencies;
 pub mod engine;
 pub mod error;

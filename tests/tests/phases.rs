@@ -559,7 +559,25 @@ async fn a_blocker_during_contract_is_retried_listed_and_terminated() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert!(!contract.is_finished(), "contract waits for the blocker");
+    // The blocker holds, so the call answers 202 and the DDL goes on; a
+    // second verb meanwhile is refused.
+    let (status, body) = contract.await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["job"]["state"], "running", "{body}");
+    assert!(
+        body["job"]["throttled"]
+            .as_str()
+            .is_some_and(|r| r.contains("waiting for a lock")),
+        "{body}"
+    );
+    let (status, body) = call(
+        &proxy,
+        "POST",
+        &format!("/v1/migrations/{m}/rollback"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
     let (status, body) = call(
         &proxy,
         "POST",
@@ -568,9 +586,8 @@ async fn a_blocker_during_contract_is_retried_listed_and_terminated() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = contract.await.unwrap();
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["phase"], "contracted");
+    let d = wait_detail(&proxy, m, |d| d["job"]["state"] == "done").await;
+    assert_eq!(d["phase"], "contracted", "{d}");
     assert_eq!(
         columns(&db).await,
         vec![("email_address".into(), "NO".into())]
@@ -670,17 +687,18 @@ async fn a_table_without_a_key_is_walked_by_tid_range_scans() {
         limits: Default::default(),
     };
     let last: Option<Vec<String>> = Some(vec!["40".into()]);
-    for sql in [
-        switchyard_control::jobs::chunk_sql(&target),
-        switchyard_control::jobs::verify_sql(&target),
+    let end: Option<Vec<String>> = Some(vec!["90".into()]);
+    for (sql, chunk) in [
+        (switchyard_control::jobs::chunk_sql(&target), true),
+        (switchyard_control::jobs::verify_sql(&target), false),
     ] {
-        let plan: Vec<String> = db
-            .query(&format!("EXPLAIN {sql}"), &[&last, &5000i64])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let explain = format!("EXPLAIN {sql}");
+        let plan = if chunk {
+            db.query(&explain, &[&last, &5000i64, &end]).await
+        } else {
+            db.query(&explain, &[&last, &5000i64]).await
+        };
+        let plan: Vec<String> = plan.unwrap().iter().map(|r| r.get(0)).collect();
         let plan = plan.join("\n");
         assert!(plan.contains("Tid Range Scan on loose"), "{plan}");
         assert!(!plan.contains("Seq Scan on loose"), "{plan}");
@@ -809,4 +827,49 @@ async fn the_backfill_slows_down_while_the_application_is_slower() {
     let d = wait_detail(&proxy, m, |d| d["phase"] == "backfilled").await;
     assert_eq!(d["state"]["backfill"]["rows_done"], 50000, "{d}");
     slow.abort();
+}
+
+/// Rows inserted after the backfill started were dual-written from their
+/// first write: the backfill stops at the last key it saw when it started,
+/// so that heavy inserts (or a paced backfill) never keep it chasing the
+/// end of the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backfill_ends_at_the_last_key_it_saw_when_it_started() {
+    let (_cluster, proxy, db) = setup(USERS).await;
+    let m = "users-email";
+    create_and_walk(&proxy, m, &[("expand", 200), ("dual-write", 200)]).await;
+    let path = format!("/v1/migrations/{m}");
+    assert_eq!(
+        call(&proxy, "POST", &format!("{path}/pause"), None).await.0,
+        200
+    );
+    assert_eq!(
+        call(&proxy, "POST", &format!("{path}/backfill"), None)
+            .await
+            .0,
+        202
+    );
+    wait_detail(&proxy, m, |d| d["job"]["state"] == "paused").await;
+    let app = proxy.connect("trust_user").await.unwrap();
+    app.batch_execute(
+        "insert into users(email, name) select 'Late' || g || '@X.io', 'late' from generate_series(1, 500) g",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        call(&proxy, "POST", &format!("{path}/resume"), None)
+            .await
+            .0,
+        200
+    );
+    let d = wait_detail(&proxy, m, |d| d["phase"] == "backfilled").await;
+    assert_eq!(d["state"]["backfill"]["rows_done"], 3000, "{d}");
+    assert_eq!(
+        count(
+            &db,
+            "select count(*) from users where email_address is distinct from lower(email)"
+        )
+        .await,
+        0
+    );
 }
