@@ -41,7 +41,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         upstream_tls: switchyard::tls::UpstreamTlsMode::Disable,
         ..ProxyConfig::default()
     };
+    // The same proxy reaching the server through its Unix socket.
+    let unix_config = ProxyConfig {
+        upstream: cluster.socket_path().display().to_string(),
+        ..config.clone()
+    };
     let app = runtime.block_on(App::start(config))?;
+    let unix_app = runtime.block_on(App::start(unix_config))?;
     runtime.block_on(async {
         let direct =
             switchyard_tests::proxy::connect(&cluster.conn_str("trust_user", "postgres")).await?;
@@ -56,7 +62,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             "email_address",
             Phase::DualWrite,
         );
-        install(&app.rules, set);
+        install(&app.rules, set.clone());
+        install(&unix_app.rules, set);
         anyhow::Ok(())
     })?;
 
@@ -86,6 +93,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         // The hand-written SQL through the proxy: the hop's own cost.
         ("hand+proxy", app.proxy_addr.port(), &hand),
         ("trigger", cluster.port, &trigger),
+        ("switchyard-unix", unix_app.proxy_addr.port(), &routed),
     ];
 
     let mut samples = Vec::new();
@@ -122,7 +130,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             &table,
             "handwritten",
             "trigger",
-            &["handwritten", "switchyard", "hand+proxy", "trigger"]
+            &[
+                "handwritten",
+                "switchyard",
+                "hand+proxy",
+                "trigger",
+                "switchyard-unix"
+            ]
         )
     );
     println!(
@@ -138,6 +152,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     )?;
     runtime.block_on(async {
         let _ = tokio::time::timeout(Duration::from_secs(5), app.shutdown()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), unix_app.shutdown()).await;
     });
     Ok(())
 }
