@@ -1,26 +1,34 @@
-//! Expand and contract answer when their DDL is done, unless it waits for
-//! a lock: then the call answers 202 after [`ANSWER_WITHIN`] and the DDL
-//! goes on here, followed as a job in `GET /v1/migrations/{name}` (its
-//! `throttled` says it waits for a lock; `GET /v1/blockers` shows on what).
+//! Expand and contract run on the job holder, like every long job. An
+//! instance that is not the holder records the request in the migration's
+//! state and notifies; the holder runs it and writes the answer back.
+//! The call answers when the DDL is done, unless it waits for a lock: then
+//! it answers 202 after [`ANSWER_WITHIN`] and the DDL goes on, followed as
+//! a job in `GET /v1/migrations/{name}` (its `throttled` says it waits for
+//! a lock; `GET /v1/blockers` shows on what).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use switchyard_rules::migration::Verb;
 use tracing::warn;
 
 use crate::engine::Engine;
 use crate::error::ControlError;
+use crate::fleet::JOBS_CHANNEL;
 use crate::jobs::Progress;
+use crate::store;
 
 /// How long a DDL verb may take before the call answers 202.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(1);
+/// How long an instance waits for the holder's answer before answering 202.
+const RELAY_WAIT: Duration = Duration::from_secs(3);
 
 impl Engine {
     /// Runs `verb` on migration `name`. Backfill and verify answer 202 at
-    /// once; expand and contract answer 202 when their DDL is still
-    /// waiting for a lock after [`ANSWER_WITHIN`].
+    /// once; expand and contract run on the job holder and answer 202 when
+    /// their DDL is still waiting for a lock after [`ANSWER_WITHIN`].
     pub async fn apply(
         self: &Arc<Self>,
         name: &str,
@@ -36,6 +44,20 @@ impl Engine {
         if !matches!(verb, Verb::Expand | Verb::Contract) {
             return self.apply_now(name, verb, force, actor).await;
         }
+        if !self.holder.load(Ordering::SeqCst) {
+            return self.relay_ddl(name, verb, force, actor).await;
+        }
+        self.ddl_verb(name, verb, force, actor).await
+    }
+
+    /// Runs a DDL verb here (on the holder).
+    async fn ddl_verb(
+        self: &Arc<Self>,
+        name: &str,
+        verb: Verb,
+        force: bool,
+        actor: &str,
+    ) -> Result<Value, ControlError> {
         self.ddl_set().insert(name.to_owned());
         let engine = self.clone();
         let (owned, who) = (name.to_owned(), actor.to_owned());
@@ -48,6 +70,90 @@ impl Engine {
             Ok(joined) => joined.map_err(|e| ControlError::Internal(e.to_string()))?,
             Err(_) => self.follow_ddl(name, verb, task).await,
         }
+    }
+
+    /// Hands a DDL verb to the holder and waits a little for its answer.
+    async fn relay_ddl(
+        self: &Arc<Self>,
+        name: &str,
+        verb: Verb,
+        force: bool,
+        actor: &str,
+    ) -> Result<Value, ControlError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let id = format!("{}-{nanos:x}", self.instance.id);
+        {
+            let client = self.db().await?;
+            store::get(&client, name).await?;
+            let request = json!({"ddl_request": {"id": id, "verb": verb.as_str(), "force": force, "actor": actor}});
+            store::merge_state(&client, name, &request).await?;
+            client
+                .execute("SELECT pg_notify($1, $2)", &[&JOBS_CHANNEL, &name])
+                .await?;
+        }
+        let deadline = Instant::now() + RELAY_WAIT;
+        loop {
+            let m = {
+                let client = self.db().await?;
+                store::get(&client, name).await?
+            };
+            let request = m.state.get("ddl_request").filter(|r| r["id"] == json!(id));
+            if let Some(answer) = request.and_then(|r| r.get("answer")) {
+                return decode(answer);
+            }
+            if Instant::now() >= deadline {
+                // The holder has not answered yet: the request stays
+                // recorded, and the detail follows it.
+                let mut detail = self.detail(name).await?;
+                detail["accepted"] = Value::Bool(true);
+                return Ok(detail);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// On the holder: runs DDL verbs other instances recorded.
+    pub(crate) async fn take_ddl_requests(self: &Arc<Self>) -> Result<(), ControlError> {
+        let client = self.db().await?;
+        // One statement takes each request, so that a request is run once.
+        let rows = client
+            .query(
+                "UPDATE switchyard.migrations
+                 SET state = jsonb_set(state, '{ddl_request,taken}', to_jsonb($1::text))
+                 WHERE state ? 'ddl_request' AND NOT (state->'ddl_request' ? 'taken')
+                 RETURNING name, state->'ddl_request'",
+                &[&self.instance.id],
+            )
+            .await?;
+        drop(client);
+        for row in rows {
+            let name: String = row.get(0);
+            let request: Value = row.get(1);
+            let Some(verb) = request["verb"].as_str().and_then(Verb::parse) else {
+                continue;
+            };
+            let force = request["force"].as_bool().unwrap_or(false);
+            let actor = request["actor"].as_str().unwrap_or("system").to_owned();
+            let engine = self.clone();
+            tokio::spawn(async move {
+                let answer = encode(engine.apply(&name, verb, force, &actor).await);
+                let mut request = request;
+                request["answer"] = answer;
+                match engine.db().await {
+                    Ok(client) => {
+                        let state = json!({ "ddl_request": request });
+                        if let Err(e) = store::merge_state(&client, &name, &state).await {
+                            warn!(migration = %name, error = %e, "cannot record a DDL answer");
+                        }
+                    }
+                    Err(e) => warn!(migration = %name, error = %e, "cannot record a DDL answer"),
+                }
+            });
+        }
+        Ok(())
     }
 
     fn ddl_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
@@ -114,5 +220,41 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_owned(), progress);
+    }
+}
+
+/// An answer as the holder records it for the instance that asked.
+fn encode(result: Result<Value, ControlError>) -> Value {
+    match result {
+        Ok(body) => json!({ "ok": body }),
+        Err(e) => json!({"status": e.status().as_u16(), "message": e.to_string()}),
+    }
+}
+
+/// The error or body an answer stands for.
+fn decode(answer: &Value) -> Result<Value, ControlError> {
+    if let Some(body) = answer.get("ok") {
+        return Ok(body.clone());
+    }
+    let message = answer["message"].as_str().unwrap_or_default().to_owned();
+    Err(match answer["status"].as_u64() {
+        Some(400) => ControlError::BadRequest(message),
+        Some(404) => ControlError::NotFound(message),
+        Some(409) => ControlError::Conflict(message),
+        Some(503) => ControlError::Unavailable(message),
+        _ => ControlError::Internal(message),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_keep_their_status() {
+        let conflict = decode(&encode(Err(ControlError::Conflict("gate".into())))).unwrap_err();
+        assert!(matches!(conflict, ControlError::Conflict(m) if m == "gate"));
+        let body = json!({"phase": "expanded", "accepted": true});
+        assert_eq!(decode(&encode(Ok(body.clone()))).unwrap(), body);
     }
 }

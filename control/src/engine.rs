@@ -418,7 +418,12 @@ impl Engine {
             actor,
             migration: Some(migration),
             action: "ddl",
-            detail: json!(report),
+            detail: {
+                // Which instance ran it: the job holder.
+                let mut d = json!(report);
+                d["instance"] = json!(self.instance.id);
+                d
+            },
         };
         if let Err(e) = store::record(client, event).await {
             warn!(error = %e, "cannot audit a DDL step");

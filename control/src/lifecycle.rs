@@ -225,6 +225,7 @@ impl Engine {
     /// holder; a backfill continues from its checkpoint), stops cancelled
     /// ones, and refreshes operator settings.
     pub(crate) async fn scan_jobs(self: &Arc<Self>) -> Result<(), ControlError> {
+        self.take_ddl_requests().await?;
         let all = {
             let client = self.db().await?;
             store::list(&client).await?

@@ -92,6 +92,24 @@ async fn two_instances_share_flips_and_the_job_survives_its_holder() {
         call(b.control_addr, "POST", &post("expand"), None).await.0,
         200
     );
+    // The expand, requested through B, ran on A, which started first and
+    // holds the job lock.
+    let (_, status) = call(a.control_addr, "GET", "/v1/status", None).await;
+    let a_id = status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["control_addr"] == a.control_addr.to_string())
+        .unwrap()["id"]
+        .clone();
+    let (_, events) = call(b.control_addr, "GET", "/v1/events", None).await;
+    let ddl = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "ddl")
+        .unwrap_or_else(|| panic!("no DDL event: {events}"));
+    assert_eq!(ddl["detail"]["instance"], a_id, "{ddl}");
 
     // A flip through A is acknowledged by both, and B's proxy dual-writes.
     let (status, _) = call(a.control_addr, "POST", &post("dual-write"), None).await;
