@@ -1,4 +1,5 @@
-//! Expand and contract run on the job holder, like every long job. An
+//! Expand, contract and rollback (the verbs that run DDL) run on the job
+//! holder, like every long job. An
 //! instance that is not the holder records the request in the migration's
 //! state and notifies; the holder runs it and writes the answer back.
 //! The call answers when the DDL is done, unless it waits for a lock: then
@@ -27,8 +28,9 @@ const RELAY_WAIT: Duration = Duration::from_secs(3);
 
 impl Engine {
     /// Runs `verb` on migration `name`. Backfill and verify answer 202 at
-    /// once; expand and contract run on the job holder and answer 202 when
-    /// their DDL is still waiting for a lock after [`ANSWER_WITHIN`].
+    /// once; expand, contract and rollback run on the job holder and answer
+    /// 202 when their DDL is still waiting for a lock after
+    /// [`ANSWER_WITHIN`].
     pub async fn apply(
         self: &Arc<Self>,
         name: &str,
@@ -41,7 +43,12 @@ impl Engine {
                 "{name} has DDL waiting for a lock; wait for it (GET /v1/blockers shows the blockers)"
             )));
         }
-        if !matches!(verb, Verb::Expand | Verb::Contract) {
+        // A new verb's job (if any) shows from now on.
+        self.ddl_jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        if !matches!(verb, Verb::Expand | Verb::Contract | Verb::Rollback) {
             return self.apply_now(name, verb, force, actor).await;
         }
         if !self.holder.load(Ordering::SeqCst) {
@@ -171,55 +178,70 @@ impl Engine {
         verb: Verb,
         task: tokio::task::JoinHandle<Result<Value, ControlError>>,
     ) -> Result<Value, ControlError> {
-        self.set_job(
-            name,
-            Progress {
-                state: "running".into(),
-                throttled: Some(format!(
-                    "{} DDL waiting for a lock on the table (see GET /v1/blockers)",
-                    verb.as_str()
-                )),
-                ..Progress::default()
-            },
-        );
+        let waiting = Progress {
+            state: "running".into(),
+            throttled: Some(format!(
+                "{} DDL waiting for a lock on the table (see GET /v1/blockers)",
+                verb.as_str()
+            )),
+            ..Progress::default()
+        };
+        self.show_ddl(name, Some(waiting)).await;
         let engine = self.clone();
         let owned = name.to_owned();
-        let watcher = tokio::spawn(async move {
+        tokio::spawn(async move {
             let progress = match task.await {
-                Ok(Ok(_)) => Progress {
+                // The verb started a job of its own: that job shows now.
+                Ok(Ok(body)) if body["accepted"] == true => None,
+                Ok(Ok(_)) => Some(Progress {
                     state: "done".into(),
                     ..Progress::default()
-                },
+                }),
                 Ok(Err(e)) => {
                     warn!(migration = %owned, error = %e, "DDL failed");
-                    Progress {
+                    Some(Progress {
                         state: "failed".into(),
                         error: Some(e.to_string()),
                         ..Progress::default()
-                    }
+                    })
                 }
-                Err(e) => Progress {
+                Err(e) => Some(Progress {
                     state: "failed".into(),
                     error: Some(e.to_string()),
                     ..Progress::default()
-                },
+                }),
             };
-            engine.set_job(&owned, progress);
+            engine.show_ddl(&owned, progress).await;
         });
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_owned(), watcher);
         let mut detail = self.detail(name).await?;
         detail["accepted"] = Value::Bool(true);
         Ok(detail)
     }
 
-    fn set_job(&self, name: &str, progress: Progress) {
-        self.jobs
+    /// Shows (or stops showing) DDL progress as the migration's job, here
+    /// and, through the database, on every instance.
+    async fn show_ddl(&self, name: &str, progress: Option<Progress>) {
+        {
+            let mut shown = self.ddl_jobs.lock().unwrap_or_else(|e| e.into_inner());
+            match &progress {
+                Some(p) => shown.insert(name.to_owned(), p.clone()),
+                None => shown.remove(name),
+            };
+        }
+        if let Some(p) = progress {
+            if let Ok(client) = self.db().await {
+                let _ = store::merge_state(&client, name, &json!({ "job": p })).await;
+            }
+        }
+    }
+
+    /// DDL progress this instance shows for `name`, if any.
+    pub(crate) fn ddl_job(&self, name: &str) -> Option<Progress> {
+        self.ddl_jobs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_owned(), progress);
+            .get(name)
+            .cloned()
     }
 }
 

@@ -66,8 +66,10 @@ pub struct Engine {
     pub(crate) metrics: crate::metrics::ControlMetrics,
     /// Migrations whose legacy column is being refilled (revert skips them).
     pub(crate) restoring: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// Migrations whose expand or contract DDL is running here.
+    /// Migrations whose expand, contract or rollback DDL is running here.
     pub(crate) ddl_running: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// DDL that answered 202, shown as the migration's job.
+    pub(crate) ddl_jobs: std::sync::Mutex<std::collections::HashMap<String, crate::jobs::Progress>>,
     /// Once-a-second snapshots of the application's latency (backfill pacing).
     pub(crate) latency: std::sync::Mutex<crate::latency::History>,
     /// Running job tasks.
@@ -116,6 +118,7 @@ impl Engine {
             restoring: Default::default(),
             latency: Default::default(),
             ddl_running: Default::default(),
+            ddl_jobs: Default::default(),
             instance,
             holder: Default::default(),
             fleet: Default::default(),
@@ -191,7 +194,7 @@ impl Engine {
             "routing": routing_of(&m),
             "spec": m.spec,
             "state": m.state,
-            "job": self.local_job(name).map(|p| json!(p)).or_else(|| m.state.get("job").cloned()),
+            "job": self.ddl_job(name).or_else(|| self.local_job(name)).map(|p| json!(p)).or_else(|| m.state.get("job").cloned()),
             "recent_events": events,
         }))
     }

@@ -110,6 +110,29 @@ async fn two_instances_share_flips_and_the_job_survives_its_holder() {
         .find(|e| e["action"] == "ddl")
         .unwrap_or_else(|| panic!("no DDL event: {events}"));
     assert_eq!(ddl["detail"]["instance"], a_id, "{ddl}");
+    // A rollback through B runs its DDL on A too; then expand again.
+    assert_eq!(
+        call(b.control_addr, "POST", &post("rollback"), None)
+            .await
+            .0,
+        200
+    );
+    let (_, events) = call(b.control_addr, "GET", "/v1/events", None).await;
+    let ran_on: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "ddl")
+        .map(|e| &e["detail"]["instance"])
+        .collect();
+    assert!(
+        ran_on.len() >= 2 && ran_on.iter().all(|i| **i == a_id),
+        "{events}"
+    );
+    assert_eq!(
+        call(b.control_addr, "POST", &post("expand"), None).await.0,
+        200
+    );
 
     // A flip through A is acknowledged by both, and B's proxy dual-writes.
     let (status, _) = call(a.control_addr, "POST", &post("dual-write"), None).await;
