@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use switchyard_rules::ident;
 use switchyard_rules::migration::Outcome;
-use switchyard_rules::{ident, QualifiedName};
 use tokio_postgres::Client;
 
 use crate::ddl::{Mode, Step};
 use crate::dependencies;
-use crate::engine::{pairs_of, Engine};
+use crate::engine::{pairs_of, table_of, Engine};
 use crate::error::ControlError;
 use crate::indexes::{self, IndexReport};
 use crate::store::{self, Event, StoredMigration};
@@ -29,8 +29,7 @@ impl Engine {
         force: bool,
         actor: &str,
     ) -> Result<Value, ControlError> {
-        let table = QualifiedName::parse(&m.spec.table)
-            .ok_or_else(|| ControlError::Internal("stored table".into()))?;
+        let table = table_of(&m)?;
         let t = table.to_string();
         let lock_timeout = Duration::from_millis(m.spec.backfill.lock_timeout_ms);
         let pairs = pairs_of(&m)?;
@@ -113,8 +112,7 @@ impl Engine {
             let client = self.db().await?;
             store::get(&client, name).await?
         };
-        let table = QualifiedName::parse(&m.spec.table)
-            .ok_or_else(|| ControlError::Internal("stored table".into()))?;
+        let table = table_of(&m)?;
         let t = table.to_string();
         let lock_timeout = Duration::from_millis(m.spec.backfill.lock_timeout_ms);
         let pairs = pairs_of(&m)?;

@@ -44,10 +44,7 @@ impl Engine {
             )));
         }
         // A new verb's job (if any) shows from now on.
-        self.ddl_jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+        self.set_ddl_job(name, None);
         if !matches!(verb, Verb::Expand | Verb::Contract | Verb::Rollback) {
             return self.apply_now(name, verb, force, actor).await;
         }
@@ -221,18 +218,20 @@ impl Engine {
     /// Shows (or stops showing) DDL progress as the migration's job, here
     /// and, through the database, on every instance.
     async fn show_ddl(&self, name: &str, progress: Option<Progress>) {
-        {
-            let mut shown = self.ddl_jobs.lock().unwrap_or_else(|e| e.into_inner());
-            match &progress {
-                Some(p) => shown.insert(name.to_owned(), p.clone()),
-                None => shown.remove(name),
-            };
-        }
+        self.set_ddl_job(name, progress.clone());
         if let Some(p) = progress {
             if let Ok(client) = self.db().await {
                 let _ = store::merge_state(&client, name, &json!({ "job": p })).await;
             }
         }
+    }
+
+    fn set_ddl_job(&self, name: &str, progress: Option<Progress>) {
+        let mut shown = self.ddl_jobs.lock().unwrap_or_else(|e| e.into_inner());
+        match progress {
+            Some(p) => shown.insert(name.to_owned(), p),
+            None => shown.remove(name),
+        };
     }
 
     /// DDL progress this instance shows for `name`, if any.

@@ -299,8 +299,7 @@ impl Engine {
             return self.rollback(m, outcome, actor).await;
         }
         let pairs = pairs_of(&m)?;
-        let table = QualifiedName::parse(&m.spec.table)
-            .ok_or_else(|| ControlError::Internal("stored table name".into()))?;
+        let table = table_of(&m)?;
         let lock_timeout = Duration::from_millis(m.spec.backfill.lock_timeout_ms);
         let mut state = json!({});
         match (verb, m.phase) {
@@ -436,6 +435,12 @@ impl Engine {
             Some(e) => Err(e),
         }
     }
+}
+
+/// The migrated table, as stored with the migration.
+pub(crate) fn table_of(m: &StoredMigration) -> Result<QualifiedName, ControlError> {
+    QualifiedName::parse(&m.spec.table)
+        .ok_or_else(|| ControlError::Internal(format!("stored table of {}", m.name)))
 }
 
 pub(crate) fn pairs_of(m: &StoredMigration) -> Result<Vec<Pair>, ControlError> {

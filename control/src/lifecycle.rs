@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::catalog;
 
-use crate::engine::{pairs_of, Engine};
+use crate::engine::{pairs_of, table_of, Engine};
 use crate::error::ControlError;
 use crate::fleet::JOBS_CHANNEL;
 use crate::indexes;
@@ -29,8 +29,7 @@ impl Engine {
         m: &StoredMigration,
         direction: Direction,
     ) -> Result<Target, ControlError> {
-        let table = QualifiedName::parse(&m.spec.table)
-            .ok_or_else(|| ControlError::Internal("stored table".into()))?;
+        let table = table_of(m)?;
         let client = self.db().await?;
         // Without a key, the jobs walk page ranges by ctid.
         let facts = catalog::table_facts(&client, &table).await?;

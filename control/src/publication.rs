@@ -8,14 +8,12 @@
 use std::time::Instant;
 
 use serde_json::{json, Value};
-use switchyard_rules::{
-    ColumnMapping, QualifiedName, ReadRoute, Routing, RuleSet, TableRules, WriteRoute,
-};
+use switchyard_rules::{ColumnMapping, ReadRoute, Routing, RuleSet, TableRules, WriteRoute};
 use tokio_postgres::Client;
 use tracing::info;
 
 use crate::catalog;
-use crate::engine::{legacy_incomplete, pairs_of, Engine};
+use crate::engine::{legacy_incomplete, pairs_of, table_of, Engine};
 use crate::error::ControlError;
 use crate::store::{self, Event};
 
@@ -69,8 +67,7 @@ impl Engine {
             let Some(routing) = crate::engine::routing(m) else {
                 continue;
             };
-            let table = QualifiedName::parse(&m.spec.table)
-                .ok_or_else(|| ControlError::Internal("stored table".into()))?;
+            let table = table_of(m)?;
             let facts = catalog::table_facts(client, &table).await?;
             let mappings = pairs_of(m)?
                 .into_iter()

@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use switchyard_rules::migration::{Outcome, Verb};
-use switchyard_rules::{ident, Phase, QualifiedName};
+use switchyard_rules::{ident, Phase};
 
 use crate::ddl::{Mode, Step};
-use crate::engine::{pairs_of, Engine};
+use crate::engine::{pairs_of, table_of, Engine};
 use crate::error::ControlError;
 use crate::indexes;
 use crate::store::{self, StoredMigration};
@@ -32,8 +32,7 @@ impl Engine {
         outcome: Outcome,
         actor: &str,
     ) -> Result<Value, ControlError> {
-        let table = QualifiedName::parse(&m.spec.table)
-            .ok_or_else(|| ControlError::Internal("stored table".into()))?;
+        let table = table_of(&m)?;
         let t = table.to_string();
         let lock_timeout = Duration::from_millis(m.spec.backfill.lock_timeout_ms);
         let pairs = pairs_of(&m)?;

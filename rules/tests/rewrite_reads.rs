@@ -147,3 +147,14 @@ fn merge_reads_and_writes_follow_the_routing() {
         "merge into users u using src s on u.id = s.id when matched and (((u.email_address))::character varying(320)) <> s.email then update set email_address = (lower(((s.email)::character varying(320)))) when not matched then insert (id, email_address) values (s.id, (lower(((s.email)::character varying(320)))))"
     );
 }
+
+#[test]
+fn a_column_less_insert_into_a_contracted_table_redirects_its_on_conflict_set() {
+    assert_eq!(
+        text(
+            Phase::Contracted,
+            "insert into users values (1, 'A@x', 'n', 0) on conflict (id) do update set email = excluded.email"
+        ),
+        "insert into users (id, email_address, name, status) values (1, (lower((('A@x')::character varying(320)))), 'n', 0) on conflict (id) do update set email_address = (lower((((((excluded.email_address))::character varying(320)))::character varying(320))))"
+    );
+}
