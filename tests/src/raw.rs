@@ -159,3 +159,38 @@ pub fn cstrs(parts: &[&str]) -> Vec<u8> {
 pub fn tags(msgs: &[Msg]) -> String {
     msgs.iter().map(|m| m.tag as char).collect()
 }
+
+/// A `Parse` body: statement `name`, text `sql`, no parameter types.
+pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = cstrs(&[name, sql]);
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b
+}
+
+/// A `Bind` body of the unnamed portal to statement `stmt` with text
+/// parameters `params`.
+pub fn bind(stmt: &str, params: &[&str]) -> Vec<u8> {
+    let mut b = cstrs(&["", stmt]);
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        b.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        b.extend_from_slice(p.as_bytes());
+    }
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b
+}
+
+/// An `Execute` body of the unnamed portal, all rows.
+pub fn execute() -> Vec<u8> {
+    let mut b = cstrs(&[""]);
+    b.extend_from_slice(&0i32.to_be_bytes());
+    b
+}
+
+/// A `Close` or `Describe` body: `kind` `S` (statement) or `P` (portal).
+pub fn target(kind: u8, name: &str) -> Vec<u8> {
+    let mut b = vec![kind];
+    b.extend_from_slice(&cstrs(&[name]));
+    b
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use switchyard_tests::raw::{cstrs, put_msg, tags, RawConn};
+use switchyard_tests::raw::{bind, cstrs, execute, parse, put_msg, tags, RawConn};
 use switchyard_tests::{Cluster, TestProxy, TestProxyOptions};
 use tokio_postgres::AsyncMessage;
 
@@ -212,24 +212,6 @@ async fn listen_notify() {
     }
 }
 
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    let mut b = cstrs(&[name, sql]);
-    b.extend_from_slice(&0i16.to_be_bytes());
-    b
-}
-
-fn bind(stmt: &str) -> Vec<u8> {
-    let mut b = cstrs(&["", stmt]);
-    b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-    b
-}
-
-fn execute() -> Vec<u8> {
-    let mut b = cstrs(&[""]);
-    b.extend_from_slice(&0i32.to_be_bytes());
-    b
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_in_the_middle_of_a_pipeline_then_recovery() {
     let (_cluster, proxy) = setup().await;
@@ -239,7 +221,7 @@ async fn error_in_the_middle_of_a_pipeline_then_recovery() {
     let mut out = BytesMut::new();
     for sql in ["select 1", "select * from no_such_table", "select 3"] {
         put_msg(&mut out, b'P', &parse("", sql));
-        put_msg(&mut out, b'B', &bind(""));
+        put_msg(&mut out, b'B', &bind("", &[]));
         put_msg(&mut out, b'E', &execute());
     }
     put_msg(&mut out, b'S', &[]);

@@ -54,8 +54,11 @@ struct Prepared {
 
 struct State {
     rules: Arc<ActiveRules>,
-    idle: bool,
-    pinned: bool,
+    /// Between transactions with nothing in flight: the server's last
+    /// ReadyForQuery said idle, it owes no reply, and the client has sent
+    /// nothing since that starts work. Only then may the version change.
+    /// Otherwise the session is pinned to `rules`' version in the hub.
+    at_rest: bool,
     pending: VecDeque<Expect>,
     statements: HashMap<String, Prepared>,
     /// In extended-protocol COPY FROM STDIN, where the server ignores Sync.
@@ -92,8 +95,7 @@ impl SessionRouter {
             id: hub.register(),
             state: Mutex::new(State {
                 rules: hub.current(),
-                idle: true,
-                pinned: false,
+                at_rest: true,
                 pending: VecDeque::new(),
                 statements: HashMap::new(),
                 copy_in: false,
@@ -123,9 +125,13 @@ impl SessionRouter {
         if st.busy_since.is_none() {
             st.busy_since = Some(Instant::now());
         }
+        // Whatever leads a batch (Close, Sync, Execute, ... as well as
+        // Parse), the batch runs under the version in force when it began.
+        if starts_work(tag) {
+            self.adopt(&mut st);
+        }
         match tag {
             b'Q' => {
-                self.adopt(&mut st);
                 st.pending.push_back(Expect::Query);
                 let Some(sql) = messages::query_text(body) else {
                     return Action::Forward;
@@ -168,7 +174,6 @@ impl SessionRouter {
                 }
             }
             b'P' => {
-                self.adopt(&mut st);
                 st.pending.push_back(Expect::Parse { injected: None });
                 let Some(parse) = Parse::decode(body) else {
                     return Action::Forward;
@@ -198,13 +203,11 @@ impl SessionRouter {
                 action
             }
             b'B' => {
-                self.adopt(&mut st);
                 let inject = messages::bind_statement(body).and_then(|n| self.refresh(&mut st, n));
                 st.pending.push_back(Expect::Bind);
                 with_prefix(inject, frame)
             }
             b'D' => {
-                self.adopt(&mut st);
                 let inject = match messages::target(body) {
                     Some((b'S', name)) => self.refresh(&mut st, name),
                     _ => None,
@@ -236,7 +239,6 @@ impl SessionRouter {
                 Action::Forward
             }
             b'F' => {
-                self.adopt(&mut st);
                 st.pending.push_back(Expect::Function);
                 Action::Forward
             }
@@ -315,9 +317,8 @@ impl SessionRouter {
                 }
                 let status = frame.get(5).copied().unwrap_or(b'I');
                 st.path.on_ready(status);
-                st.idle = status == b'I';
-                if st.idle && st.pending.is_empty() && st.pinned {
-                    st.pinned = false;
+                if status == b'I' && st.pending.is_empty() && !st.at_rest {
+                    st.at_rest = true;
                     self.hub.unpin(self.id);
                 }
                 if st.pending.is_empty() {
@@ -331,19 +332,18 @@ impl SessionRouter {
         Action::Forward
     }
 
-    /// Between transactions, with nothing in flight, take the newest rules;
-    /// then pin the version for the work that starts now.
+    /// At rest, take the newest rules and pin their version for the work
+    /// that starts now; otherwise keep the version the work began under.
     fn adopt(&self, st: &mut State) {
-        if st.idle && st.pending.is_empty() {
-            let current = self.hub.current();
-            if current.version() != st.rules.version() {
-                st.rules = current;
-            }
+        if !st.at_rest {
+            return;
         }
-        if !st.pinned {
-            st.pinned = true;
-            self.hub.pin(self.id, st.rules.version());
+        let current = self.hub.current();
+        if current.version() != st.rules.version() {
+            st.rules = current;
         }
+        st.at_rest = false;
+        self.hub.pin(self.id, st.rules.version());
     }
 
     /// Re-prepares `name` if it was prepared under another rules version and
@@ -465,6 +465,12 @@ impl SessionRouter {
             Outcome::Same
         }
     }
+}
+
+/// Whether the server answers this client message, so that it begins work
+/// (Flush, Terminate and stray COPY messages do not).
+fn starts_work(tag: u8) -> bool {
+    matches!(tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F')
 }
 
 /// Whether a statement can write rows (any write keyword as a word).
