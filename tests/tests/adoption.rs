@@ -14,15 +14,16 @@ const INSERT: &str = "insert into accounts(email) values ($1)";
 
 /// The messages that lead a batch, as (tag, body); each case ends its
 /// leader with a Sync where the leader fails on its own.
-fn leaders(function_oid: u32) -> Vec<(&'static str, Vec<(u8, Vec<u8>)>)> {
+/// Messages as (tag, body).
+type Batch = Vec<(u8, Vec<u8>)>;
+
+fn leaders(function_oid: u32) -> Vec<(&'static str, Batch)> {
     let mut call = Vec::new();
     call.extend_from_slice(&function_oid.to_be_bytes());
     call.extend_from_slice(&0i16.to_be_bytes());
     call.extend_from_slice(&1i16.to_be_bytes());
-    for v in ["40"] {
-        call.extend_from_slice(&(v.len() as i32).to_be_bytes());
-        call.extend_from_slice(v.as_bytes());
-    }
+    call.extend_from_slice(&2i32.to_be_bytes());
+    call.extend_from_slice(b"40");
     call.extend_from_slice(&0i16.to_be_bytes());
     vec![
         ("close statement", vec![(b'C', target(b'S', "other"))]),
@@ -123,7 +124,7 @@ async fn every_leading_message_type_adopts_the_new_version() {
             dual.version = version;
             install(&hub, dual);
             let email = format!("{case} {fresh_parse}@X.COM").replace(' ', "_");
-            let mut batch: Vec<(u8, Vec<u8>)> = leader
+            let mut batch: Batch = leader
                 .iter()
                 .map(|(tag, body)| (*tag, rename(body, "other", &names.1)))
                 .collect();
