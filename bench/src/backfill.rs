@@ -131,7 +131,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         }
     })?;
     let took = backfill_started.elapsed();
-    let done = detail["state"]["backfill"]["rows_done"]
+    let done = detail["state"]["reports"]["backfill"]["rows_done"]
         .as_u64()
         .unwrap_or(0);
     let rate = done as f64 / took.as_secs_f64();

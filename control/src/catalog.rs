@@ -6,33 +6,11 @@ use tokio_postgres::Client;
 
 use crate::error::ControlError;
 
-/// One column pair, resolved against the catalog.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Pair {
-    /// Legacy column.
-    pub legacy: String,
-    /// Its type, as `format_type` prints it.
-    pub legacy_type: String,
-    /// New column.
-    pub new: String,
-    /// Its type.
-    pub new_type: String,
-    /// Forward expression (defaulted).
-    pub forward: String,
-    /// Backward expression (defaulted).
-    pub backward: String,
-    /// NOT NULL at contract.
-    pub not_null: bool,
-    /// Position of the legacy column among the table's columns.
-    pub legacy_position: usize,
-    /// Non-volatile default of the new column.
-    #[serde(default)]
-    pub default: Option<String>,
-}
+pub use switchyard_rules::migration::Pair;
 
 /// Reads a table's columns and key; 400 if the table does not exist.
 pub async fn table_facts(
-    client: &Client,
+    client: &impl tokio_postgres::GenericClient,
     table: &QualifiedName,
 ) -> Result<TableFacts, ControlError> {
     let rows = client
@@ -135,15 +113,16 @@ pub async fn validate(
                 .map_err(|e| ControlError::BadRequest(format!("{}: {e}", field("type"))))?,
             None => legacy_type.clone(),
         };
+        // The migration adds its new column itself and drops it on
+        // rollback; a column already there holds someone's data, which
+        // dual-writes and the backfill would overwrite.
         if let Some(existing) = facts.column(&c.new) {
-            if existing.sql_type != new_type {
-                return Err(ControlError::BadRequest(format!(
-                    "{}: column {:?} already exists with type {} (spec says {new_type})",
-                    field("new"),
-                    c.new,
-                    existing.sql_type
-                )));
-            }
+            return Err(ControlError::BadRequest(format!(
+                "{}: {table} already has a column {:?} ({}); a migration adds its new column itself, so name one that does not exist",
+                field("new"),
+                c.new,
+                existing.sql_type
+            )));
         }
         let legacy_ident = switchyard_rules::ident::quote(&c.legacy);
         let new_ident = switchyard_rules::ident::quote(&c.new);

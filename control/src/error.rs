@@ -23,9 +23,6 @@ pub enum ControlError {
     /// The database is unreachable or refused (503).
     #[error("database: {0}")]
     Database(#[from] tokio_postgres::Error),
-    /// Not built yet (501).
-    #[error("{0}")]
-    NotImplemented(String),
     /// A bug or an inconsistent state (500).
     #[error("{0}")]
     Internal(String),
@@ -42,8 +39,22 @@ impl ControlError {
             ControlError::Database(_) | ControlError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ControlError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The same error, for a second reader (a relayed answer, a waiter).
+    pub fn duplicate(&self) -> ControlError {
+        let message = self.to_string();
+        match self {
+            ControlError::BadRequest(_) => ControlError::BadRequest(message),
+            ControlError::Unauthorized(_) => ControlError::Unauthorized(message),
+            ControlError::NotFound(_) => ControlError::NotFound(message),
+            ControlError::Conflict(_) => ControlError::Conflict(message),
+            ControlError::Unavailable(_) | ControlError::Database(_) => {
+                ControlError::Unavailable(message)
+            }
+            ControlError::Internal(_) => ControlError::Internal(message),
         }
     }
 
@@ -71,8 +82,19 @@ impl ControlError {
             ControlError::Conflict(_) => "conflict",
             ControlError::Database(_) => "database_unavailable",
             ControlError::Unavailable(_) => "unavailable",
-            ControlError::NotImplemented(_) => "not_implemented",
             ControlError::Internal(_) => "internal",
         }
+    }
+}
+
+impl From<switchyard_rules::migration::Refusal> for ControlError {
+    fn from(r: switchyard_rules::migration::Refusal) -> Self {
+        ControlError::Conflict(r.to_string())
+    }
+}
+
+impl From<switchyard_rules::migration::events::Moved> for ControlError {
+    fn from(m: switchyard_rules::migration::events::Moved) -> Self {
+        ControlError::Conflict(m.to_string())
     }
 }

@@ -30,18 +30,7 @@ pub struct CoveringIndex {
     pub constraint: Option<String>,
 }
 
-/// What happened to one index.
-#[derive(Debug, Clone, Serialize)]
-pub struct IndexReport {
-    /// The index acted on.
-    pub index: String,
-    /// The statement run, if any.
-    pub sql: Option<String>,
-    /// `created`, `exists`, `dropped`, `moved_constraint` or `skipped`.
-    pub outcome: String,
-    /// Why it was skipped.
-    pub reason: Option<String>,
-}
+pub(crate) use switchyard_rules::migration::IndexReport;
 
 /// Indexes of `table` (quoted, qualified) that depend on `column`.
 pub async fn covering(

@@ -143,6 +143,29 @@ impl History {
     }
 }
 
+/// A [`History`] shared between the fleet's tick (which samples) and the
+/// backfill (which reads windows).
+#[derive(Debug, Default)]
+pub(crate) struct Recent(std::sync::Mutex<History>);
+
+impl Recent {
+    /// Adds a snapshot taken now.
+    pub fn sample(&self, snapshot: Histogram) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Instant::now(), snapshot);
+    }
+
+    /// The round trips of about the last `span`, up to `current`.
+    pub fn window(&self, current: &Histogram, span: Duration) -> Histogram {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .window(Instant::now(), current, span)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

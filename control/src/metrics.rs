@@ -114,8 +114,15 @@ impl ControlMetrics {
             .set(phase as i64);
     }
 
+    /// Records the last parity pass's mismatches.
+    pub fn set_parity(&self, migration: &str, mismatches: u64) {
+        self.parity_mismatches
+            .get_or_create(&label(migration))
+            .set(mismatches as i64);
+    }
+
     /// Records backfill progress.
-    pub fn backfill(&self, migration: &str, p: &crate::jobs::Progress) {
+    pub fn backfill(&self, migration: &str, p: &switchyard_rules::migration::Progress) {
         let l = label(migration);
         self.backfill_rows.get_or_create(&l).set(p.rows_done as i64);
         self.backfill_rows_per_second

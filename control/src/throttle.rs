@@ -119,7 +119,8 @@ impl LatencyGuard {
     }
 
     /// The baseline p99, if there is one.
-    pub fn baseline(&self) -> Option<Duration> {
+    #[cfg(test)]
+    fn baseline(&self) -> Option<Duration> {
         self.baseline
     }
 
@@ -219,7 +220,8 @@ impl ChunkSizer {
 }
 
 /// Next chunk size from the last chunk alone (see [`ChunkSizer`]).
-pub fn next_chunk(size: u64, took: Duration, target: Duration) -> u64 {
+#[cfg(test)]
+fn next_chunk(size: u64, took: Duration, target: Duration) -> u64 {
     ChunkSizer::default().next(size, took, target)
 }
 

@@ -123,6 +123,11 @@ impl ActiveRules {
         self.set.version
     }
 
+    /// The published version running these rules acknowledges.
+    pub fn acknowledges(&self) -> u64 {
+        self.set.acknowledges()
+    }
+
     /// Rewrites one query string (possibly several statements) for
     /// `search_path` (schemas in order, `$user` already resolved).
     pub fn rewrite(&self, sql: &str, search_path: &[String]) -> Rewrite {

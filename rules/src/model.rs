@@ -227,6 +227,12 @@ pub struct RuleSet {
     /// unqualified name resolves through `search_path` as PostgreSQL would.
     #[serde(default)]
     pub shadows: Vec<QualifiedName>,
+    /// A revert swapped in locally before it is published: the published
+    /// version it was derived from. Running it acknowledges only that one,
+    /// so that no waiter mistakes it for a published version of the same
+    /// number.
+    #[serde(default)]
+    pub local_base: Option<u64>,
 }
 
 impl RuleSet {
@@ -243,6 +249,11 @@ impl RuleSet {
         self.tables
             .iter()
             .any(|t| t.mappings.iter().any(|m| m.routing.is_active()))
+    }
+
+    /// The published version running this set acknowledges.
+    pub fn acknowledges(&self) -> u64 {
+        self.local_base.unwrap_or(self.version)
     }
 
     /// The rules of `table`, if routed.

@@ -4,6 +4,7 @@
 //! Nothing here mocks the database; every test talks to a real server it
 //! started itself and stops when the handle drops, even on panic.
 
+pub mod api;
 pub mod certs;
 pub mod cluster;
 pub mod load;

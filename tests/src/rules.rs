@@ -55,6 +55,7 @@ pub fn single_pair(
             mappings: vec![mapping],
         }],
         shadows: vec![],
+        local_base: None,
     }
 }
 

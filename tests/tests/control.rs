@@ -144,7 +144,7 @@ async fn create_expand_dual_write_gates_and_revert() {
         .iter()
         .map(|e| e["action"].as_str().unwrap())
         .collect();
-    assert_eq!(actions, vec!["create", "ddl", "phase", "phase"]);
+    assert_eq!(actions, vec!["create", "phase", "ddl", "phase"]);
 
     // Rollback to expanded, then to planned (drops the new column).
     for _ in 0..2 {
@@ -302,7 +302,10 @@ async fn full_lifecycle_under_application_writes() {
     assert_eq!(status, 202, "{body}");
     let detail = wait_for(&proxy, |d| d["phase"] == "backfilled").await;
     assert!(
-        detail["state"]["backfill"]["rows_done"].as_u64().unwrap() >= 20000,
+        detail["state"]["reports"]["backfill"]["rows_done"]
+            .as_u64()
+            .unwrap()
+            >= 20000,
         "{detail}"
     );
     assert_eq!(call(&proxy, "POST", &post("verify"), None).await.0, 202);
@@ -411,7 +414,12 @@ async fn pause_tune_resume_and_blockers() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(call(&proxy, "POST", &post("resume"), None).await.0, 200);
     let d = wait_for(&proxy, |d| d["phase"] == "backfilled").await;
-    assert!(d["state"]["backfill"]["rows_done"].as_u64().unwrap() >= 5100);
+    assert!(
+        d["state"]["reports"]["backfill"]["rows_done"]
+            .as_u64()
+            .unwrap()
+            >= 5100
+    );
 
     // A session holding a lock on the migrating table is listed and can be
     // terminated through the API.
@@ -523,7 +531,7 @@ async fn backfill_resumes_from_its_checkpoint_after_a_restart() {
     );
     let d = wait_for(&proxy, |d| d["phase"] == "backfilled").await;
     // Each row visited once: the resumed job continued the count.
-    assert_eq!(d["state"]["backfill"]["rows_done"], 20100, "{d}");
+    assert_eq!(d["state"]["reports"]["backfill"]["rows_done"], 20100, "{d}");
     let bad: i64 = direct
         .query_one(
             "select count(*) from users where email_address is distinct from lower(email)",
@@ -610,7 +618,7 @@ async fn openapi_documents_every_route_and_field() {
     let (code, started) = call(&proxy, "POST", "/v1/migrations/users-email/backfill", None).await;
     assert_eq!(code, 202);
     assert_eq!(
-        undocumented(&started["job"], &schemas["Progress"]),
+        undocumented(&started["job"], &schemas["Job"]),
         Vec::<String>::new()
     );
     let (_, reverted) = call(&proxy, "POST", "/v1/revert", None).await;

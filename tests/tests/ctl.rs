@@ -118,7 +118,7 @@ async fn ctl_drives_a_migration_and_exits_non_zero_on_refusal() {
     );
     let live = cluster
         .psql_admin(
-            "select state->'live' from switchyard.migrations where name = 'accounts-status'",
+            "select state->'settings' from switchyard.migrations where name = 'accounts-status'",
         )
         .unwrap();
     assert!(live.contains("\"max_replica_lag_ms\": 250"), "{live}");

@@ -213,7 +213,7 @@ async fn two_instances_share_flips_and_the_job_survives_its_holder() {
     })
     .await;
     // Every row once: the resumed count continued the checkpoint's.
-    assert_eq!(d["state"]["backfill"]["rows_done"], 30000, "{d}");
+    assert_eq!(d["state"]["reports"]["backfill"]["rows_done"], 30000, "{d}");
     let started: Vec<Value> = d["recent_events"]
         .as_array()
         .unwrap()

@@ -165,7 +165,10 @@ async fn a_million_rows_from_expand_to_complete() {
     run(&proxy, "dual-write", 200, "dual_write").await;
     let d = run(&proxy, "backfill", 202, "backfilled").await;
     assert!(
-        d["state"]["backfill"]["rows_done"].as_u64().unwrap() >= ROWS as u64,
+        d["state"]["reports"]["backfill"]["rows_done"]
+            .as_u64()
+            .unwrap()
+            >= ROWS as u64,
         "{d}"
     );
     assert_eq!(columns(&db).await, both);

@@ -231,7 +231,7 @@ async fn rollback_from_every_phase_keeps_the_data() {
     // from backward(new), with its indexes.
     let d = step(&proxy, m, "rollback", 202).await;
     assert_eq!(d["phase"], "reads_switched", "{d}");
-    assert_eq!(d["state"]["legacy_incomplete"], false, "{d}");
+    assert_eq!(d["state"]["stage"]["reads"], "new", "{d}");
     assert_eq!(
         columns(&db).await,
         vec![
@@ -321,7 +321,10 @@ async fn composite_and_unique_keys_are_walked_in_chunks() {
         step(&proxy, m, "dual-write", 200).await;
         let d = step(&proxy, m, "backfill", 202).await;
         assert!(
-            d["state"]["backfill"]["rows_done"].as_u64().unwrap() > 0,
+            d["state"]["reports"]["backfill"]["rows_done"]
+                .as_u64()
+                .unwrap()
+                > 0,
             "{d}"
         );
         let d = step(&proxy, m, "verify", 202).await;
@@ -329,7 +332,7 @@ async fn composite_and_unique_keys_are_walked_in_chunks() {
     }
     let (_, d) = call(&proxy, "GET", "/v1/migrations/orders-state", None).await;
     assert_eq!(
-        d["state"]["backfill"]["rows_done"], 28_000,
+        d["state"]["reports"]["backfill"]["rows_done"], 28_000,
         "each row once: {d}"
     );
     assert_eq!(
@@ -353,14 +356,18 @@ async fn composite_and_unique_keys_are_walked_in_chunks() {
         0
     );
     let (_, d) = call(&proxy, "GET", "/v1/migrations/loose-level", None).await;
-    assert_eq!(d["state"]["verify"]["rows_done"], 20_000, "{d}");
+    assert_eq!(d["state"]["reports"]["verify"]["rows_done"], 20_000, "{d}");
     // A damaged row is found by verify, with its composite key.
     db.batch_execute("update orders set state_text = 'wrong' where tenant = 3 and id = 17")
         .await
         .unwrap();
     let d = step(&proxy, "orders-state", "verify", 202).await;
     assert_eq!(d["state"]["parity"]["mismatches"], 1, "{d}");
-    assert_eq!(d["state"]["verify"]["sample_keys"], json!(["3,17"]), "{d}");
+    assert_eq!(
+        d["state"]["reports"]["verify"]["sample_keys"],
+        json!(["3,17"]),
+        "{d}"
+    );
 }
 
 /// Polls the migration until `done` holds.
@@ -451,7 +458,7 @@ async fn throttles_hold_the_backfill_and_say_why() {
     holder.batch_execute("commit").await.unwrap();
     waiting.await.unwrap().unwrap();
     let d = wait_detail(&proxy, m, |d| d["phase"] == "backfilled").await;
-    assert_eq!(d["state"]["backfill"]["rows_done"], 3000, "{d}");
+    assert_eq!(d["state"]["reports"]["backfill"]["rows_done"], 3000, "{d}");
     let (_, events) = call(&proxy, "GET", "/v1/events", None).await;
     assert!(events
         .as_array()
@@ -570,14 +577,14 @@ async fn a_blocker_during_contract_is_retried_listed_and_terminated() {
             .is_some_and(|r| r.contains("waiting for a lock")),
         "{body}"
     );
-    let (status, body) = call(
-        &proxy,
-        "POST",
-        &format!("/v1/migrations/{m}/rollback"),
-        None,
-    )
-    .await;
+    let (status, body) = call(&proxy, "POST", &format!("/v1/migrations/{m}/verify"), None).await;
     assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|e| e.contains("contract job is running")),
+        "{body}"
+    );
     let (status, body) = call(
         &proxy,
         "POST",
@@ -674,24 +681,10 @@ async fn a_table_without_a_key_is_walked_by_tid_range_scans() {
         legacy_position: 1,
         default: None,
     };
-    let target = switchyard_control::jobs::Target {
-        migration: "m".into(),
-        table: "public.loose".into(),
-        key: vec![],
-        key_types: vec![],
-        direction: switchyard_control::jobs::Direction::Forward,
-        pairs: vec![pair],
-        target_chunk: std::time::Duration::from_millis(100),
-        max_rows_per_second: None,
-        lock_timeout: std::time::Duration::from_millis(100),
-        limits: Default::default(),
-    };
+    let (chunk_sql, verify_sql) = switchyard_control::job_statements("public.loose", &[], &[pair]);
     let last: Option<Vec<String>> = Some(vec!["40".into()]);
     let end: Option<Vec<String>> = Some(vec!["90".into()]);
-    for (sql, chunk) in [
-        (switchyard_control::jobs::chunk_sql(&target), true),
-        (switchyard_control::jobs::verify_sql(&target), false),
-    ] {
+    for (sql, chunk) in [(chunk_sql, true), (verify_sql, false)] {
         let explain = format!("EXPLAIN {sql}");
         let plan = if chunk {
             db.query(&explain, &[&last, &5000i64, &end]).await
@@ -726,8 +719,11 @@ async fn a_contract_interrupted_before_the_column_drop_is_finished_on_restart() 
     // dropping the legacy one: phase `contracted`, legacy column present.
     proxy.shutdown().await;
     db.batch_execute(
-        "alter table users alter column email drop not null;
-         update switchyard.migrations set phase = 'contracted' where name = 'users-email'",
+        r#"alter table users alter column email drop not null;
+           update switchyard.migrations set phase = 'contracted',
+             state = state || '{"stage": {"phase": "contracted", "legacy": "dropping"},
+                                "job": {"id": 99, "kind": "contract", "state": "running", "actor": "token"}}'
+           where name = 'users-email'"#,
     )
     .await
     .unwrap();
@@ -747,7 +743,10 @@ async fn a_contract_interrupted_before_the_column_drop_is_finished_on_restart() 
         columns(&db).await,
         vec![("email_address".into(), "YES".into())]
     );
-    let d = wait_detail(&proxy, m, |d| d["state"]["retired_indexes"].is_array()).await;
+    let d = wait_detail(&proxy, m, |d| {
+        d["state"]["reports"]["retired_indexes"].is_array()
+    })
+    .await;
     assert_eq!(d["phase"], "contracted");
     // Applications keep using the legacy name through the proxy.
     let app = proxy.connect("trust_user").await.unwrap();
@@ -825,7 +824,7 @@ async fn the_backfill_slows_down_while_the_application_is_slower() {
     .await;
     assert_eq!(status, 200, "{body}");
     let d = wait_detail(&proxy, m, |d| d["phase"] == "backfilled").await;
-    assert_eq!(d["state"]["backfill"]["rows_done"], 50000, "{d}");
+    assert_eq!(d["state"]["reports"]["backfill"]["rows_done"], 50000, "{d}");
     slow.abort();
 }
 
@@ -863,7 +862,7 @@ async fn the_backfill_ends_at_the_last_key_it_saw_when_it_started() {
         200
     );
     let d = wait_detail(&proxy, m, |d| d["phase"] == "backfilled").await;
-    assert_eq!(d["state"]["backfill"]["rows_done"], 3000, "{d}");
+    assert_eq!(d["state"]["reports"]["backfill"]["rows_done"], 3000, "{d}");
     assert_eq!(
         count(
             &db,

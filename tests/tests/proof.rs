@@ -366,8 +366,11 @@ async fn a_migration_under_load_survives_every_fault() {
     .await;
     assert_eq!(status, 200);
     let d = wait(&serve, |d| d["phase"] == "backfilled").await;
-    assert_eq!(d["state"]["indexes"][0]["outcome"], "created", "{d}");
-    let backfill_rate = d["state"]["backfill"]["rows_per_second"]
+    assert_eq!(
+        d["state"]["reports"]["indexes"][0]["outcome"], "created",
+        "{d}"
+    );
+    let backfill_rate = d["state"]["reports"]["backfill"]["rows_per_second"]
         .as_f64()
         .unwrap_or(0.0)
         .round();

@@ -1,44 +1,49 @@
-//! Switchyard's state in the target database (schema `switchyard`):
-//! migrations with their spec and state as JSONB, the rules version, and
-//! the append-only audit log.
+//! Switchyard's state in the target database (schema `switchyard`): each
+//! migration's spec and typed state, the rules version, the audit log, and
+//! the DDL requests relayed to the job holder.
+//!
+//! A migration's state changes only through [`update`]: the row is locked,
+//! a pure function of the current state gives the next one (or refuses),
+//! and the write commits with whatever else the caller's transaction does
+//! (DDL, an audit event, a rules version bump). Two actors never both act
+//! on the same state.
 
-pub mod schema;
+mod events;
+mod requests;
+pub(crate) mod schema;
+mod upgrade;
 
 use serde_json::Value;
-use switchyard_rules::migration::MigrationSpec;
+use switchyard_rules::migration::{MigrationSpec, MigrationState, STATE_SCHEMA};
 use switchyard_rules::Phase;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::error::ControlError;
 
+pub(crate) use events::{events, record, Event};
+pub(crate) use requests::{
+    answer, answer_of, request, take_requests, ANSWERS_CHANNEL, REQUESTS_CHANNEL,
+};
+
 /// One stored migration.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct StoredMigration {
+#[derive(Debug, Clone)]
+pub(crate) struct StoredMigration {
     /// Its name.
     pub name: String,
-    /// Current phase.
-    pub phase: Phase,
     /// The spec as submitted (defaults filled in).
     pub spec: MigrationSpec,
-    /// Phase-specific state (parity results, DDL reports, ...).
-    pub state: Value,
+    /// Its state.
+    pub state: MigrationState,
 }
 
-/// An audit-log entry to append.
-#[derive(Debug, Clone)]
-pub struct Event<'a> {
-    /// Who: token name, `ctl` user, or `system`.
-    pub actor: &'a str,
-    /// Which migration, if any.
-    pub migration: Option<&'a str>,
-    /// What happened, e.g. `phase`, `ddl`, `flip`, `force`.
-    pub action: &'a str,
-    /// Before/after and outcome.
-    pub detail: Value,
+impl StoredMigration {
+    pub fn phase(&self) -> Phase {
+        self.state.stage.phase()
+    }
 }
 
-/// Creates the schema and applies missing steps.
-pub async fn bootstrap(client: &mut Client) -> Result<(), ControlError> {
+/// Creates the schema, applies missing steps and upgrades older states.
+pub(crate) async fn bootstrap(client: &mut Client) -> Result<(), ControlError> {
     let tx = client.transaction().await?;
     tx.batch_execute(schema::BOOTSTRAP).await?;
     for (i, step) in schema::STEPS.iter().enumerate() {
@@ -59,6 +64,7 @@ pub async fn bootstrap(client: &mut Client) -> Result<(), ControlError> {
             .await?;
         }
     }
+    upgrade::run(&tx).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -70,26 +76,27 @@ fn phase_name(phase: Phase) -> String {
         .unwrap_or_default()
 }
 
-fn parse_phase(text: &str) -> Result<Phase, ControlError> {
-    serde_json::from_value(Value::String(text.to_owned()))
-        .map_err(|_| ControlError::Internal(format!("unknown phase {text:?} in the database")))
+fn decode(row: &tokio_postgres::Row) -> Result<StoredMigration, ControlError> {
+    let name: String = row.get("name");
+    let bad = |what: &str, e: serde_json::Error| {
+        ControlError::Internal(format!("stored {what} of {name}: {e}"))
+    };
+    let spec = serde_json::from_value(row.get("spec")).map_err(|e| bad("spec", e))?;
+    let state = serde_json::from_value(row.get("state")).map_err(|e| bad("state", e))?;
+    Ok(StoredMigration { name, spec, state })
 }
 
-fn row_to_migration(row: &tokio_postgres::Row) -> Result<StoredMigration, ControlError> {
-    let spec: Value = row.get("spec");
-    Ok(StoredMigration {
-        name: row.get("name"),
-        phase: parse_phase(row.get("phase"))?,
-        spec: serde_json::from_value(spec).map_err(|e| ControlError::Internal(e.to_string()))?,
-        state: row.get("state"),
-    })
+fn encode(state: &MigrationState) -> Result<Value, ControlError> {
+    let mut state = state.clone();
+    state.schema = STATE_SCHEMA;
+    serde_json::to_value(&state).map_err(|e| ControlError::Internal(e.to_string()))
 }
 
-/// Inserts a new migration in phase `planned`; 409 if the name is taken.
-pub async fn insert(
-    client: &Client,
+/// Inserts a new migration; 409 if the name is taken.
+pub(crate) async fn insert(
+    client: &impl GenericClient,
     spec: &MigrationSpec,
-    state: &Value,
+    state: &MigrationState,
 ) -> Result<(), ControlError> {
     let spec_json =
         serde_json::to_value(spec).map_err(|e| ControlError::Internal(e.to_string()))?;
@@ -97,154 +104,112 @@ pub async fn insert(
         .execute(
             "INSERT INTO switchyard.migrations (name, phase, spec, state) VALUES ($1, $2, $3, $4)
              ON CONFLICT (name) DO NOTHING",
-            &[&spec.name, &phase_name(Phase::Planned), &spec_json, state],
+            &[
+                &spec.name,
+                &phase_name(state.stage.phase()),
+                &spec_json,
+                &encode(state)?,
+            ],
         )
         .await?;
     if inserted == 0 {
         return Err(ControlError::Conflict(format!(
-            "migration {} already exists",
+            "migration {} already exists; pick another name",
             spec.name
         )));
     }
     Ok(())
 }
 
+const SELECT: &str = "SELECT name, spec, state FROM switchyard.migrations";
+
 /// One migration by name.
-pub async fn get(client: &Client, name: &str) -> Result<StoredMigration, ControlError> {
+pub(crate) async fn get(
+    client: &impl GenericClient,
+    name: &str,
+) -> Result<StoredMigration, ControlError> {
     let row = client
-        .query_opt(
-            "SELECT name, phase, spec, state FROM switchyard.migrations WHERE name = $1",
-            &[&name],
-        )
+        .query_opt(&format!("{SELECT} WHERE name = $1"), &[&name])
         .await?
-        .ok_or_else(|| ControlError::NotFound(format!("no migration named {name}")))?;
-    row_to_migration(&row)
+        .ok_or_else(|| not_found(name))?;
+    decode(&row)
+}
+
+fn not_found(name: &str) -> ControlError {
+    ControlError::NotFound(format!(
+        "no migration named {name} (GET /v1/migrations lists them)"
+    ))
 }
 
 /// All migrations, oldest first.
-pub async fn list(client: &Client) -> Result<Vec<StoredMigration>, ControlError> {
+pub(crate) async fn list(
+    client: &impl GenericClient,
+) -> Result<Vec<StoredMigration>, ControlError> {
     client
-        .query(
-            "SELECT name, phase, spec, state FROM switchyard.migrations ORDER BY created_at, name",
-            &[],
-        )
+        .query(&format!("{SELECT} ORDER BY created_at, name"), &[])
         .await?
         .iter()
-        .map(row_to_migration)
+        .map(decode)
         .collect()
 }
 
-/// Moves `name` from `from` to `to` (optimistically: 409 if another actor
-/// moved it first) and merges `state`.
-pub async fn set_phase(
-    client: &Client,
+/// Changes `name`'s state inside `tx`: locks the row, gives the current
+/// migration to `change`, and writes the state it returns. Commits with
+/// `tx`; a refusal writes nothing.
+pub(crate) async fn update_in<T>(
+    tx: &Transaction<'_>,
     name: &str,
-    from: Phase,
-    to: Phase,
-    state: &Value,
-) -> Result<(), ControlError> {
-    let n = client
-        .execute(
-            "UPDATE switchyard.migrations SET phase = $3, state = state || $4, updated_at = now()
-             WHERE name = $1 AND phase = $2",
-            &[&name, &phase_name(from), &phase_name(to), state],
+    change: impl FnOnce(&StoredMigration) -> Result<(MigrationState, T), ControlError>,
+) -> Result<(StoredMigration, T), ControlError> {
+    let row = tx
+        .query_opt(&format!("{SELECT} WHERE name = $1 FOR UPDATE"), &[&name])
+        .await?
+        .ok_or_else(|| not_found(name))?;
+    let mut m = decode(&row)?;
+    let (state, out) = change(&m)?;
+    if state != m.state {
+        tx.execute(
+            "UPDATE switchyard.migrations SET phase = $2, state = $3, updated_at = now()
+             WHERE name = $1",
+            &[&name, &phase_name(state.stage.phase()), &encode(&state)?],
         )
         .await?;
-    if n == 0 {
-        return Err(ControlError::Conflict(format!(
-            "migration {name} is no longer in phase {}",
-            phase_name(from)
-        )));
+        m.state = state;
     }
-    Ok(())
+    Ok((m, out))
 }
 
-/// Merges `state` into the migration's state, whatever its phase.
-pub async fn merge_state(client: &Client, name: &str, state: &Value) -> Result<(), ControlError> {
-    client
-        .execute(
-            "UPDATE switchyard.migrations SET state = state || $2 WHERE name = $1",
-            &[&name, state],
-        )
-        .await?;
-    Ok(())
+/// [`update_in`] in a transaction of its own.
+pub(crate) async fn update<T>(
+    client: &mut Client,
+    name: &str,
+    change: impl FnOnce(&StoredMigration) -> Result<(MigrationState, T), ControlError>,
+) -> Result<(StoredMigration, T), ControlError> {
+    let tx = client.transaction().await?;
+    let out = update_in(&tx, name, change).await?;
+    tx.commit().await?;
+    Ok(out)
 }
 
-/// Appends to the audit log.
-pub async fn record(client: &Client, event: Event<'_>) -> Result<(), ControlError> {
-    client
-        .execute(
-            EVENT_SQL,
-            &[&event.actor, &event.migration, &event.action, &event.detail],
-        )
-        .await?;
-    Ok(())
-}
-
-/// [`record`] inside a transaction, so the event commits with its change.
-pub async fn record_in(
-    tx: &tokio_postgres::Transaction<'_>,
-    event: Event<'_>,
-) -> Result<(), ControlError> {
-    tx.execute(
-        EVENT_SQL,
-        &[&event.actor, &event.migration, &event.action, &event.detail],
-    )
-    .await?;
-    Ok(())
-}
-
-const EVENT_SQL: &str =
-    "INSERT INTO switchyard.events (actor, migration, action, detail) VALUES ($1, $2, $3, $4)";
-
-/// The audit log, newest last.
-pub async fn events(
-    client: &Client,
-    migration: Option<&str>,
-    limit: i64,
-) -> Result<Vec<Value>, ControlError> {
-    let rows = client
-        .query(
-            "SELECT id, at, actor, migration, action, detail FROM (
-                SELECT * FROM switchyard.events WHERE $1::text IS NULL OR migration = $1
-                ORDER BY id DESC LIMIT $2) e ORDER BY id",
-            &[&migration, &limit],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let at: std::time::SystemTime = r.get("at");
-            let at_ms = at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-            serde_json::json!({
-                "id": r.get::<_, i64>("id"),
-                "at_unix_ms": at_ms,
-                "actor": r.get::<_, String>("actor"),
-                "migration": r.get::<_, Option<String>>("migration"),
-                "action": r.get::<_, String>("action"),
-                "detail": r.get::<_, Value>("detail"),
-            })
-        })
-        .collect())
-}
-
-/// Bumps the rules version and notifies every instance; returns it.
-pub async fn bump_rules_version(client: &Client) -> Result<u64, ControlError> {
-    let row = client
+/// Bumps the rules version (to at least `at_least`) and notifies every
+/// instance when `tx` commits; returns it.
+pub(crate) async fn bump_rules_version(
+    tx: &impl GenericClient,
+    at_least: u64,
+) -> Result<u64, ControlError> {
+    let row = tx
         .query_one(
-            "WITH v AS (UPDATE switchyard.rules SET version = version + 1, published_at = now() RETURNING version)
+            "WITH v AS (UPDATE switchyard.rules SET version = greatest(version + 1, $1),
+                                                published_at = now() RETURNING version)
              SELECT version, pg_notify('switchyard_rules', version::text) FROM v",
-            &[],
+            &[&(at_least as i64)],
         )
         .await?;
     Ok(row.get::<_, i64>(0) as u64)
 }
 
 /// The published rules version.
-pub async fn rules_version(client: &Client) -> Result<u64, ControlError> {
+pub(crate) async fn rules_version(client: &impl GenericClient) -> Result<u64, ControlError> {
     let row = client
         .query_one("SELECT version FROM switchyard.rules", &[])
         .await?;

@@ -2,7 +2,7 @@
 //! idempotently. Each step runs once, recorded in `schema_version`.
 
 /// Ordered schema steps; never edit one that has shipped, append instead.
-pub const STEPS: &[&str] = &[
+pub(crate) const STEPS: &[&str] = &[
     // 1: migrations, rules version, instances, checkpoints, audit log.
     "CREATE TABLE IF NOT EXISTS switchyard.migrations (
         name        text PRIMARY KEY,
@@ -39,11 +39,27 @@ pub const STEPS: &[&str] = &[
         action      text NOT NULL,
         detail      jsonb NOT NULL DEFAULT '{}'
      );",
+    // 2: DDL verbs relayed to the job holder (replaces requests kept in the
+    // migration's state and polled).
+    "CREATE TABLE IF NOT EXISTS switchyard.requests (
+        id          bigserial PRIMARY KEY,
+        migration   text NOT NULL REFERENCES switchyard.migrations(name) ON DELETE CASCADE,
+        verb        text NOT NULL,
+        force       boolean NOT NULL,
+        actor       text NOT NULL,
+        asked_by    text NOT NULL,
+        asked_at    timestamptz NOT NULL DEFAULT now(),
+        taken_by    text,
+        taken_at    timestamptz,
+        answer      jsonb,
+        answered_at timestamptz
+     );
+     CREATE INDEX IF NOT EXISTS requests_open ON switchyard.requests (id) WHERE taken_by IS NULL;",
 ];
 
 /// Creates the schema and applies missing steps, under an advisory lock so
 /// that instances starting together do not race.
-pub const BOOTSTRAP: &str = "
+pub(crate) const BOOTSTRAP: &str = "
     SELECT pg_advisory_xact_lock(hashtext('switchyard.schema'));
     CREATE SCHEMA IF NOT EXISTS switchyard;
     CREATE TABLE IF NOT EXISTS switchyard.schema_version (

@@ -313,8 +313,14 @@ fn print(body: &Value, json: bool) {
             );
         }
     } else if body.get("phase").is_some() {
+        let stage = &body["stage"];
+        let detail = match (stage["reads"].as_str(), stage["legacy"].as_str()) {
+            (Some(reads), _) => format!(" (reads {reads})"),
+            (_, Some(legacy)) => format!(" (legacy column {legacy})"),
+            _ => String::new(),
+        };
         println!(
-            "{} on {}: phase {}",
+            "{} on {}: phase {}{detail}",
             body["name"].as_str().unwrap_or(""),
             body["table"].as_str().unwrap_or(""),
             body["phase"].as_str().unwrap_or("")
@@ -322,18 +328,31 @@ fn print(body: &Value, json: bool) {
         if body["job"].is_object() {
             let j = &body["job"];
             println!(
-                "  job {}: {} rows done, {} changed/mismatched, {:.0} rows/s",
+                "  {} job {}: {} rows done, {} changed/mismatched, {:.0} rows/s",
+                j["kind"].as_str().unwrap_or(""),
                 j["state"].as_str().unwrap_or(""),
                 j["rows_done"],
                 j["rows_changed"],
                 j["rows_per_second"].as_f64().unwrap_or(0.0)
             );
+            for (key, label) in [("throttled", "waiting"), ("error", "error")] {
+                if let Some(text) = j[key].as_str() {
+                    println!("  {label}: {text}");
+                }
+            }
         }
     } else if let Some(v) = body.get("rules_version") {
         println!(
             "routing reverted: rules v{v}, swap {} µs, {:?}",
             body["swap_micros"], body["reverted"]
         );
+        for s in body["skipped"].as_array().into_iter().flatten() {
+            println!(
+                "  not reverted: {}: {}",
+                s["migration"].as_str().unwrap_or(""),
+                s["reason"].as_str().unwrap_or("")
+            );
+        }
     } else if let Some(events) = body.as_array() {
         for e in events {
             println!(

@@ -150,7 +150,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
         stats.set_phase(phase);
         let detail = step(&engine, name, verb).await?;
         if verb == Verb::Backfill {
-            backfill_rate = detail["state"]["backfill"]["rows_per_second"]
+            backfill_rate = detail["state"]["reports"]["backfill"]["rows_per_second"]
                 .as_f64()
                 .unwrap_or(0.0);
         }

@@ -18,8 +18,11 @@ pub struct RulesHub {
     current: ArcSwap<ActiveRules>,
     /// Rewrites shared by all sessions.
     pub cache: RewriteCache,
-    /// Versions still in use by sessions inside a transaction or pipeline.
+    /// What each session inside a transaction or pipeline acknowledges
+    /// (the published version its rules stand for).
     pins: DashMap<u64, u64>,
+    /// The acknowledged version, for the control plane to wait on.
+    acknowledged: tokio::sync::watch::Sender<u64>,
     next_session: AtomicU64,
     logged: DashMap<String, ()>,
     resync: DashMap<String, u64>,
@@ -33,6 +36,7 @@ impl Default for RulesHub {
             current: ArcSwap::from_pointee(ActiveRules::default()),
             cache: RewriteCache::new(10_000),
             pins: DashMap::new(),
+            acknowledged: tokio::sync::watch::Sender::new(0),
             next_session: AtomicU64::new(1),
             logged: DashMap::new(),
             resync: DashMap::new(),
@@ -50,6 +54,7 @@ impl RulesHub {
         let started = Instant::now();
         self.current.store(active);
         let took = started.elapsed();
+        self.refresh_acknowledged();
         info!(
             version,
             swap_us = took.as_micros() as u64,
@@ -63,11 +68,25 @@ impl RulesHub {
         self.current.load_full()
     }
 
-    /// The lowest rules version any open transaction of this instance still
-    /// runs under (the current version when none lags behind).
+    /// The lowest published version any open transaction of this instance
+    /// still runs under (the current one when none lags behind).
     pub fn acknowledged(&self) -> u64 {
-        let current = self.current.load().version();
+        let current = self.current.load().acknowledges();
         self.pins.iter().map(|e| *e.value()).fold(current, u64::min)
+    }
+
+    /// Follows [`RulesHub::acknowledged`] as it moves.
+    pub fn watch_acknowledged(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.acknowledged.subscribe()
+    }
+
+    fn refresh_acknowledged(&self) {
+        let now = self.acknowledged();
+        self.acknowledged.send_if_modified(|old| {
+            let moved = *old != now;
+            *old = now;
+            moved
+        });
     }
 
     /// A new session id.
@@ -75,14 +94,20 @@ impl RulesHub {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Records that `session` runs under `version` until `unpin`.
+    /// Records that `session` runs under rules acknowledging `version`
+    /// until `unpin`.
     pub fn pin(&self, session: u64, version: u64) {
         self.pins.insert(session, version);
     }
 
-    /// The session is idle: it holds no version.
+    /// The session is idle: it holds no version. Only a session that held
+    /// an older version than the current one can move the acknowledgement.
     pub fn unpin(&self, session: u64) {
-        self.pins.remove(&session);
+        if let Some((_, held)) = self.pins.remove(&session) {
+            if held < self.current.load().acknowledges() {
+                self.refresh_acknowledged();
+            }
+        }
     }
 
     /// Records that writes of `migrations` escaped the rewrite, so their
@@ -116,6 +141,10 @@ impl switchyard_control::RulesSink for RulesHub {
 
     fn acknowledged(&self) -> u64 {
         RulesHub::acknowledged(self)
+    }
+
+    fn watch_acknowledged(&self) -> tokio::sync::watch::Receiver<u64> {
+        RulesHub::watch_acknowledged(self)
     }
 
     fn unrewritten_writes(&self) -> Vec<(String, u64)> {

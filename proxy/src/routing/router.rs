@@ -343,7 +343,7 @@ impl SessionRouter {
             st.rules = current;
         }
         st.at_rest = false;
-        self.hub.pin(self.id, st.rules.version());
+        self.hub.pin(self.id, st.rules.acknowledges());
     }
 
     /// Re-prepares `name` if it was prepared under another rules version and

@@ -1,11 +1,22 @@
-//! The migration model: the spec an operator submits, the verbs, and the
-//! phase transitions with their gates. Pure; the control plane persists and
-//! executes it.
+//! The migration model: the spec an operator submits, the typed state it
+//! moves through, the verbs with their gates, and the events of its jobs.
+//! Pure; the control plane persists the state and carries out the effects.
 
+pub mod events;
+pub mod job;
 pub mod spec;
+pub mod state;
 pub mod transition;
 pub mod verb;
 
+#[cfg(test)]
+mod machine_tests;
+
+pub use job::{Job, JobKind, JobStatus, Progress, Settings};
 pub use spec::{BackfillSettings, ColumnSpec, MigrationSpec, SpecError};
-pub use transition::{previous, step, Outcome, Parity, TransitionError};
+pub use state::{
+    Columns, Created, DdlReport, IndexReport, LegacyColumn, MigrationState, Pair, Parity, Reports,
+    Stage, SwitchedReads, STATE_SCHEMA,
+};
+pub use transition::{decide, Decision, Effect, Refusal};
 pub use verb::Verb;

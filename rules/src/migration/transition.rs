@@ -1,223 +1,379 @@
-//! Phase transitions as functions: the next phase, or a typed refusal that
-//! the API answers with 409. Gates look at parity results; `force` passes a
-//! gate (never a wrong phase) and is reported so the caller can audit it.
+//! Verbs as functions of the state: what a verb does from where the
+//! migration stands, or a typed refusal that says what to do instead (the
+//! API answers it with 409). Gates look at the parity record; `force`
+//! passes a gate and is reported for the audit log, but never a wrong
+//! phase, a busy job slot, or a step that would break applications.
 
-use serde::{Deserialize, Serialize};
-
+use super::job::JobKind;
+use super::state::{LegacyColumn, MigrationState, Stage, SwitchedReads};
 use super::verb::Verb;
 use crate::model::Phase;
 
-/// A completed parity pass.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Parity {
-    /// Rows where new IS DISTINCT FROM forward(legacy).
-    pub mismatches: u64,
-    /// The phase the migration was in when the pass completed.
-    pub phase: Phase,
-    /// Unrewritten writes were seen after this pass started.
-    #[serde(default)]
-    pub stale: bool,
-    /// The migration's count of unrewritten writes when the pass started;
-    /// a higher count later makes the pass stale.
-    #[serde(default)]
-    pub writes_seen: u64,
+/// What the control plane must do for a verb.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Only the stage (and so the routing) changes.
+    Route,
+    /// Add the new columns, then move to the next stage.
+    AddNewColumns,
+    /// Drop the new columns the migration created.
+    DropNewColumns,
+    /// Drop the indexes the backfill built on the new columns.
+    DropRebuiltIndexes,
+    /// Start a job; the stage moves when it completes.
+    StartJob(JobKind),
+    /// Contract: NOT NULL, route to the new column only, acknowledge, drop
+    /// the legacy column. Also finishes a contract whose drop is pending.
+    Contract,
+    /// Re-add the legacy column, route writes to both columns, refill it.
+    RestoreLegacy,
 }
 
-impl Parity {
-    fn clean(&self) -> bool {
-        self.mismatches == 0 && !self.stale
-    }
-}
-
-/// What a verb leads to.
+/// A verb's decided outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// The phase after the step (for `backfill` and `verify`, after the job
-    /// completes).
-    pub next: Phase,
-    /// A gate was overridden with `force`.
+pub struct Decision {
+    /// What to do.
+    pub effect: Effect,
+    /// The stage once the effect is done (a job's completion may refine it).
+    pub next: Stage,
+    /// A gate overridden with `force`, to audit.
     pub forced: Option<String>,
+    /// A running job the verb cancels first (a rollback undoes its work).
+    pub cancels: Option<JobKind>,
 }
 
-/// Why a step is refused.
+/// Why a verb is refused. Each says what to do next.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TransitionError {
-    /// The verb does not apply in this phase.
-    #[error("cannot {verb} a migration in phase {phase:?}; {hint}")]
+pub enum Refusal {
+    /// The verb does not apply where the migration stands.
+    #[error("cannot {verb} a migration in phase {phase:?}: {hint}")]
     WrongPhase {
         /// The verb.
         verb: &'static str,
-        /// The current phase.
+        /// Where the migration stands.
         phase: Phase,
-        /// What would be valid.
+        /// What to do instead.
         hint: &'static str,
     },
-    /// A gate is closed and `force` was not given.
-    #[error("gate closed for {verb}: {reason} (use ?force=true to override; it is audited)")]
+    /// A gate is closed; `force` passes it.
+    #[error(
+        "gate closed for {verb}: {reason}; {hint} (or ?force=true to override; it is audited)"
+    )]
     Gate {
         /// The verb.
         verb: &'static str,
-        /// Why the gate is closed.
+        /// Why.
         reason: String,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// The verb would break applications; `force` does not pass.
+    #[error("cannot {verb}: {reason}; {hint}")]
+    Unsafe {
+        /// The verb.
+        verb: &'static str,
+        /// Why.
+        reason: &'static str,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// A job holds the slot.
+    #[error("cannot {verb}: a {} job is running; {hint}", job.as_str())]
+    Busy {
+        /// The verb.
+        verb: &'static str,
+        /// The running job.
+        job: JobKind,
+        /// What to do instead.
+        hint: &'static str,
     },
 }
 
-/// The next phase for `verb` from `phase`, given the last parity pass.
-pub fn step(
-    phase: Phase,
-    verb: Verb,
-    parity: Option<&Parity>,
-    force: bool,
-) -> Result<Outcome, TransitionError> {
-    use Phase as P;
-    let wrong = |hint| TransitionError::WrongPhase {
-        verb: verb.as_str(),
-        phase,
+impl Refusal {
+    /// What the operator should do next.
+    pub fn hint(&self) -> &str {
+        match self {
+            Refusal::WrongPhase { hint, .. }
+            | Refusal::Gate { hint, .. }
+            | Refusal::Unsafe { hint, .. }
+            | Refusal::Busy { hint, .. } => hint,
+        }
+    }
+}
+
+/// What `verb` does from `state`.
+pub fn decide(state: &MigrationState, verb: Verb, force: bool) -> Result<Decision, Refusal> {
+    let cancels = match state.running_job() {
+        None => None,
+        Some(job) if verb == Verb::Rollback && cancellable(job.kind) => Some(job.kind),
+        Some(job) => {
+            return Err(Refusal::Busy {
+                verb: verb.as_str(),
+                job: job.kind,
+                hint: busy_hint(job.kind),
+            })
+        }
+    };
+    let mut d = decide_idle(state, verb, force)?;
+    d.cancels = cancels;
+    Ok(d)
+}
+
+/// A rollback cancels long work it undoes anyway, and a contract (whose
+/// every column change checks, in its own transaction, that it still runs).
+fn cancellable(kind: JobKind) -> bool {
+    matches!(
+        kind,
+        JobKind::Backfill | JobKind::Verify | JobKind::Contract
+    )
+}
+
+fn busy_hint(kind: JobKind) -> &'static str {
+    match kind {
+        JobKind::Backfill | JobKind::Verify => {
+            "wait for it (GET the migration to follow it), or roll back to cancel it"
+        }
+        JobKind::Restore => "wait for the legacy column's refill to finish",
+        JobKind::Expand | JobKind::Rollback => {
+            "wait for its DDL (GET /v1/blockers shows what it waits for)"
+        }
+        JobKind::Contract => {
+            "wait for it (GET the migration shows what it waits for), or roll back to cancel it"
+        }
+    }
+}
+
+fn decide_idle(state: &MigrationState, verb: Verb, force: bool) -> Result<Decision, Refusal> {
+    use Stage as S;
+    let stage = state.stage;
+    let v = verb.as_str();
+    let wrong = |hint| Refusal::WrongPhase {
+        verb: v,
+        phase: stage.phase(),
         hint,
     };
-    let ok = |next| Ok(Outcome { next, forced: None });
-    let gate = |reason: String, next| {
-        if force {
-            Ok(Outcome {
-                next,
-                forced: Some(reason),
-            })
-        } else {
-            Err(TransitionError::Gate {
-                verb: verb.as_str(),
-                reason,
-            })
-        }
+    let unsafe_ = |reason, hint| Refusal::Unsafe {
+        verb: v,
+        reason,
+        hint,
     };
-    match (verb, phase) {
-        (Verb::Expand, P::Planned) => ok(P::Expanded),
+    let go = |effect, next| {
+        Ok(Decision {
+            effect,
+            next,
+            forced: None,
+            cancels: None,
+        })
+    };
+    let gated = |gate: Result<(), (String, &'static str)>, effect, next| match gate {
+        Ok(()) => go(effect, next),
+        Err((reason, _)) if force => Ok(Decision {
+            effect,
+            next,
+            forced: Some(reason),
+            cancels: None,
+        }),
+        Err((reason, hint)) => Err(Refusal::Gate {
+            verb: v,
+            reason,
+            hint,
+        }),
+    };
+    const RESTORING: &str =
+        "the legacy column is being refilled after a rollback of contract, and reads must stay on the new column until that is done";
+    const WAIT_RESTORE: &str = "wait for the restore job to finish";
+    match (verb, stage) {
+        (Verb::Expand, S::Planned) => go(Effect::AddNewColumns, S::Expanded),
         (Verb::Expand, _) => Err(wrong("expand applies to a planned migration")),
-        (Verb::DualWrite, P::Expanded) => ok(P::DualWrite),
-        (Verb::DualWrite, _) => Err(wrong("dual-write follows expand")),
-        (Verb::Backfill, P::DualWrite | P::Backfilled | P::Verified) => ok(P::Backfilled),
-        (Verb::Backfill, _) => Err(wrong("backfill needs dual-write routing first")),
-        (Verb::Verify, P::Backfilled | P::Verified) => ok(P::Verified),
-        (Verb::Verify, P::ReadsSwitched) => ok(P::ReadsSwitched),
-        (Verb::Verify, _) => Err(wrong("verify needs a completed backfill")),
-        (Verb::SwitchReads, P::Verified | P::Backfilled) => match parity {
-            Some(p) if p.clean() => ok(P::ReadsSwitched),
-            Some(p) if p.stale => gate(
-                "writes escaped dual-write since the last parity pass; backfill and verify again"
-                    .into(),
-                P::ReadsSwitched,
-            ),
-            Some(p) => gate(
-                format!(
-                    "the last parity pass found {} mismatched rows",
-                    p.mismatches
-                ),
-                P::ReadsSwitched,
-            ),
-            None => gate("no parity pass has completed".into(), P::ReadsSwitched),
-        },
-        (Verb::SwitchReads, _) => Err(wrong("switch-reads follows a backfill and a clean verify")),
-        (Verb::Contract, P::ReadsSwitched) => match parity {
-            Some(p) if p.clean() && p.phase == P::ReadsSwitched => ok(P::Contracted),
-            Some(p) if p.phase != P::ReadsSwitched => gate(
-                "contract needs a parity pass completed after reads switched".into(),
-                P::Contracted,
-            ),
-            Some(p) => gate(
-                format!(
-                    "the last parity pass found {} mismatched rows",
-                    p.mismatches
-                ),
-                P::Contracted,
-            ),
-            None => gate("no parity pass has completed".into(), P::Contracted),
-        },
-        (Verb::Contract, _) => Err(wrong("contract follows switch-reads")),
-        (Verb::Complete, P::Contracted) => ok(P::Completed),
-        (Verb::Complete, _) => Err(wrong("complete follows contract")),
-        (Verb::Rollback, P::Planned) => Err(wrong("a planned migration has nothing to roll back")),
-        (Verb::Rollback, P::Completed) => Err(wrong("a completed migration's rules are retired")),
-        (Verb::Rollback, p) => ok(previous(p)),
+
+        (Verb::DualWrite, S::Expanded) => go(Effect::Route, S::DualWrite),
+        (Verb::DualWrite, S::Planned) => Err(wrong("expand first: the new column must exist")),
+        (Verb::DualWrite, _) => Err(wrong("writes are already dual (or past it)")),
+
+        (Verb::Backfill, S::DualWrite | S::Backfilled | S::Verified) => {
+            go(Effect::StartJob(JobKind::Backfill), S::Backfilled)
+        }
+        (
+            Verb::Backfill,
+            S::ReadsSwitched {
+                reads: SwitchedReads::Reverted,
+            },
+        ) => go(Effect::StartJob(JobKind::Backfill), stage),
+        (Verb::Backfill, S::Planned | S::Expanded) => Err(wrong(
+            "dual-write first, so that new writes fill the new column",
+        )),
+        (Verb::Backfill, _) => Err(wrong(
+            "the new column is the source of reads now; revert first if it needs another backfill",
+        )),
+
+        (Verb::Verify, S::Backfilled | S::Verified) => {
+            go(Effect::StartJob(JobKind::Verify), S::Verified)
+        }
+        (
+            Verb::Verify,
+            S::ReadsSwitched {
+                reads: SwitchedReads::New | SwitchedReads::Reverted,
+            },
+        ) => go(Effect::StartJob(JobKind::Verify), stage),
+        (
+            Verb::Verify,
+            S::ReadsSwitched {
+                reads: SwitchedReads::Restoring,
+            },
+        ) => Err(unsafe_(RESTORING, WAIT_RESTORE)),
+        (Verb::Verify, S::Planned | S::Expanded | S::DualWrite) => {
+            Err(wrong("backfill first; verify compares every row"))
+        }
+        (Verb::Verify, _) => Err(wrong("the legacy column is dropped; nothing to compare")),
+
+        (Verb::SwitchReads, S::Backfilled | S::Verified) => gated(
+            switch_gate(state),
+            Effect::Route,
+            S::ReadsSwitched {
+                reads: SwitchedReads::New,
+            },
+        ),
+        (
+            Verb::SwitchReads,
+            S::ReadsSwitched {
+                reads: SwitchedReads::Reverted,
+            },
+        ) => gated(
+            switch_gate(state),
+            Effect::Route,
+            S::ReadsSwitched {
+                reads: SwitchedReads::New,
+            },
+        ),
+        (
+            Verb::SwitchReads,
+            S::ReadsSwitched {
+                reads: SwitchedReads::Restoring,
+            },
+        ) => Err(unsafe_(RESTORING, WAIT_RESTORE)),
+        (
+            Verb::SwitchReads,
+            S::ReadsSwitched {
+                reads: SwitchedReads::New,
+            },
+        ) => Err(wrong("reads are already on the new column")),
+        (Verb::SwitchReads, S::Contracted { .. } | S::Completed) => {
+            Err(wrong("reads are already on the new column"))
+        }
+        (Verb::SwitchReads, _) => Err(wrong("backfill and verify first")),
+
+        (
+            Verb::Contract,
+            S::ReadsSwitched {
+                reads: SwitchedReads::New,
+            },
+        ) => gated(
+            contract_gate(state),
+            Effect::Contract,
+            S::Contracted {
+                legacy: LegacyColumn::Dropped,
+            },
+        ),
+        (
+            Verb::Contract,
+            S::ReadsSwitched {
+                reads: SwitchedReads::Reverted,
+            },
+        ) => Err(unsafe_(
+            "reads are reverted to the legacy column, which contract would drop",
+            "switch-reads first (after a verify if writes escaped meanwhile)",
+        )),
+        (
+            Verb::Contract,
+            S::ReadsSwitched {
+                reads: SwitchedReads::Restoring,
+            },
+        ) => Err(unsafe_(RESTORING, WAIT_RESTORE)),
+        (
+            Verb::Contract,
+            S::Contracted {
+                legacy: LegacyColumn::Dropping,
+            },
+        ) => go(
+            Effect::Contract,
+            S::Contracted {
+                legacy: LegacyColumn::Dropped,
+            },
+        ),
+        (Verb::Contract, S::Contracted { .. } | S::Completed) => {
+            Err(wrong("the legacy column is already dropped"))
+        }
+        (Verb::Contract, _) => Err(wrong("switch-reads first (after a clean verify)")),
+
+        (
+            Verb::Complete,
+            S::Contracted {
+                legacy: LegacyColumn::Dropped,
+            },
+        ) => go(Effect::Route, S::Completed),
+        (
+            Verb::Complete,
+            S::Contracted {
+                legacy: LegacyColumn::Dropping,
+            },
+        ) => Err(unsafe_(
+            "the legacy column's drop has not finished",
+            "POST contract again to finish it",
+        )),
+        (Verb::Complete, S::Completed) => Err(wrong("the migration is already completed")),
+        (Verb::Complete, _) => Err(wrong("contract first")),
+
+        (Verb::Rollback, S::Planned) => Err(wrong("a planned migration has nothing to roll back")),
+        (Verb::Rollback, S::Completed) => Err(wrong(
+            "a completed migration's rules are retired; start a new migration to move back",
+        )),
+        (
+            Verb::Rollback,
+            S::ReadsSwitched {
+                reads: SwitchedReads::Restoring,
+            },
+        ) => Err(unsafe_(RESTORING, WAIT_RESTORE)),
+        (Verb::Rollback, stage) => {
+            let next = stage.previous().expect("every other stage has one");
+            let effect = match stage {
+                S::Expanded => Effect::DropNewColumns,
+                S::Backfilled => Effect::DropRebuiltIndexes,
+                S::Contracted { .. } => Effect::RestoreLegacy,
+                _ => Effect::Route,
+            };
+            go(effect, next)
+        }
     }
 }
 
-/// The phase one step back.
-pub fn previous(phase: Phase) -> Phase {
-    use Phase as P;
-    match phase {
-        P::Planned | P::Expanded => P::Planned,
-        P::DualWrite => P::Expanded,
-        P::Backfilled => P::DualWrite,
-        P::Verified => P::Backfilled,
-        P::ReadsSwitched => P::Verified,
-        P::Contracted => P::ReadsSwitched,
-        P::Completed => P::Contracted,
+/// Parity must be clean and fresh before reads move to the new column.
+fn switch_gate(state: &MigrationState) -> Result<(), (String, &'static str)> {
+    const AGAIN: &str = "backfill and verify again";
+    match &state.parity {
+        None => Err(("no parity pass has completed".into(), "verify first")),
+        Some(_) if state.parity_stale() => Err((
+            "writes escaped dual-write since the last parity pass began".into(),
+            AGAIN,
+        )),
+        Some(p) if p.mismatches > 0 => Err((
+            format!(
+                "the last parity pass found {} mismatched rows",
+                p.mismatches
+            ),
+            AGAIN,
+        )),
+        Some(_) => Ok(()),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parity(mismatches: u64, phase: Phase) -> Parity {
-        Parity {
-            mismatches,
-            phase,
-            stale: false,
-            writes_seen: 0,
-        }
-    }
-
-    #[test]
-    fn the_happy_path_walks_every_phase() {
-        let clean = parity(0, Phase::Verified);
-        let after_switch = parity(0, Phase::ReadsSwitched);
-        let mut phase = Phase::Planned;
-        for (verb, p) in [
-            (Verb::Expand, None),
-            (Verb::DualWrite, None),
-            (Verb::Backfill, None),
-            (Verb::Verify, None),
-            (Verb::SwitchReads, Some(&clean)),
-            (Verb::Contract, Some(&after_switch)),
-            (Verb::Complete, None),
-        ] {
-            phase = step(phase, verb, p, false).unwrap().next;
-        }
-        assert_eq!(phase, Phase::Completed);
-    }
-
-    #[test]
-    fn gates_refuse_without_force_and_report_when_forced() {
-        let err = step(Phase::Backfilled, Verb::SwitchReads, None, false).unwrap_err();
-        assert!(matches!(err, TransitionError::Gate { .. }));
-        let dirty = parity(3, Phase::Verified);
-        let out = step(Phase::Verified, Verb::SwitchReads, Some(&dirty), true).unwrap();
-        assert_eq!(out.next, Phase::ReadsSwitched);
-        assert!(out.forced.unwrap().contains("3 mismatched"));
-        // A clean pass from before the switch does not open the contract gate.
-        let old = parity(0, Phase::Verified);
-        assert!(step(Phase::ReadsSwitched, Verb::Contract, Some(&old), false).is_err());
-        let stale = Parity {
-            stale: true,
-            ..parity(0, Phase::Verified)
-        };
-        assert!(step(Phase::Verified, Verb::SwitchReads, Some(&stale), false).is_err());
-    }
-
-    #[test]
-    fn wrong_phases_are_refused_even_with_force() {
-        assert!(matches!(
-            step(Phase::Planned, Verb::Contract, None, true),
-            Err(TransitionError::WrongPhase { .. })
-        ));
-        assert!(step(Phase::Completed, Verb::Rollback, None, true).is_err());
-        assert_eq!(
-            step(Phase::Contracted, Verb::Rollback, None, false)
-                .unwrap()
-                .next,
-            Phase::ReadsSwitched
-        );
-        assert_eq!(Verb::parse("switch-reads"), Some(Verb::SwitchReads));
-        assert_eq!(Verb::parse("nope"), None);
+/// Contract needs a clean, fresh pass completed after reads switched.
+fn contract_gate(state: &MigrationState) -> Result<(), (String, &'static str)> {
+    switch_gate(state)?;
+    match &state.parity {
+        Some(p) if p.phase != Phase::ReadsSwitched => Err((
+            "contract needs a parity pass completed after reads switched".into(),
+            "verify again",
+        )),
+        _ => Ok(()),
     }
 }

@@ -1,0 +1,152 @@
+//! The jobs this instance runs (it runs jobs only while it holds the job
+//! lock): their tasks, their live progress, and the operator settings the
+//! backfill reads before every chunk. The job's record lives in the
+//! migration's state; this is the holder's working copy.
+
+mod backfill;
+mod run;
+mod target;
+mod verify;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use switchyard_rules::migration::{JobKind, Progress, Settings};
+use tokio::task::JoinHandle;
+
+pub(crate) use backfill::backfill;
+pub(crate) use target::{Direction, Target};
+pub(crate) use verify::verify;
+
+/// What a running job shows.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Shown {
+    pub progress: Progress,
+    pub paused: bool,
+}
+
+/// A job's handle on what it shows.
+#[derive(Clone, Default)]
+pub(crate) struct Reporter(Arc<Mutex<Shown>>);
+
+impl Reporter {
+    /// Progress, and whether the operator holds the job.
+    pub fn report(&self, progress: &Progress, paused: bool) {
+        let mut shown = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        shown.progress = progress.clone();
+        shown.paused = paused;
+    }
+
+    /// What the job waits for (`None`: nothing).
+    pub fn waiting(&self, why: Option<String>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .progress
+            .throttled = why;
+    }
+
+    pub fn shown(&self) -> Shown {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+struct Task {
+    id: u64,
+    kind: JobKind,
+    handle: JoinHandle<()>,
+    reporter: Reporter,
+}
+
+/// The job tasks of this instance, by migration.
+#[derive(Default)]
+pub(crate) struct JobRunner {
+    tasks: Mutex<HashMap<String, Task>>,
+    settings: Mutex<HashMap<String, Settings>>,
+}
+
+impl JobRunner {
+    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Task>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a job task (replacing and stopping an older one).
+    pub fn add(
+        &self,
+        migration: &str,
+        id: u64,
+        kind: JobKind,
+        reporter: Reporter,
+        handle: JoinHandle<()>,
+    ) {
+        let task = Task {
+            id,
+            kind,
+            handle,
+            reporter,
+        };
+        if let Some(old) = self.tasks().insert(migration.to_owned(), task) {
+            old.handle.abort();
+        }
+    }
+
+    /// The job running here for `migration`: its id and kind.
+    pub fn running(&self, migration: &str) -> Option<(u64, JobKind)> {
+        self.tasks()
+            .get(migration)
+            .filter(|t| !t.handle.is_finished())
+            .map(|t| (t.id, t.kind))
+    }
+
+    /// What the job of `migration` shows here, if it runs here.
+    pub fn shown(&self, migration: &str) -> Option<(u64, Shown)> {
+        self.tasks()
+            .get(migration)
+            .filter(|t| !t.handle.is_finished())
+            .map(|t| (t.id, t.reporter.shown()))
+    }
+
+    /// Every running job's id and what it shows.
+    pub fn all_shown(&self) -> Vec<(String, u64, Shown)> {
+        self.tasks()
+            .iter()
+            .filter(|(_, t)| !t.handle.is_finished())
+            .map(|(m, t)| (m.clone(), t.id, t.reporter.shown()))
+            .collect()
+    }
+
+    /// Stops the job of `migration` unless it is job `keep`.
+    pub fn stop_unless(&self, migration: &str, keep: Option<u64>) {
+        let mut tasks = self.tasks();
+        if tasks.get(migration).is_some_and(|t| Some(t.id) != keep) {
+            if let Some(t) = tasks.remove(migration) {
+                t.handle.abort();
+            }
+        }
+    }
+
+    /// Stops every job (shutdown, or the job lock lost); the next holder
+    /// resumes them from their records.
+    pub fn stop_all(&self) {
+        for (_, t) in self.tasks().drain() {
+            t.handle.abort();
+        }
+    }
+
+    /// The operator settings of `migration`'s backfill.
+    pub fn settings(&self, migration: &str) -> Settings {
+        self.settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(migration)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn set_settings(&self, migration: &str, settings: Settings) {
+        self.settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(migration.to_owned(), settings);
+    }
+}
