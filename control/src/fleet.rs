@@ -362,9 +362,9 @@ impl Engine {
             let left = give_up.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(ControlError::Conflict(format!(
-                    "gave up after {} s {}; end or wait for the long transaction there, then retry",
+                    "gave up after {} s {}; end the long transaction there (or wait for it), then issue the verb again",
                     deadline.as_secs(),
-                    describe(version, &behind)[7..].to_owned()
+                    describe(version, &behind).replacen("waiting ", "", 1)
                 )));
             }
             let _ = tokio::time::timeout(left.min(HEARTBEAT), async {

@@ -39,7 +39,9 @@ impl App {
         let control_addr = control.local_addr()?;
         let token = config.control_token.clone();
         let database_url = config.database_url.clone();
-        let proxy = Proxy::bind(config, metrics.clone()).await?.spawn();
+        // Bound, but not accepting until the stored rules are installed: a
+        // session served before that would not dual-write.
+        let proxy = Proxy::bind(config, metrics.clone()).await?;
         let engine = match database_url {
             Some(url) => {
                 let sink: Arc<dyn switchyard_control::RulesSink> = proxy.rules();
@@ -62,6 +64,7 @@ impl App {
             }
             None => None,
         };
+        let proxy = proxy.spawn();
         let (api_stop, stop_rx) = watch::channel(false);
         let api = Arc::new(http::ApiState {
             registry: Mutex::new(registry),

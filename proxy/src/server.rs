@@ -106,6 +106,11 @@ impl Proxy {
             .expect("bound listener has an address")
     }
 
+    /// The rules its sessions will read.
+    pub fn rules(&self) -> Arc<RulesHub> {
+        self.shared.rules.clone()
+    }
+
     /// Starts accepting in a background task.
     pub fn spawn(self) -> ProxyHandle {
         let addr = self.local_addr();

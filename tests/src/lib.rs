@@ -5,6 +5,7 @@
 //! started itself and stops when the handle drops, even on panic.
 
 pub mod api;
+pub mod apps;
 pub mod certs;
 pub mod cluster;
 pub mod load;
