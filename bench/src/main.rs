@@ -6,10 +6,12 @@
 //! - `backfill`: the backfill against one whole-table UPDATE, and the p99
 //!   of a concurrent workload before and during it.
 //! - `flip`: a routing change's time to every instance's acknowledgement.
+//! - `idle`: the CPU an idle `serve` uses with its control plane on.
 
 mod backfill;
 mod dualwrite;
 mod flip;
+mod idle;
 mod pgbench;
 mod report;
 mod wire;
@@ -29,7 +31,7 @@ pub struct Options {
 }
 
 const USAGE: &str =
-    "usage: switchyard-bench wire|dualwrite|backfill|flip [--seconds N] [--rounds N] [--scale N] [--out FILE]";
+    "usage: switchyard-bench wire|dualwrite|backfill|flip|idle [--seconds N] [--rounds N] [--scale N] [--out FILE]";
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -57,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         "dualwrite" => dualwrite::run(o),
         "flip" => flip::run(o),
         "backfill" => backfill::run(o),
+        "idle" => idle::run(o),
         _ => bail!(USAGE),
     }
 }

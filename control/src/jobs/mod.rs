@@ -12,7 +12,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use switchyard_rules::migration::{JobKind, Progress, Settings};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use crate::error::ControlError;
+
+/// How a job task ended, for whoever waits on it.
+pub(crate) type Ended = watch::Receiver<Option<Arc<Result<(), ControlError>>>>;
 
 pub(crate) use backfill::backfill;
 pub(crate) use target::{Direction, Target};
@@ -56,6 +62,7 @@ struct Task {
     kind: JobKind,
     handle: JoinHandle<()>,
     reporter: Reporter,
+    ended: Ended,
 }
 
 /// The job tasks of this instance, by migration.
@@ -70,24 +77,39 @@ impl JobRunner {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a job task (replacing and stopping an older one).
-    pub fn add(
+    /// Starts job `id` of `migration` with `start` (given a reporter and
+    /// the sender of its end) unless a task of that job already runs here;
+    /// a task of another job is stopped. Returns how the job ends.
+    pub fn start(
         &self,
         migration: &str,
         id: u64,
         kind: JobKind,
-        reporter: Reporter,
-        handle: JoinHandle<()>,
-    ) {
+        start: impl FnOnce(
+            Reporter,
+            watch::Sender<Option<Arc<Result<(), ControlError>>>>,
+        ) -> JoinHandle<()>,
+    ) -> Ended {
+        let mut tasks = self.tasks();
+        if let Some(t) = tasks.get(migration) {
+            if t.id == id && !t.handle.is_finished() {
+                return t.ended.clone();
+            }
+        }
+        let reporter = Reporter::default();
+        let (done, ended) = watch::channel(None);
+        let handle = start(reporter.clone(), done);
         let task = Task {
             id,
             kind,
             handle,
             reporter,
+            ended: ended.clone(),
         };
-        if let Some(old) = self.tasks().insert(migration.to_owned(), task) {
+        if let Some(old) = tasks.insert(migration.to_owned(), task) {
             old.handle.abort();
         }
+        ended
     }
 
     /// The job running here for `migration`: its id and kind.

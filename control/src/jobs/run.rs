@@ -13,10 +13,9 @@ use serde_json::json;
 use switchyard_rules::ident;
 use switchyard_rules::migration::events::{self, Finished};
 use switchyard_rules::migration::{Job, JobKind};
-use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::{Direction, Reporter, Target};
+use super::{Direction, Ended, Reporter, Target};
 use crate::catalog;
 use crate::engine::Engine;
 use crate::error::ControlError;
@@ -49,34 +48,28 @@ impl Engine {
         Ok(())
     }
 
-    /// Runs `job` of `m` in the background; the receiver hears how it ended.
-    pub(crate) fn spawn_job(
-        self: &Arc<Self>,
-        m: StoredMigration,
-        job: Job,
-    ) -> oneshot::Receiver<Result<(), ControlError>> {
-        let (done, ended) = oneshot::channel();
-        let reporter = Reporter::default();
-        reporter.report(&job.progress, false);
+    /// Runs `job` of `m` in the background (unless it already runs here);
+    /// the receiver hears how it ended.
+    pub(crate) fn spawn_job(self: &Arc<Self>, m: StoredMigration, job: Job) -> Ended {
         let engine = self.clone();
-        let shown = reporter.clone();
         let (name, id, kind) = (m.name.clone(), job.id, job.kind);
-        let handle = tokio::spawn(async move {
-            let result = engine.run_job(&m, &job, &shown).await;
-            if let Err(e) = &result {
-                if e.is_transient() {
-                    // The database went away: the job stays recorded and
-                    // the next scan resumes it.
-                    warn!(migration = %m.name, error = %e, "job interrupted; it will resume");
-                } else {
-                    warn!(migration = %m.name, error = %e, "job failed");
-                    engine.fail_job(&m.name, job.id, &e.to_string()).await;
+        self.runner.start(&name, id, kind, move |reporter, done| {
+            reporter.report(&job.progress, false);
+            tokio::spawn(async move {
+                let result = engine.run_job(&m, &job, &reporter).await;
+                if let Err(e) = &result {
+                    if e.is_transient() {
+                        // The database went away: the job stays recorded
+                        // and the next scan resumes it.
+                        warn!(migration = %m.name, error = %e, "job interrupted; it will resume");
+                    } else {
+                        warn!(migration = %m.name, error = %e, "job failed");
+                        engine.fail_job(&m.name, job.id, &e.to_string()).await;
+                    }
                 }
-            }
-            let _ = done.send(result);
-        });
-        self.runner.add(&name, id, kind, reporter, handle);
-        ended
+                let _ = done.send(Some(Arc::new(result)));
+            })
+        })
     }
 
     async fn run_job(

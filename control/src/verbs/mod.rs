@@ -94,29 +94,35 @@ impl Engine {
         if let Some(reason) = &decision.forced {
             audit_force(&tx, name, verb, reason, actor).await?;
         }
-        tx.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&crate::fleet::JOBS_CHANNEL, &name],
-        )
-        .await?;
         tx.commit().await?;
         drop(client);
         let job = m.state.job.clone().expect("the job just started");
-        let done = self.spawn_job(m, job);
-        match tokio::time::timeout(ANSWER_WITHIN, done).await {
+        let mut ended = self.spawn_job(m, job);
+        let outcome = tokio::time::timeout(ANSWER_WITHIN, async {
+            match ended.wait_for(|e| e.is_some()).await {
+                Ok(e) => e.clone(),
+                Err(_) => None,
+            }
+        })
+        .await;
+        match outcome {
             // A job that follows (the refill after a rollback of contract)
             // makes it a 202.
-            Ok(Ok(Ok(()))) => {
-                let detail = self.detail(name).await?;
-                if detail["job"]["state"] == "running" {
-                    accepted(detail)
-                } else {
-                    Ok(detail)
+            Ok(Some(result)) => match &*result {
+                Ok(()) => {
+                    let detail = self.detail(name).await?;
+                    if detail["job"]["state"] == "running" {
+                        accepted(detail)
+                    } else {
+                        Ok(detail)
+                    }
                 }
-            }
-            Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(_)) => Err(ControlError::Internal(format!(
-                "job {id} of {name} vanished"
+                Err(e) => Err(e.duplicate()),
+            },
+            // Stopped here (the job lock was lost, or a rollback replaced
+            // it): the record says what becomes of it.
+            Ok(None) => Err(ControlError::Unavailable(format!(
+                "job {id} of {name} stopped on this instance before it ended; GET the migration to follow it"
             ))),
             Err(_) => accepted(self.detail(name).await?),
         }
