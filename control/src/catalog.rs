@@ -1,7 +1,7 @@
 //! Catalog facts and spec validation against the live database.
 
 use switchyard_rules::migration::MigrationSpec;
-use switchyard_rules::{ColumnFact, QualifiedName, TableFacts};
+use switchyard_rules::{ColumnFact, QualifiedName, TableFacts, UniqueKey};
 use tokio_postgres::Client;
 
 use crate::error::ControlError;
@@ -56,10 +56,35 @@ pub async fn table_facts(
         .await?
         .map(|r| r.get(0))
         .unwrap_or_default();
+    let unique = client
+        .query(
+            "SELECT c2.relname::text,
+                    (SELECT co.conname::text FROM pg_constraint co
+                     WHERE co.conindid = i.indexrelid AND co.conrelid = i.indrelid LIMIT 1),
+                    ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
+                          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                          WHERE k.ord <= i.indnkeyatts ORDER BY k.ord)
+             FROM pg_index i
+             JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_class c2 ON c2.oid = i.indexrelid
+             WHERE n.nspname = $1 AND c.relname = $2 AND i.indisunique AND i.indisvalid
+               AND i.indpred IS NULL AND i.indexprs IS NULL
+             ORDER BY 1",
+            &[&table.schema, &table.name],
+        )
+        .await?
+        .iter()
+        .map(|r| UniqueKey {
+            index: r.get(0),
+            constraint: r.get(1),
+            columns: r.get(2),
+        })
+        .collect();
     Ok(TableFacts {
         name: table.clone(),
         columns,
         key,
+        unique,
     })
 }
 

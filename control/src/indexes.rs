@@ -73,20 +73,7 @@ pub async fn covering(
         .collect())
 }
 
-/// The name of `index` moved from column `from` to `to`, within
-/// PostgreSQL's 63-byte limit.
-pub fn renamed(index: &str, from: &str, to: &str) -> String {
-    let name = if index.contains(from) {
-        index.replacen(from, to, 1)
-    } else {
-        format!("{index}_{to}")
-    };
-    let mut end = name.len().min(63);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    name[..end].to_owned()
-}
+pub(crate) use switchyard_rules::ident::renamed;
 
 /// `CREATE [UNIQUE] INDEX CONCURRENTLY` for `index` with column `from`
 /// replaced by `to`, or why it cannot be rebuilt.

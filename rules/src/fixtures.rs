@@ -1,7 +1,7 @@
 //! Rule sets for tests and benchmarks.
 
 use crate::model::{
-    ColumnFact, ColumnMapping, QualifiedName, Routing, RuleSet, TableFacts, TableRules,
+    ColumnFact, ColumnMapping, QualifiedName, Routing, RuleSet, TableFacts, TableRules, UniqueKey,
 };
 
 /// `public.users(id, email varchar(320), name, status int default 0,
@@ -27,6 +27,23 @@ pub fn users(routing: Routing) -> RuleSet {
                     col("email_address", "character varying(320)", None),
                 ],
                 key: vec!["id".into()],
+                unique: vec![
+                    UniqueKey {
+                        index: "users_pkey".into(),
+                        constraint: Some("users_pkey".into()),
+                        columns: vec!["id".into()],
+                    },
+                    UniqueKey {
+                        index: "users_email_key".into(),
+                        constraint: Some("users_email_key".into()),
+                        columns: vec!["email".into()],
+                    },
+                    UniqueKey {
+                        index: "users_email_address_key".into(),
+                        constraint: None,
+                        columns: vec!["email_address".into()],
+                    },
+                ],
             },
             mappings: vec![ColumnMapping {
                 migration: "users-email".into(),

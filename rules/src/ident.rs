@@ -17,6 +17,22 @@ pub fn quote(ident: &str) -> String {
     }
 }
 
+/// The name of index (or constraint) `name` moved from column `from` to
+/// `to`, within PostgreSQL's 63-byte limit: how the backfill names the
+/// indexes it rebuilds, and contract the constraints it moves.
+pub fn renamed(name: &str, from: &str, to: &str) -> String {
+    let name = if name.contains(from) {
+        name.replacen(from, to, 1)
+    } else {
+        format!("{name}_{to}")
+    };
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_owned()
+}
+
 fn is_reserved(word: &str) -> bool {
     // Reserved words that are plausible column names.
     matches!(

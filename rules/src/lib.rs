@@ -15,6 +15,6 @@ pub mod template;
 pub use active::ActiveRules;
 pub use model::{
     ColumnFact, ColumnMapping, Phase, QualifiedName, ReadRoute, Routing, RuleSet, TableFacts,
-    TableRules, UnsupportedPolicy, WriteRoute,
+    TableRules, UniqueKey, UnsupportedPolicy, WriteRoute,
 };
 pub use rewrite::{Rewrite, Unsupported};

@@ -154,6 +154,21 @@ pub struct TableFacts {
     pub columns: Vec<ColumnFact>,
     /// Primary key (or unique NOT NULL key) columns.
     pub key: Vec<String>,
+    /// Unique indexes over plain columns, without predicates: what an
+    /// `ON CONFLICT` target can name.
+    #[serde(default)]
+    pub unique: Vec<UniqueKey>,
+}
+
+/// A unique index an `ON CONFLICT` can use as its arbiter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UniqueKey {
+    /// The index.
+    pub index: String,
+    /// The constraint it backs, if any.
+    pub constraint: Option<String>,
+    /// Its columns, in order.
+    pub columns: Vec<String>,
 }
 
 impl TableFacts {

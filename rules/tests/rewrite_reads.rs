@@ -45,7 +45,7 @@ fn every_clause_and_nested_queries() {
     );
     assert_eq!(
         text(RS, "with x as (select email from users) select * from x join users on users.email = x.email"),
-        format!("with x as (select {NEW} AS email from users) select * from x join users on {NEW} = x.email")
+        format!("with x as (select {NEW} AS email from users) select x.*, users.id, {NEW} AS email, users.name, users.status, users.email_address from x join users on {NEW} = x.email")
     );
 }
 
@@ -100,8 +100,12 @@ fn contracted_writes_go_to_the_new_column() {
         text(c, "select u.* from users u"),
         "select u.id, (((u.email_address))::character varying(320)) AS email, u.name, u.status, u.email_address from users u"
     );
+    assert_eq!(
+        text(c, "select * from users join orders o on true"),
+        format!("select users.id, {NEW} AS email, users.name, users.status, users.email_address, o.* from users join orders o on true")
+    );
     assert!(matches!(
-        rw(c, "select * from users join orders on true"),
+        rw(c, "select * from users join orders using (id)"),
         Rewrite::Unsupported(_)
     ));
     assert_eq!(
@@ -156,5 +160,112 @@ fn a_column_less_insert_into_a_contracted_table_redirects_its_on_conflict_set() 
             "insert into users values (1, 'A@x', 'n', 0) on conflict (id) do update set email = excluded.email"
         ),
         "insert into users (id, email_address, name, status) values (1, (lower((('A@x')::character varying(320)))), 'n', 0) on conflict (id) do update set email_address = (lower((((((excluded.email_address))::character varying(320)))::character varying(320))))"
+    );
+}
+
+/// Issue 14 B: `*` follows the read switch, not the contract.
+#[test]
+fn star_is_served_from_the_new_column_once_reads_switch() {
+    assert_eq!(
+        text(RS, "select * from users where id = $1"),
+        format!("select users.id, {NEW} AS email, users.name, users.status, users.email_address from users where id = $1")
+    );
+    assert_eq!(
+        text(RS, "update users set name = $1 where id = $2 returning users.*"),
+        format!("update users set name = $1 where id = $2 returning users.id, {NEW} AS email, users.name, users.status, users.email_address")
+    );
+    // Reverted reads (legacy routing) leave `*` alone.
+    assert_eq!(
+        rw(Phase::Verified, "select * from users"),
+        Rewrite::Unchanged
+    );
+}
+
+/// Issue 14 C: INSERT ... RETURNING * is over the target alone.
+#[test]
+fn insert_returning_star_is_not_a_join() {
+    for phase in [RS, Phase::Contracted] {
+        let out = text(phase, "insert into users(name) values ($1) returning *");
+        assert!(
+            out.ends_with(&format!(
+                "returning users.id, {NEW} AS email, users.name, users.status, users.email_address"
+            )),
+            "{out}"
+        );
+    }
+}
+
+/// Issue 14 D: cursors read like their query.
+#[test]
+fn declare_cursor_for_select_is_routed() {
+    assert_eq!(
+        text(RS, "DECLARE c1 NO SCROLL CURSOR WITH HOLD FOR SELECT id, email FROM users WHERE email > $1 ORDER BY email"),
+        format!("DECLARE c1 NO SCROLL CURSOR WITH HOLD FOR SELECT id, {NEW} AS email FROM users WHERE {NEW} > $1 ORDER BY {NEW}")
+    );
+}
+
+/// Issue 14 E: COPY out of a query or of the table's columns.
+#[test]
+fn copy_out_follows_the_read_routing() {
+    assert_eq!(
+        text(RS, "COPY (SELECT id, email FROM users) TO STDOUT"),
+        format!("COPY (SELECT id, {NEW} AS email FROM users) TO STDOUT")
+    );
+    assert_eq!(
+        text(RS, "COPY users (id, email) TO STDOUT WITH (FORMAT binary)"),
+        format!("COPY (SELECT users.id, {NEW} AS email FROM users) TO STDOUT WITH (FORMAT binary)")
+    );
+    assert_eq!(
+        text(Phase::Contracted, "copy public.users to stdout"),
+        format!("copy (SELECT users.id, {NEW} AS email, users.name, users.status, users.email_address FROM public.users) to stdout")
+    );
+    assert_eq!(
+        rw(Phase::Verified, "COPY users (id, email) TO STDOUT"),
+        Rewrite::Unchanged
+    );
+}
+
+/// Issue 14 F: EXCLUDED holds the value as written while the legacy column
+/// exists; after contract it is served from the new column.
+#[test]
+fn excluded_keeps_the_written_legacy_value_until_contract() {
+    let out = text(
+        RS,
+        "insert into users(id, email) values ($1, $2) on conflict (id) do update set email = excluded.email",
+    );
+    assert!(out.ends_with("set email_address = (lower(((excluded.email)::character varying(320)))), email = excluded.email"), "{out}");
+    let out = text(
+        Phase::Contracted,
+        "insert into users(id, email) values ($1, $2) on conflict (id) do update set email = excluded.email",
+    );
+    assert!(
+        out.contains("(((excluded.email_address))::character varying(320))"),
+        "{out}"
+    );
+}
+
+/// Issue 14: FOR NO KEY UPDATE / FOR KEY SHARE are reads, routed like any.
+#[test]
+fn no_key_locking_clauses_are_reads() {
+    assert_eq!(
+        text(
+            RS,
+            "SELECT id, email FROM users WHERE id = $1 FOR NO KEY UPDATE"
+        ),
+        format!("SELECT id, {NEW} AS email FROM users WHERE id = $1 FOR NO KEY UPDATE")
+    );
+    assert_eq!(
+        text(
+            RS,
+            "select email from users where id = 1 for key share of users nowait"
+        ),
+        format!("select {NEW} AS email from users where id = 1 for key share of users nowait")
+    );
+    assert_eq!(
+        rw(
+            Phase::DualWrite,
+            "select email from users where id = 1 for no key update"
+        ),
+        Rewrite::Unchanged
     );
 }

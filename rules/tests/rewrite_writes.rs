@@ -125,7 +125,6 @@ fn comments_and_formatting_survive() {
 fn what_cannot_be_rewritten_is_reported() {
     for sql in [
         "copy users from stdin",
-        "select * from users for no key update",
         "insert into users(email) values ($1) on conflict (lower(email)) do nothing",
     ] {
         match rw(DW, sql) {
@@ -171,5 +170,58 @@ fn merge_update_and_insert_actions_set_both_columns() {
         "merge into orders o using users u on o.user_id = u.id when matched then update set email = u.email",
     ] {
         assert_eq!(rw(DW, sql), Rewrite::Unchanged, "{sql}");
+    }
+}
+
+/// Issue 14 A: the upsert's arbiter follows the unique index rebuilt on
+/// the new column, and a named constraint follows contract's move.
+#[test]
+fn on_conflict_targets_follow_the_new_unique_index() {
+    let upsert = "insert into users(email, name) values ($1, $2) on conflict (email) do update set name = excluded.name";
+    for phase in [Phase::Backfilled, Phase::ReadsSwitched] {
+        let out = text(phase, upsert);
+        assert!(
+            out.contains("on conflict (email_address) do update"),
+            "{phase:?}: {out}"
+        );
+    }
+    let out = text(Phase::Contracted, upsert);
+    assert!(
+        out.contains("on conflict (email_address) do update"),
+        "{out}"
+    );
+    let named =
+        "insert into users(email) values ($1) on conflict on constraint users_email_key do nothing";
+    let out = text(Phase::ReadsSwitched, named);
+    assert!(
+        out.ends_with("on conflict (email_address) do nothing"),
+        "{out}"
+    );
+    // Without a unique index on the new column, the target stays.
+    let mut set = users(Phase::DualWrite.routing().unwrap());
+    set.tables[0]
+        .facts
+        .unique
+        .retain(|k| k.index != "users_email_address_key");
+    let rules = ActiveRules::compile(set).unwrap();
+    match rules.rewrite(upsert, &["public".to_string()]) {
+        Rewrite::Rewritten(out) => assert!(out.contains("on conflict (email) do update"), "{out}"),
+        other => panic!("{other:?}"),
+    }
+    // After contract the legacy constraint is gone: its moved name is used.
+    let mut set = users(Phase::Contracted.routing().unwrap());
+    let facts = &mut set.tables[0].facts;
+    facts.columns.retain(|c| c.name != "email");
+    facts.unique.retain(|k| k.index != "users_email_key");
+    facts.unique[1].constraint = Some("users_email_address_key".into());
+    let rules = ActiveRules::compile(set).unwrap();
+    match rules.rewrite(named, &["public".to_string()]) {
+        Rewrite::Rewritten(out) => {
+            assert!(
+                out.ends_with("on conflict ON CONSTRAINT users_email_address_key do nothing"),
+                "{out}"
+            )
+        }
+        other => panic!("{other:?}"),
     }
 }

@@ -133,11 +133,14 @@ async fn run(conn_str: String, work: Workload, shared: Arc<Shared>) {
             _ => 1 + (counter as i64 * 7919) % work.seeded,
         };
         let value = (work.value)(counter);
-        let result = match (mode, counter % 3) {
-            (2, 0) => c.query_one(&work.insert, &[&value]).await.map(|row| {
+        let result = match (mode, counter % 7) {
+            (2, 0 | 3) => c.query_one(&work.insert, &[&value]).await.map(|row| {
                 mine.push(row.get(0));
             }),
-            (2, 1) => c.execute(&work.update, &[&value, &id]).await.map(|_| ()),
+            (2, 1 | 4) => c.execute(&work.update, &[&value, &id]).await.map(|_| ()),
+            // A transaction that spans a few milliseconds, so that flips
+            // happen inside transactions too.
+            (2, 5) => transaction(c, &work, &value, id).await,
             _ => c.query_opt(&work.read, &[&id]).await.map(|_| ()),
         };
         shared.statements.fetch_add(1, Ordering::SeqCst);
@@ -159,4 +162,25 @@ async fn run(conn_str: String, work: Workload, shared: Arc<Shared>) {
         }
         shared.seen.store(generation, Ordering::SeqCst);
     }
+}
+
+async fn transaction(
+    c: &Client,
+    work: &Workload,
+    value: &str,
+    id: i64,
+) -> Result<(), tokio_postgres::Error> {
+    c.batch_execute("BEGIN").await?;
+    let body = async {
+        c.execute(&work.update, &[&value, &id]).await?;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        c.query_opt(&work.read, &[&id]).await?;
+        c.execute(&work.update, &[&value, &id]).await?;
+        c.batch_execute("COMMIT").await
+    };
+    let result = body.await;
+    if result.is_err() {
+        let _ = c.batch_execute("ROLLBACK").await;
+    }
+    result
 }

@@ -633,16 +633,21 @@ async fn unrewritten_writes_close_the_gate_until_another_pass() {
         ],
     )
     .await;
-    // sqlparser cannot parse `FOR NO KEY UPDATE`, so this write is not
-    // rewritten: before the read switch it is forwarded, and its row is
-    // left out of step.
+    // COPY into the table cannot be rewritten: before the read switch it
+    // is forwarded, and its row is left out of step.
     let app = proxy.connect("trust_user").await.unwrap();
-    app.simple_query(
-        "WITH x AS (SELECT id FROM users WHERE id = 5 FOR NO KEY UPDATE)
-         UPDATE users SET email = 'Merged@X.io' FROM x WHERE users.id = x.id",
-    )
-    .await
-    .unwrap();
+    {
+        use futures_util::SinkExt;
+        let sink = app
+            .copy_in("COPY users (email, name) FROM STDIN")
+            .await
+            .unwrap();
+        futures_util::pin_mut!(sink);
+        sink.send(bytes::Bytes::from_static(b"Merged@X.io\tn\n"))
+            .await
+            .unwrap();
+        sink.finish().await.unwrap();
+    }
     assert_eq!(
         count(
             &db,

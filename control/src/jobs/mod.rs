@@ -63,6 +63,7 @@ struct Task {
     handle: JoinHandle<()>,
     reporter: Reporter,
     ended: Ended,
+    started: std::time::Instant,
 }
 
 /// The job tasks of this instance, by migration.
@@ -105,6 +106,7 @@ impl JobRunner {
             handle,
             reporter,
             ended: ended.clone(),
+            started: std::time::Instant::now(),
         };
         if let Some(old) = tasks.insert(migration.to_owned(), task) {
             old.handle.abort();
@@ -137,10 +139,15 @@ impl JobRunner {
             .collect()
     }
 
-    /// Stops the job of `migration` unless it is job `keep`.
-    pub fn stop_unless(&self, migration: &str, keep: Option<u64>) {
+    /// Stops the job of `migration` unless it is job `keep`, when the task
+    /// started before `seen` (the time of the record that says so: a task
+    /// started since knows better).
+    pub fn stop_unless(&self, migration: &str, keep: Option<u64>, seen: std::time::Instant) {
         let mut tasks = self.tasks();
-        if tasks.get(migration).is_some_and(|t| Some(t.id) != keep) {
+        if tasks
+            .get(migration)
+            .is_some_and(|t| Some(t.id) != keep && t.started < seen)
+        {
             if let Some(t) = tasks.remove(migration) {
                 t.handle.abort();
             }

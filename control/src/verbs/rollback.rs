@@ -53,6 +53,18 @@ pub(crate) async fn run(
     let mut statements = Vec::new();
     match (decision.effect, m.state.stage) {
         (Effect::DropNewColumns, _) => {
+            // A session still in a transaction under dual-write rules would
+            // write the column about to go: wait until none is.
+            let version = {
+                let client = engine.db.session().await?;
+                crate::store::rules_version(&*client).await?
+            };
+            engine
+                .await_acknowledgement(version, engine.ack_deadline, |behind| {
+                    reporter.waiting(Some(crate::fleet::describe(version, behind)))
+                })
+                .await?;
+            reporter.waiting(None);
             for c in &m.state.created.columns {
                 statements.push(format!(
                     "ALTER TABLE {t} DROP COLUMN IF EXISTS {}",

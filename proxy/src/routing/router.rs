@@ -22,6 +22,10 @@ use crate::relay::Action;
 enum Expect {
     Parse {
         injected: Option<String>,
+        /// A refused statement: the server gets text it rejects (so that
+        /// it aborts the pipeline as the client expects), and its error is
+        /// replaced by this ErrorResponse.
+        refusal: Option<Bytes>,
     },
     Bind,
     Close {
@@ -174,10 +178,14 @@ impl SessionRouter {
                 }
             }
             b'P' => {
-                st.pending.push_back(Expect::Parse { injected: None });
                 let Some(parse) = Parse::decode(body) else {
+                    st.pending.push_back(Expect::Parse {
+                        injected: None,
+                        refusal: None,
+                    });
                     return Action::Forward;
                 };
+                let mut refused = None;
                 let (sent, action) = match self.rewrite(st.path.current(), &st.rules, &parse.query)
                 {
                     Outcome::Same => (parse.query.clone(), Action::Forward),
@@ -186,11 +194,15 @@ impl SessionRouter {
                         (text, Action::Replace(frame))
                     }
                     Outcome::Refuse(message) => {
-                        let text = refusal(&message);
-                        let frame = parse.frame_with(&text);
-                        (text, Action::Replace(frame))
+                        refused = Some(refusal_frame(&message));
+                        let frame = parse.frame_with(REFUSED);
+                        (REFUSED.to_owned(), Action::Replace(frame))
                     }
                 };
+                st.pending.push_back(Expect::Parse {
+                    injected: None,
+                    refusal: refused,
+                });
                 let version = st.rules.version();
                 st.statements.insert(
                     parse.name.clone(),
@@ -257,7 +269,7 @@ impl SessionRouter {
         }
         match tag {
             b'1' => {
-                if let Some(Expect::Parse { injected }) = st.pending.front().cloned() {
+                if let Some(Expect::Parse { injected, .. }) = st.pending.front().cloned() {
                     st.pending.pop_front();
                     if injected.is_some() {
                         return Action::Replace(Bytes::new());
@@ -293,6 +305,14 @@ impl SessionRouter {
                 Some(Expect::Query | Expect::Function) | None
             ) =>
             {
+                // The error of a refused statement is ours.
+                let ours = match st.pending.front() {
+                    Some(Expect::Parse {
+                        refusal: Some(frame),
+                        ..
+                    }) => Some(frame.clone()),
+                    _ => None,
+                };
                 while let Some(e) = st.pending.front().cloned() {
                     if e == Expect::Sync {
                         break;
@@ -300,6 +320,7 @@ impl SessionRouter {
                     st.pending.pop_front();
                     if let Expect::Parse {
                         injected: Some(name),
+                        ..
                     } = e
                     {
                         if let Some(p) = st.statements.get_mut(&name) {
@@ -307,6 +328,9 @@ impl SessionRouter {
                             p.sent.clear();
                         }
                     }
+                }
+                if let Some(frame) = ours {
+                    return Action::Replace(frame);
                 }
             }
             b'Z' => {
@@ -357,10 +381,14 @@ impl SessionRouter {
             return None;
         }
         let path = st.path.current().clone();
+        let mut refused = None;
         let text = match self.rewrite(&path, &rules, &prepared.parse.query) {
             Outcome::Same => prepared.parse.query.clone(),
             Outcome::Text(t) => t,
-            Outcome::Refuse(m) => refusal(&m),
+            Outcome::Refuse(m) => {
+                refused = Some(refusal_frame(&m));
+                REFUSED.to_owned()
+            }
         };
         let prepared = st.statements.get_mut(name)?;
         prepared.version = version;
@@ -377,6 +405,7 @@ impl SessionRouter {
         out.extend_from_slice(&parse);
         st.pending.push_back(Expect::Parse {
             injected: Some(name.to_owned()),
+            refusal: refused,
         });
         Some(out.freeze())
     }
@@ -396,6 +425,11 @@ impl SessionRouter {
             SessionCommand::DropAll => {
                 st.sql_prepared.clear();
                 st.statements.clear();
+            }
+            SessionCommand::DiscardAll => {
+                st.sql_prepared.clear();
+                st.statements.clear();
+                st.path.set(None, false);
             }
             SessionCommand::Prepare(_) => {}
             SessionCommand::Execute(name) => {
@@ -473,14 +507,34 @@ fn starts_work(tag: u8) -> bool {
     matches!(tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F')
 }
 
-/// Whether a statement can write rows (any write keyword as a word).
+/// Whether a statement can write rows: a write keyword as a word, where
+/// `UPDATE` and `SHARE` of a locking clause (`FOR [NO KEY] UPDATE`, `FOR
+/// [KEY] SHARE`) do not count.
 fn may_write(sql: &str) -> bool {
-    sql.split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-        .any(|w| {
-            ["insert", "update", "delete", "merge", "copy"]
+    let words: Vec<&str> = sql
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.iter().enumerate().any(|(i, w)| {
+        let locking = i > 0
+            && ["for", "key"]
+                .iter()
+                .any(|k| words[i - 1].eq_ignore_ascii_case(k));
+        !locking
+            && ["insert", "update", "delete", "merge", "copy"]
                 .iter()
                 .any(|k| w.eq_ignore_ascii_case(k))
-        })
+    })
+}
+
+/// What a refused extended-protocol statement is parsed as: text the
+/// server rejects, so that it aborts the pipeline up to Sync exactly as
+/// for an error of the client's own; the error it returns is replaced.
+const REFUSED: &str = "SWITCHYARD REFUSED THIS STATEMENT";
+
+/// Our ErrorResponse for a refused statement (SQLSTATE 0A000).
+fn refusal_frame(message: &str) -> Bytes {
+    crate::error::error_response("ERROR", "0A000", message)
 }
 
 impl Drop for SessionRouter {
@@ -513,8 +567,9 @@ fn with_prefix(prefix: Option<Bytes>, frame: &[u8]) -> Action {
     }
 }
 
-/// A statement that fails on the server with SQLSTATE 0A000 and `message`,
-/// so that the client gets a normal error and ReadyForQuery in order.
+/// A simple query that fails on the server with SQLSTATE 0A000 and
+/// `message`, so that the client gets a normal error and ReadyForQuery in
+/// order.
 fn refusal(message: &str) -> String {
     format!(
         "DO $switchyard$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '{}'; END $switchyard$",

@@ -22,8 +22,11 @@ pub enum SessionCommand {
     Execute(String),
     /// `DEALLOCATE [PREPARE] name`.
     Deallocate(String),
-    /// `DEALLOCATE ALL` or `DISCARD ALL`: every prepared statement is gone.
+    /// `DEALLOCATE ALL`: every prepared statement is gone.
     DropAll,
+    /// `DISCARD ALL` (what poolers send between clients): every prepared
+    /// statement is gone and settings are back to the startup ones.
+    DiscardAll,
 }
 
 fn words(sql: &str) -> impl Iterator<Item = &str> {
@@ -125,7 +128,7 @@ pub fn classify(sql: &str) -> Option<SessionCommand> {
         "discard" => w
             .next()
             .filter(|n| n.eq_ignore_ascii_case("all"))
-            .map(|_| SessionCommand::DropAll),
+            .map(|_| SessionCommand::DiscardAll),
         _ => None,
     }
 }
@@ -223,7 +226,14 @@ mod tests {
             Some(C::Deallocate("ins".into()))
         );
         assert_eq!(classify("deallocate all"), Some(C::DropAll));
-        assert_eq!(classify("DISCARD ALL"), Some(C::DropAll));
+        assert_eq!(classify("DISCARD ALL"), Some(C::DiscardAll));
+        assert_eq!(
+            classify("RESET ALL"),
+            Some(C::SearchPath {
+                schemas: None,
+                local: false
+            })
+        );
         assert_eq!(classify("select 1"), None);
         assert_eq!(
             classify_all("deallocate x; select ';'; RESET search_path;"),

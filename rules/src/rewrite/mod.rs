@@ -1,7 +1,9 @@
 //! Statement rewriting: parse (PostgreSQL dialect), find what touches a
 //! routed table, and edit the original text at the parser's locations.
 
+mod conflict;
 pub mod edits;
+mod locking;
 mod read;
 mod write;
 
@@ -169,9 +171,14 @@ pub fn rewrite(rules: &ActiveRules, sql: &str, search_path: &[String]) -> Rewrit
         return Rewrite::Unchanged;
     }
     let dialect = PostgreSqlDialect {};
+    // The parser does not know `FOR NO KEY UPDATE` / `FOR KEY SHARE`; it
+    // reads a copy where they are `FOR UPDATE` / `FOR SHARE`, padded so
+    // that every location is the same in both texts.
+    let masked = locking::mask(sql);
+    let parse_text = masked.as_deref().unwrap_or(sql);
     let parsed = Parser::new(&dialect)
         .with_recursion_limit(RECURSION_LIMIT)
-        .try_with_sql(sql)
+        .try_with_sql(parse_text)
         .and_then(|mut p| p.parse_statements());
     let statements = match parsed {
         Ok(s) => s,
@@ -195,7 +202,7 @@ pub fn rewrite(rules: &ActiveRules, sql: &str, search_path: &[String]) -> Rewrit
     let mut ctx = Ctx {
         rules,
         search_path,
-        map: SourceMap::new(sql),
+        map: SourceMap::new(parse_text),
         edits: Edits::default(),
         unsupported: None,
     };

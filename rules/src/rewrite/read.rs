@@ -18,13 +18,29 @@ use sqlparser::ast::{
 
 use super::{quoted, Ctx};
 use crate::active::{CompiledMapping, CompiledTable};
-use crate::model::{ReadRoute, WriteRoute};
+use crate::model::ReadRoute;
 use crate::prefilter::TableFilter;
 
 struct Item<'a> {
     /// The range variable name: alias, or the bare table name.
     visible: String,
     table: Option<&'a CompiledTable>,
+    /// `excluded` in ON CONFLICT: the proposed row, which holds the legacy
+    /// value as written while the legacy column exists.
+    excluded: bool,
+    /// Joined with USING or NATURAL: `*` merges its columns.
+    merged: bool,
+}
+
+impl<'a> Item<'a> {
+    fn new(visible: String, table: Option<&'a CompiledTable>) -> Self {
+        Item {
+            visible,
+            table,
+            excluded: false,
+            merged: false,
+        }
+    }
 }
 
 /// Walks one statement's reads.
@@ -43,11 +59,10 @@ fn fold(i: &Ident) -> String {
     }
 }
 
-fn has_dropped(table: &CompiledTable) -> bool {
-    table
-        .mappings
-        .iter()
-        .any(|m| m.mapping.routing.writes == WriteRoute::New)
+/// Whether `*` over this table must be spelled out: a legacy column is
+/// served from the new one.
+fn reshaped(table: &CompiledTable) -> bool {
+    table.mappings.iter().any(switched)
 }
 
 fn switched(m: &CompiledMapping) -> bool {
@@ -131,8 +146,62 @@ impl<'c, 'a> Reads<'c, 'a> {
             Statement::Delete(d) => self.delete(d),
             Statement::Merge(m) => self.merge(m),
             Statement::Prepare { statement, .. } => self.statement(statement),
+            Statement::Declare { stmts, .. } => {
+                for d in stmts {
+                    if let Some(q) = &d.for_query {
+                        self.query(q);
+                    }
+                }
+            }
+            Statement::Copy {
+                source, to: true, ..
+            } => self.copy_out(source),
             _ => {}
         }
+    }
+
+    /// `COPY (query) TO` reads like the query; `COPY t [(cols)] TO` of a
+    /// table whose reads are switched becomes `COPY (SELECT ...) TO`, so
+    /// that the legacy column comes from the new one.
+    fn copy_out(&mut self, source: &sqlparser::ast::CopySource) {
+        use sqlparser::ast::CopySource;
+        let (table_name, columns) = match source {
+            CopySource::Query(q) => return self.query(q),
+            CopySource::Table {
+                table_name,
+                columns,
+            } => (table_name, columns),
+        };
+        let Some(table) = self.ctx.resolve(table_name).filter(|t| reshaped(t)) else {
+            return;
+        };
+        let Some(start) = self.ctx.map.offset(table_name.span().start) else {
+            return self.refuse("no source location for COPY".into());
+        };
+        let end = match columns.last() {
+            None => self.ctx.map.offset(table_name.span().end),
+            Some(last) => self.ctx.map.offset(last.span.end).and_then(|at| {
+                let rest = &self.ctx.map.text()[at..];
+                rest.find(')').map(|p| at + p + 1)
+            }),
+        };
+        let Some(end) = end else {
+            return self.refuse("no source location for COPY".into());
+        };
+        let visible = table.rules.facts.name.name.clone();
+        let names: Vec<String> = if columns.is_empty() {
+            table.legacy_view()
+        } else {
+            columns.iter().map(fold).collect()
+        };
+        let list: Vec<String> = names
+            .iter()
+            .map(|c| column_text(table, &visible, c))
+            .collect();
+        let from = &self.ctx.map.text()
+            [start..self.ctx.map.offset(table_name.span().end).unwrap_or(start)];
+        let text = format!("(SELECT {} FROM {from})", list.join(", "));
+        self.ctx.edits.replace(start..end, text);
     }
 
     fn insert(&mut self, ins: &Insert) {
@@ -154,10 +223,11 @@ impl<'c, 'a> Reads<'c, 'a> {
         let table = self.ctx.resolve(name);
         // ON CONFLICT sees the proposed row as `excluded`.
         let excluded = Item {
-            visible: "excluded".into(),
-            table,
+            excluded: true,
+            ..Item::new("excluded".into(), table)
         };
-        self.scopes.push(vec![Item { visible, table }, excluded]);
+        self.scopes
+            .push(vec![Item::new(visible.clone(), table), excluded]);
         if let Some(sqlparser::ast::OnInsert::OnConflict(oc)) = &ins.on {
             if let sqlparser::ast::OnConflictAction::DoUpdate(du) = &oc.action {
                 du.assignments.iter().for_each(|a| self.expr(&a.value));
@@ -166,10 +236,13 @@ impl<'c, 'a> Reads<'c, 'a> {
                 }
             }
         }
-        if let Some(items) = &ins.returning {
-            self.projection(items);
-        }
         self.scopes.pop();
+        // RETURNING sees the target alone.
+        if let Some(items) = &ins.returning {
+            self.scopes.push(vec![Item::new(visible, table)]);
+            self.projection(items);
+            self.scopes.pop();
+        }
     }
 
     fn update(&mut self, upd: &Update) {
@@ -306,29 +379,7 @@ impl<'c, 'a> Reads<'c, 'a> {
                 },
                 SelectItem::ExprWithAlias { expr, .. }
                 | SelectItem::ExprWithAliases { expr, .. } => self.expr(expr),
-                SelectItem::Wildcard(opts) => {
-                    let scope: Vec<(String, Option<&'a CompiledTable>)> = self
-                        .scopes
-                        .last()
-                        .into_iter()
-                        .flatten()
-                        .map(|i| (i.visible.clone(), i.table))
-                        .collect();
-                    let dropped: Vec<_> = scope
-                        .iter()
-                        .filter(|(_, t)| t.is_some_and(has_dropped))
-                        .collect();
-                    match (scope.len(), dropped.first()) {
-                        (_, None) => {}
-                        (1, Some((visible, Some(table)))) => {
-                            let at = opts.wildcard_token.0.span;
-                            self.expand(at, visible, table);
-                        }
-                        _ => self.refuse(
-                            "`*` over a join with a contracted table; name the columns".into(),
-                        ),
-                    }
-                }
+                SelectItem::Wildcard(opts) => self.wildcard(opts.wildcard_token.0.span),
                 SelectItem::QualifiedWildcard(kind, opts) => {
                     let sqlparser::ast::SelectItemQualifiedWildcardKind::ObjectName(name) = kind
                     else {
@@ -345,12 +396,13 @@ impl<'c, 'a> Reads<'c, 'a> {
                     if let Some(Item {
                         visible,
                         table: Some(table),
+                        ..
                     }) = item
                     {
-                        if has_dropped(table) {
+                        if reshaped(table) {
                             let (visible, table) = (visible.clone(), *table);
                             let span = name.span().union(&opts.wildcard_token.0.span);
-                            self.expand(span, &visible, table);
+                            self.expand(span, &[(visible, Some(table))]);
                         }
                     }
                 }
@@ -358,40 +410,56 @@ impl<'c, 'a> Reads<'c, 'a> {
         }
     }
 
-    /// Replaces `*` (or `t.*`) over a contracted table by its columns as
-    /// the application knew them, the legacy one served from the new one.
+    /// `*` over the current FROM items: spelled out when a legacy column
+    /// among them is served from the new one.
+    fn wildcard(&mut self, at: sqlparser::tokenizer::Span) {
+        let scope: Vec<(String, Option<&'a CompiledTable>, bool)> = self
+            .scopes
+            .last()
+            .into_iter()
+            .flatten()
+            .map(|i| (i.visible.clone(), i.table, i.merged))
+            .collect();
+        if !scope.iter().any(|(_, t, _)| t.is_some_and(reshaped)) {
+            return;
+        }
+        if scope.iter().any(|(v, _, merged)| *merged || v.is_empty()) {
+            return self.refuse(
+                "`*` over a join with USING or NATURAL, or an unnamed subquery, with a migrated table; name the columns".into(),
+            );
+        }
+        let items: Vec<(String, Option<&'a CompiledTable>)> =
+            scope.into_iter().map(|(v, t, _)| (v, t)).collect();
+        self.expand(at, &items);
+    }
+
+    /// Replaces `*` (or `t.*`) by the columns of `items` as the
+    /// application knew them, each switched legacy column served from the
+    /// new one in its place.
     fn expand(
         &mut self,
         span: sqlparser::tokenizer::Span,
-        visible: &str,
-        table: &'a CompiledTable,
+        items: &[(String, Option<&'a CompiledTable>)],
     ) {
-        let columns: Vec<String> = table
-            .legacy_view()
-            .into_iter()
-            .map(|c| {
-                match table
-                    .mappings
-                    .iter()
-                    .find(|m| m.mapping.legacy == c && switched(m))
-                {
-                    Some(m) => {
-                        let new_ref = format!("{}.{}", quoted(visible), quoted(&m.mapping.new));
-                        format!(
-                            "({}::{}) AS {}",
-                            m.backward.fill(&new_ref),
-                            m.mapping.legacy_type,
-                            quoted(&c)
-                        )
+        let mut columns = Vec::new();
+        for (visible, table) in items {
+            match table {
+                Some(table) if reshaped(table) => {
+                    if table.view_unknown() {
+                        return self.refuse(
+                            "`*` over a contracted table whose legacy column position is unknown"
+                                .into(),
+                        );
                     }
-                    None => format!("{}.{}", quoted(visible), quoted(&c)),
+                    columns.extend(
+                        table
+                            .legacy_view()
+                            .iter()
+                            .map(|c| column_text(table, visible, c)),
+                    );
                 }
-            })
-            .collect();
-        if table.view_unknown() {
-            return self.refuse(
-                "`*` over a contracted table whose legacy column position is unknown".into(),
-            );
+                _ => columns.push(format!("{}.*", quoted(visible))),
+            }
         }
         match self.ctx.map.range(span) {
             Some(r) if !r.is_empty() => self.ctx.edits.replace(r, columns.join(", ")),
@@ -434,7 +502,11 @@ impl<'c, 'a> Reads<'c, 'a> {
     fn table_with_joins(&mut self, t: &TableWithJoins, items: &mut Vec<Item<'a>>) {
         self.factor(&t.relation, items);
         for j in &t.joins {
+            let before = items.len();
             self.factor(&j.relation, items);
+            if merges(&j.join_operator) {
+                items[before..].iter_mut().for_each(|i| i.merged = true);
+            }
         }
     }
 
@@ -450,16 +522,16 @@ impl<'c, 'a> Reads<'c, 'a> {
                 let is_cte = name.0.len() == 1 && self.ctes.iter().any(|c| c.contains(&bare));
                 let table = if is_cte { None } else { self.ctx.resolve(name) };
                 let visible = alias.as_ref().map(|a| fold(&a.name)).unwrap_or(bare);
-                items.push(Item { visible, table });
+                items.push(Item::new(visible, table));
             }
             TableFactor::Derived {
                 subquery, alias, ..
             } => {
                 self.query(subquery);
-                items.push(Item {
-                    visible: alias.as_ref().map(|a| fold(&a.name)).unwrap_or_default(),
-                    table: None,
-                });
+                items.push(Item::new(
+                    alias.as_ref().map(|a| fold(&a.name)).unwrap_or_default(),
+                    None,
+                ));
             }
             TableFactor::NestedJoin {
                 table_with_joins, ..
@@ -470,10 +542,7 @@ impl<'c, 'a> Reads<'c, 'a> {
                         "a FROM item of this form mentions a legacy column: {other}"
                     ));
                 }
-                items.push(Item {
-                    visible: String::new(),
-                    table: None,
-                });
+                items.push(Item::new(String::new(), None));
             }
         }
     }
@@ -512,10 +581,11 @@ impl<'c, 'a> Reads<'c, 'a> {
         column: &str,
     ) -> Option<(String, &'a CompiledMapping)> {
         let find = |item: &Item<'a>| -> Option<&'a CompiledMapping> {
-            item.table?
-                .mappings
-                .iter()
-                .find(|m| m.mapping.legacy == column && switched(m))
+            item.table?.mappings.iter().find(|m| {
+                m.mapping.legacy == column
+                    && switched(m)
+                    && !(item.excluded && m.mapping.routing.legacy_exists())
+            })
         };
         match qualifier {
             Some(q) => {
@@ -720,6 +790,46 @@ impl<'c, 'a> Reads<'c, 'a> {
             self.refuse(format!("cannot route the legacy column inside: {text}"));
         }
     }
+}
+
+/// Column `c` of `table` (seen as `visible`) as the application knew it:
+/// a switched legacy column is `backward(new)` cast to its type.
+fn column_text(table: &CompiledTable, visible: &str, c: &str) -> String {
+    match table
+        .mappings
+        .iter()
+        .find(|m| m.mapping.legacy == c && switched(m))
+    {
+        Some(m) => {
+            let new_ref = format!("{}.{}", quoted(visible), quoted(&m.mapping.new));
+            format!(
+                "({}::{}) AS {}",
+                m.backward.fill(&new_ref),
+                m.mapping.legacy_type,
+                quoted(c)
+            )
+        }
+        None => format!("{}.{}", quoted(visible), quoted(c)),
+    }
+}
+
+/// Whether a join merges its columns (USING, NATURAL).
+fn merges(op: &JoinOperator) -> bool {
+    use JoinOperator as J;
+    let c = match op {
+        J::Join(c)
+        | J::Inner(c)
+        | J::Left(c)
+        | J::LeftOuter(c)
+        | J::Right(c)
+        | J::RightOuter(c)
+        | J::FullOuter(c) => c,
+        _ => return false,
+    };
+    matches!(
+        c,
+        JoinConstraint::Using(_) | JoinConstraint::UsingAlias(..) | JoinConstraint::Natural
+    )
 }
 
 /// The output column name PostgreSQL gives an unaliased expression when it

@@ -152,6 +152,9 @@ pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
         return;
     };
     if let Some(OnInsert::OnConflict(oc)) = &ins.on {
+        if let Some(target) = &oc.conflict_target {
+            super::conflict::target(ctx, table, target);
+        }
         if let OnConflictAction::DoUpdate(du) = &oc.action {
             assignments(ctx, table, &du.assignments);
         }
