@@ -52,6 +52,26 @@ impl CompiledTable {
         columns
     }
 
+    /// Whether any pair rewrites something.
+    pub fn is_active(&self) -> bool {
+        self.mappings.iter().any(|m| m.mapping.routing.is_active())
+    }
+
+    /// The columns `*` stands for while a pair routes nothing yet: without
+    /// its new column, so that adding (or a rollback dropping) that column
+    /// never changes what a prepared `*` returns.
+    pub fn pinned_view(&self) -> Vec<String> {
+        self.legacy_view()
+            .into_iter()
+            .filter(|c| {
+                !self
+                    .mappings
+                    .iter()
+                    .any(|m| !m.mapping.routing.is_active() && m.mapping.new == *c)
+            })
+            .collect()
+    }
+
     /// Whether a dropped legacy column has no recorded position.
     pub fn view_unknown(&self) -> bool {
         self.mappings.iter().any(|m| {
@@ -84,15 +104,19 @@ pub struct ActiveRules {
     pub tables: Vec<CompiledTable>,
     /// The pre-filter over their names.
     pub filter: TableFilter,
+    /// The pre-filter over tables whose migrations route nothing yet
+    /// (`planned`, `expanded`): only a `*` over them is rewritten.
+    pub pinned: TableFilter,
 }
 
 impl ActiveRules {
-    /// Compiles `set`; mappings whose routing rewrites nothing are left out.
+    /// Compiles `set`. Tables whose pairs route nothing yet are kept for
+    /// `*` (see [`CompiledTable::pinned_view`]).
     pub fn compile(set: RuleSet) -> Result<Self, RuleError> {
         let mut tables = Vec::new();
         for table in &set.tables {
             let mut mappings = Vec::new();
-            for m in table.mappings.iter().filter(|m| m.routing.is_active()) {
+            for m in &table.mappings {
                 let err = |source| RuleError::Template {
                     migration: m.migration.clone(),
                     source,
@@ -110,11 +134,20 @@ impl ActiveRules {
                 });
             }
         }
-        let filter = TableFilter::new(tables.iter().map(|t| t.rules.facts.name.name.as_str()));
+        let names = |active: bool| {
+            TableFilter::new(
+                tables
+                    .iter()
+                    .filter(|t: &&CompiledTable| t.is_active() == active)
+                    .map(|t| t.rules.facts.name.name.as_str()),
+            )
+        };
+        let (filter, pinned) = (names(true), names(false));
         Ok(ActiveRules {
             set: Arc::new(set),
             tables,
             filter,
+            pinned,
         })
     }
 

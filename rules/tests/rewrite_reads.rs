@@ -269,3 +269,26 @@ fn no_key_locking_clauses_are_reads() {
         Rewrite::Unchanged
     );
 }
+
+/// Issue 14 (node-postgres): while a pair routes nothing yet, `*` is
+/// spelled out without the new column, so that expand adding it (or a
+/// rollback dropping it) never changes what a prepared `*` returns.
+#[test]
+fn star_keeps_its_shape_while_the_new_column_comes_and_goes() {
+    for phase in [Phase::Planned, Phase::Expanded] {
+        assert_eq!(
+            text(phase, "select * from users where id = $1"),
+            "select users.id, users.email, users.name, users.status from users where id = $1",
+            "{phase:?}"
+        );
+    }
+    // Only `*` is looked at: other statements on the table are untouched.
+    assert_eq!(
+        rw(Phase::Expanded, "update users set email = $1 where id = $2"),
+        Rewrite::Unchanged
+    );
+    assert_eq!(
+        rw(Phase::DualWrite, "select * from users"),
+        Rewrite::Unchanged
+    );
+}

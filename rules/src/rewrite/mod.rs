@@ -144,11 +144,16 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Marks the whole string as not rewritable.
+    /// Marks the whole string as not rewritable, for `table`'s migrations.
     pub fn refuse(&mut self, table: &CompiledTable, reason: impl Into<String>) {
+        self.refuse_migrations(migrations_of(table), reason);
+    }
+
+    /// Marks the whole string as not rewritable, for `migrations`.
+    pub fn refuse_migrations(&mut self, migrations: Vec<String>, reason: impl Into<String>) {
         if self.unsupported.is_none() {
             self.unsupported = Some(Unsupported {
-                migrations: migrations_of(table),
+                migrations,
                 reason: reason.into(),
             });
         }
@@ -167,7 +172,8 @@ fn migrations_of(table: &CompiledTable) -> Vec<String> {
 
 /// Rewrites `sql` under `rules`.
 pub fn rewrite(rules: &ActiveRules, sql: &str, search_path: &[String]) -> Rewrite {
-    if !rules.filter.may_touch(sql) {
+    let pinned_star = sql.contains('*') && rules.pinned.may_touch(sql);
+    if !pinned_star && !rules.filter.may_touch(sql) {
         return Rewrite::Unchanged;
     }
     let dialect = PostgreSqlDialect {};
@@ -187,8 +193,9 @@ pub fn rewrite(rules: &ActiveRules, sql: &str, search_path: &[String]) -> Rewrit
                 .tables
                 .iter()
                 .filter(|t| {
-                    crate::prefilter::TableFilter::new([t.rules.facts.name.name.as_str()])
-                        .may_touch(sql)
+                    t.is_active()
+                        && crate::prefilter::TableFilter::new([t.rules.facts.name.name.as_str()])
+                            .may_touch(sql)
                 })
                 .flat_map(migrations_of)
                 .collect();

@@ -60,9 +60,13 @@ fn fold(i: &Ident) -> String {
 }
 
 /// Whether `*` over this table must be spelled out: a legacy column is
-/// served from the new one.
+/// served from the new one, or a pair routes nothing yet (its new column
+/// stays out of `*`).
 fn reshaped(table: &CompiledTable) -> bool {
-    table.mappings.iter().any(switched)
+    table
+        .mappings
+        .iter()
+        .any(|m| switched(m) || !m.mapping.routing.is_active())
 }
 
 fn switched(m: &CompiledMapping) -> bool {
@@ -80,7 +84,8 @@ impl<'c, 'a> Reads<'c, 'a> {
             .filter(|m| switched(m))
             .map(|m| m.mapping.legacy.as_str())
             .collect();
-        if names.is_empty() {
+        let pinned = ctx.rules.tables.iter().any(|t| !t.is_active());
+        if names.is_empty() && !pinned {
             return None;
         }
         let legacy_names = TableFilter::new(names);
@@ -92,14 +97,36 @@ impl<'c, 'a> Reads<'c, 'a> {
         })
     }
 
+    /// Refuses the statement, naming the migrations whose switched legacy
+    /// columns the reason mentions (else every switched one).
     fn refuse(&mut self, reason: String) {
-        let table = self
-            .ctx
-            .rules
-            .tables
+        let tables = &self.ctx.rules.tables;
+        let named = |t: &&CompiledTable| {
+            t.mappings.iter().any(|m| {
+                switched(m) && TableFilter::new([m.mapping.legacy.as_str()]).may_touch(&reason)
+            })
+        };
+        let mut blamed: Vec<&CompiledTable> = tables.iter().filter(named).collect();
+        if blamed.is_empty() {
+            blamed = tables
+                .iter()
+                .filter(|t| t.mappings.iter().any(switched))
+                .collect();
+        }
+        if blamed.is_empty() {
+            blamed = tables.iter().collect();
+        }
+        let mut migrations: Vec<String> = blamed
             .iter()
-            .find(|t| t.mappings.iter().any(switched))
-            .expect("a switched table exists");
+            .flat_map(|t| t.mappings.iter().map(|m| m.mapping.migration.clone()))
+            .collect();
+        migrations.sort();
+        migrations.dedup();
+        self.ctx.refuse_migrations(migrations, reason);
+    }
+
+    /// Refuses the statement for `table`'s migrations.
+    fn refuse_for(&mut self, table: &CompiledTable, reason: &str) {
         self.ctx.refuse(table, reason);
     }
 
@@ -176,7 +203,7 @@ impl<'c, 'a> Reads<'c, 'a> {
             return;
         };
         let Some(start) = self.ctx.map.offset(table_name.span().start) else {
-            return self.refuse("no source location for COPY".into());
+            return self.refuse_for(table, "no source location for COPY");
         };
         let end = match columns.last() {
             None => self.ctx.map.offset(table_name.span().end),
@@ -186,7 +213,7 @@ impl<'c, 'a> Reads<'c, 'a> {
             }),
         };
         let Some(end) = end else {
-            return self.refuse("no source location for COPY".into());
+            return self.refuse_for(table, "no source location for COPY");
         };
         let visible = table.rules.facts.name.name.clone();
         let names: Vec<String> = if columns.is_empty() {
@@ -424,8 +451,13 @@ impl<'c, 'a> Reads<'c, 'a> {
             return;
         }
         if scope.iter().any(|(v, _, merged)| *merged || v.is_empty()) {
-            return self.refuse(
-                "`*` over a join with USING or NATURAL, or an unnamed subquery, with a migrated table; name the columns".into(),
+            let table = scope
+                .iter()
+                .find_map(|(_, t, _)| t.filter(|t| reshaped(t)))
+                .expect("a reshaped table is in scope");
+            return self.refuse_for(
+                table,
+                "`*` over a join with USING or NATURAL, or an unnamed subquery, with a migrated table; name the columns",
             );
         }
         let items: Vec<(String, Option<&'a CompiledTable>)> =
@@ -446,14 +478,14 @@ impl<'c, 'a> Reads<'c, 'a> {
             match table {
                 Some(table) if reshaped(table) => {
                     if table.view_unknown() {
-                        return self.refuse(
-                            "`*` over a contracted table whose legacy column position is unknown"
-                                .into(),
+                        return self.refuse_for(
+                            table,
+                            "`*` over a contracted table whose legacy column position is unknown",
                         );
                     }
                     columns.extend(
                         table
-                            .legacy_view()
+                            .pinned_view()
                             .iter()
                             .map(|c| column_text(table, visible, c)),
                     );
