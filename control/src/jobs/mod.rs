@@ -63,7 +63,6 @@ struct Task {
     handle: JoinHandle<()>,
     reporter: Reporter,
     ended: Ended,
-    started: std::time::Instant,
 }
 
 /// The job tasks of this instance, by migration.
@@ -79,8 +78,10 @@ impl JobRunner {
     }
 
     /// Starts job `id` of `migration` with `start` (given a reporter and
-    /// the sender of its end) unless a task of that job already runs here;
-    /// a task of another job is stopped. Returns how the job ends.
+    /// the sender of its end) unless a task of that job already runs here.
+    /// A task of an earlier job is left to finish (it may be recording its
+    /// end); one that must stop is stopped with [`JobRunner::abort`] first.
+    /// Returns how the job ends.
     pub fn start(
         &self,
         migration: &str,
@@ -106,11 +107,8 @@ impl JobRunner {
             handle,
             reporter,
             ended: ended.clone(),
-            started: std::time::Instant::now(),
         };
-        if let Some(old) = tasks.insert(migration.to_owned(), task) {
-            old.handle.abort();
-        }
+        tasks.insert(migration.to_owned(), task);
         ended
     }
 
@@ -139,18 +137,10 @@ impl JobRunner {
             .collect()
     }
 
-    /// Stops the job of `migration` unless it is job `keep`, when the task
-    /// started before `seen` (the time of the record that says so: a task
-    /// started since knows better).
-    pub fn stop_unless(&self, migration: &str, keep: Option<u64>, seen: std::time::Instant) {
-        let mut tasks = self.tasks();
-        if tasks
-            .get(migration)
-            .is_some_and(|t| Some(t.id) != keep && t.started < seen)
-        {
-            if let Some(t) = tasks.remove(migration) {
-                t.handle.abort();
-            }
+    /// Stops the job task of `migration` (a rollback cancels it).
+    pub fn abort(&self, migration: &str) {
+        if let Some(t) = self.tasks().remove(migration) {
+            t.handle.abort();
         }
     }
 

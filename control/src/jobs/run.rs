@@ -26,10 +26,9 @@ use crate::store::{self, Event, StoredMigration};
 use crate::throttle::{LatencyGuard, Limits};
 
 impl Engine {
-    /// On the job-lock holder: runs recorded jobs that run nowhere and stops
-    /// local ones that are no longer recorded (cancelled by a rollback).
+    /// On the job-lock holder: runs recorded jobs that run nowhere (a job a
+    /// rollback cancels is stopped by the rollback, which runs here too).
     pub(crate) async fn scan_jobs(self: &Arc<Self>) -> Result<(), ControlError> {
-        let seen = std::time::Instant::now();
         let all = {
             let client = self.db.session().await?;
             store::list(&*client).await?
@@ -37,11 +36,9 @@ impl Engine {
         for m in all {
             self.runner.set_settings(&m.name, m.state.settings.clone());
             let Some(job) = m.state.running_job().cloned() else {
-                self.runner.stop_unless(&m.name, None, seen);
                 continue;
             };
-            self.runner.stop_unless(&m.name, Some(job.id), seen);
-            if self.runner.running(&m.name).is_none() {
+            if self.runner.running(&m.name).map(|(id, _)| id) != Some(job.id) {
                 info!(migration = %m.name, job = job.kind.as_str(), "running recorded job");
                 drop(self.spawn_job(m, job));
             }

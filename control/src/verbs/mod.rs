@@ -96,6 +96,9 @@ impl Engine {
         }
         tx.commit().await?;
         drop(client);
+        if decision.cancels.is_some() {
+            self.runner.abort(name);
+        }
         let job = m.state.job.clone().expect("the job just started");
         let mut ended = self.spawn_job(m, job);
         let outcome = tokio::time::timeout(ANSWER_WITHIN, async {
