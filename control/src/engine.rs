@@ -125,7 +125,11 @@ impl Engine {
             detail: json!({ "spec": spec }),
         };
         store::record(&tx, event).await?;
+        // Published at once: from now on `*` over the table keeps its shape
+        // (see `CompiledTable::pinned_view`), before any DDL.
+        store::bump_rules_version(&tx, 0).await?;
         tx.commit().await?;
+        self.publisher.sync(&*client).await?;
         drop(client);
         self.detail(&spec.name).await
     }

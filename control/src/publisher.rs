@@ -102,12 +102,14 @@ impl Publisher {
         let all = store::list(client).await?;
         let mut tables: Vec<TableRules> = Vec::new();
         let mut revertible = HashSet::new();
+        let mut retired = Vec::new();
         for m in &all {
             self.metrics.set_phase(&m.name, m.phase());
             if let Some(p) = &m.state.parity {
                 self.metrics.set_parity(&m.name, p.mismatches);
             }
             let Some(routing) = m.state.routing() else {
+                retired.push(table_of(m)?);
                 continue;
             };
             if m.state.stage
@@ -145,6 +147,7 @@ impl Publisher {
             tables,
             shadows: vec![],
             local_base: None,
+            retired,
         };
         Ok((set, revertible))
     }

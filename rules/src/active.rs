@@ -57,18 +57,14 @@ impl CompiledTable {
         self.mappings.iter().any(|m| m.mapping.routing.is_active())
     }
 
-    /// The columns `*` stands for while a pair routes nothing yet: without
-    /// its new column, so that adding (or a rollback dropping) that column
-    /// never changes what a prepared `*` returns.
+    /// The columns `*` stands for while the table is migrated: its columns
+    /// as they were before (the legacy ones in their places, the new ones
+    /// left out), so that no expand, rollback, flip or contract changes
+    /// what a prepared `*` returns. The new columns join `*` at `complete`.
     pub fn pinned_view(&self) -> Vec<String> {
         self.legacy_view()
             .into_iter()
-            .filter(|c| {
-                !self
-                    .mappings
-                    .iter()
-                    .any(|m| !m.mapping.routing.is_active() && m.mapping.new == *c)
-            })
+            .filter(|c| !self.mappings.iter().any(|m| m.mapping.new == *c))
             .collect()
     }
 
@@ -107,6 +103,9 @@ pub struct ActiveRules {
     /// The pre-filter over tables whose migrations route nothing yet
     /// (`planned`, `expanded`): only a `*` over them is rewritten.
     pub pinned: TableFilter,
+    /// Tables whose migrations completed: statements prepared before keep
+    /// their rewritten text (see [`RuleSet::retired`]).
+    pub retired: TableFilter,
 }
 
 impl ActiveRules {
@@ -143,11 +142,13 @@ impl ActiveRules {
             )
         };
         let (filter, pinned) = (names(true), names(false));
+        let retired = TableFilter::new(set.retired.iter().map(|t| t.name.as_str()));
         Ok(ActiveRules {
             set: Arc::new(set),
             tables,
             filter,
             pinned,
+            retired,
         })
     }
 
@@ -159,6 +160,13 @@ impl ActiveRules {
     /// The published version running these rules acknowledges.
     pub fn acknowledges(&self) -> u64 {
         self.set.acknowledges()
+    }
+
+    /// Whether `sql` may need a rewrite: it names a table with active
+    /// rules, or has a `*` and names a table whose migration routes
+    /// nothing yet (its `*` is spelled out).
+    pub fn may_rewrite(&self, sql: &str) -> bool {
+        self.filter.may_touch(sql) || (sql.contains('*') && self.pinned.may_touch(sql))
     }
 
     /// Rewrites one query string (possibly several statements) for

@@ -65,7 +65,7 @@ impl RewriteCache {
         sql: &str,
         path: &SearchPath,
     ) -> Option<Arc<Rewrite>> {
-        if !rules.filter.may_touch(sql) {
+        if !rules.may_rewrite(sql) {
             return None;
         }
         if let Some(e) = self.map.get(sql) {

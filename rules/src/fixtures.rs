@@ -60,5 +60,6 @@ pub fn users(routing: Routing) -> RuleSet {
         }],
         shadows: vec![QualifiedName::new("archive", "users")],
         local_base: None,
+        retired: vec![],
     }
 }

@@ -248,6 +248,12 @@ pub struct RuleSet {
     /// number.
     #[serde(default)]
     pub local_base: Option<u64>,
+    /// Tables whose migrations completed. A statement prepared while one
+    /// was migrated keeps its rewritten text: it names only columns that
+    /// remain, and re-preparing it would change what `*` returns under a
+    /// driver that cached the old shape.
+    #[serde(default)]
+    pub retired: Vec<QualifiedName>,
 }
 
 impl RuleSet {

@@ -225,3 +225,28 @@ fn on_conflict_targets_follow_the_new_unique_index() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A newer application naming the new column in its upsert before the
+/// backfill built the new unique index uses the legacy key it mirrors.
+#[test]
+fn a_new_name_conflict_target_uses_the_legacy_key_until_the_new_index_exists() {
+    let mut set = users(Phase::DualWrite.routing().unwrap());
+    set.tables[0]
+        .facts
+        .unique
+        .retain(|k| k.index != "users_email_address_key");
+    let rules = ActiveRules::compile(set).unwrap();
+    let sql = "insert into users(email_address) values ($1) on conflict (email_address) do nothing";
+    match rules.rewrite(sql, &["public".to_string()]) {
+        Rewrite::Rewritten(out) => {
+            assert!(out.ends_with("on conflict (email) do nothing"), "{out}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // With the new index in place, the new name stays.
+    let out = text(DW, sql);
+    assert!(
+        out.ends_with("on conflict (email_address) do nothing"),
+        "{out}"
+    );
+}

@@ -23,7 +23,25 @@ impl PgBouncer {
     /// Starts PgBouncer in front of `upstream_port` on 127.0.0.1 (e.g. a
     /// Switchyard proxy), using `cluster`'s scratch directory.
     pub fn start_for(cluster: &Cluster, upstream_port: u16) -> anyhow::Result<Self> {
-        Self::start_with(cluster, &format!("host=127.0.0.1 port={upstream_port}"))
+        Self::start_with(
+            cluster,
+            &format!("host=127.0.0.1 port={upstream_port}"),
+            "session",
+        )
+    }
+
+    /// Like [`PgBouncer::start_for`], with `pool_mode` `session` or
+    /// `transaction`.
+    pub fn start_pooling(
+        cluster: &Cluster,
+        upstream_port: u16,
+        pool_mode: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(
+            cluster,
+            &format!("host=127.0.0.1 port={upstream_port}"),
+            pool_mode,
+        )
     }
 
     /// Starts PgBouncer in front of `cluster` through its Unix socket.
@@ -33,11 +51,12 @@ impl PgBouncer {
         Self::start_with(
             cluster,
             &format!("host={} port={}", dir.display(), cluster.port),
+            "session",
         )
     }
 
     /// Starts PgBouncer with `server` as its libpq-style target.
-    fn start_with(cluster: &Cluster, server: &str) -> anyhow::Result<Self> {
+    fn start_with(cluster: &Cluster, server: &str, pool_mode: &str) -> anyhow::Result<Self> {
         let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -52,7 +71,7 @@ impl PgBouncer {
             &ini,
             format!(
                 "[databases]\npostgres = {server}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
-                 unix_socket_dir =\nauth_type = trust\nauth_file = {}\npool_mode = session\nmax_client_conn = 200\n\
+                 unix_socket_dir =\nauth_type = trust\nauth_file = {}\npool_mode = {pool_mode}\nmax_client_conn = 200\n\
                  default_pool_size = 40\nlogfile = {}\npidfile = {}\nignore_startup_parameters = extra_float_digits\n",
                 users.display(),
                 dir.join("pgbouncer.log").display(),

@@ -56,6 +56,7 @@ pub fn single_pair(
         }],
         shadows: vec![],
         local_base: None,
+        retired: vec![],
     }
 }
 

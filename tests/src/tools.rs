@@ -78,7 +78,9 @@ pub fn python() -> anyhow::Result<PathBuf> {
 fn make_venv() -> anyhow::Result<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-venv");
     let python = dir.join("bin/python");
-    let marker = dir.join(".switchyard-ready");
+    // The marker names what is installed, so that a venv from an older
+    // list is completed.
+    let marker = dir.join(".switchyard-ready-2");
     if marker.exists() {
         return Ok(python);
     }
@@ -92,6 +94,8 @@ fn make_venv() -> anyhow::Result<PathBuf> {
         "psycopg[binary]>=3.1",
         "asyncpg>=0.29",
         "SQLAlchemy>=2",
+        "Django>=4.2",
+        "psycopg2-binary>=2.9",
     ]))?;
     std::fs::write(&marker, "ok")?;
     Ok(python)
@@ -162,4 +166,28 @@ async fn raw_http(
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, text))
+}
+
+static NODE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+/// A directory with node-postgres installed (`npm install pg` once, under
+/// the target directory), for `NODE_PATH`.
+pub fn node_modules() -> anyhow::Result<PathBuf> {
+    NODE.get_or_init(|| make_node().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn make_node() -> anyhow::Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-node");
+    let modules = dir.join("node_modules");
+    if modules.join("pg/package.json").exists() {
+        return Ok(modules);
+    }
+    std::fs::create_dir_all(&dir)?;
+    run(Command::new("npm")
+        .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&dir)
+        .arg("pg@8"))?;
+    Ok(modules)
 }

@@ -98,39 +98,58 @@ fn moving(table: &CompiledTable) -> impl Iterator<Item = (&str, &str)> {
         .map(|m| (m.mapping.legacy.as_str(), m.mapping.new.as_str()))
 }
 
-/// `columns` with legacy columns replaced by their new ones, if that set
-/// is a unique key of the table (or the legacy columns are gone); `None`
-/// when nothing moves.
+/// The conflict target to use instead of `columns`, if another: legacy
+/// columns replaced by their new ones once that set is a unique key (or
+/// the legacy columns are gone); or, for a newer application naming new
+/// columns before their unique index exists, the legacy key they mirror.
 fn map_columns(table: &CompiledTable, columns: &[String]) -> Option<Vec<String>> {
+    let is_key = |cols: &[String]| {
+        let mut wanted = cols.to_vec();
+        wanted.sort();
+        table.rules.facts.unique.iter().any(|k| {
+            let mut have = k.columns.clone();
+            have.sort();
+            have == wanted
+        })
+    };
+    let routed =
+        |m: &&crate::active::CompiledMapping| m.mapping.routing.writes != WriteRoute::Legacy;
     let mut dropped = false;
-    let mut changed = false;
-    let mapped: Vec<String> =
-        columns
-            .iter()
-            .map(|c| {
-                match table.mappings.iter().find(|m| {
-                    m.mapping.legacy == *c && m.mapping.routing.writes != WriteRoute::Legacy
-                }) {
-                    Some(m) => {
-                        changed = true;
-                        dropped |= m.mapping.routing.writes == WriteRoute::New;
-                        m.mapping.new.clone()
-                    }
-                    None => c.clone(),
+    let forward: Vec<String> = columns
+        .iter()
+        .map(|c| {
+            match table
+                .mappings
+                .iter()
+                .filter(routed)
+                .find(|m| m.mapping.legacy == *c)
+            {
+                Some(m) => {
+                    dropped |= m.mapping.routing.writes == WriteRoute::New;
+                    m.mapping.new.clone()
                 }
-            })
-            .collect();
-    if !changed {
-        return None;
+                None => c.clone(),
+            }
+        })
+        .collect();
+    if forward != columns && (dropped || is_key(&forward)) {
+        return Some(forward);
     }
-    let mut wanted = mapped.clone();
-    wanted.sort();
-    let indexed = table.rules.facts.unique.iter().any(|k| {
-        let mut cols = k.columns.clone();
-        cols.sort();
-        cols == wanted
-    });
-    (indexed || dropped).then_some(mapped)
+    let backward: Vec<String> = columns
+        .iter()
+        .map(|c| {
+            match table
+                .mappings
+                .iter()
+                .filter(routed)
+                .find(|m| m.mapping.new == *c && m.mapping.routing.writes == WriteRoute::Both)
+            {
+                Some(m) => m.mapping.legacy.clone(),
+                None => c.clone(),
+            }
+        })
+        .collect();
+    (backward != columns && !is_key(columns) && is_key(&backward)).then_some(backward)
 }
 
 /// Where `ON CONSTRAINT` begins, given where the constraint's name does.

@@ -172,8 +172,7 @@ fn migrations_of(table: &CompiledTable) -> Vec<String> {
 
 /// Rewrites `sql` under `rules`.
 pub fn rewrite(rules: &ActiveRules, sql: &str, search_path: &[String]) -> Rewrite {
-    let pinned_star = sql.contains('*') && rules.pinned.may_touch(sql);
-    if !pinned_star && !rules.filter.may_touch(sql) {
+    if !rules.may_rewrite(sql) {
         return Rewrite::Unchanged;
     }
     let dialect = PostgreSqlDialect {};

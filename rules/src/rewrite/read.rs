@@ -59,14 +59,12 @@ fn fold(i: &Ident) -> String {
     }
 }
 
-/// Whether `*` over this table must be spelled out: a legacy column is
-/// served from the new one, or a pair routes nothing yet (its new column
-/// stays out of `*`).
+/// Whether `*` over this table is spelled out: it is, for every table
+/// being migrated, so that `*` keeps the shape the table had when the
+/// migration began (see [`CompiledTable::pinned_view`]), whatever DDL and
+/// flips happen until `complete`.
 fn reshaped(table: &CompiledTable) -> bool {
-    table
-        .mappings
-        .iter()
-        .any(|m| switched(m) || !m.mapping.routing.is_active())
+    !table.mappings.is_empty()
 }
 
 fn switched(m: &CompiledMapping) -> bool {
@@ -84,8 +82,8 @@ impl<'c, 'a> Reads<'c, 'a> {
             .filter(|m| switched(m))
             .map(|m| m.mapping.legacy.as_str())
             .collect();
-        let pinned = ctx.rules.tables.iter().any(|t| !t.is_active());
-        if names.is_empty() && !pinned {
+        // Every migrated table's `*` is spelled out, whatever its routing.
+        if ctx.rules.tables.is_empty() {
             return None;
         }
         let legacy_names = TableFilter::new(names);
@@ -199,7 +197,11 @@ impl<'c, 'a> Reads<'c, 'a> {
                 columns,
             } => (table_name, columns),
         };
-        let Some(table) = self.ctx.resolve(table_name).filter(|t| reshaped(t)) else {
+        let Some(table) = self
+            .ctx
+            .resolve(table_name)
+            .filter(|t| t.mappings.iter().any(switched))
+        else {
             return;
         };
         let Some(start) = self.ctx.map.offset(table_name.span().start) else {
@@ -217,7 +219,7 @@ impl<'c, 'a> Reads<'c, 'a> {
         };
         let visible = table.rules.facts.name.name.clone();
         let names: Vec<String> = if columns.is_empty() {
-            table.legacy_view()
+            table.pinned_view()
         } else {
             columns.iter().map(fold).collect()
         };
