@@ -42,28 +42,40 @@ struct Entry {
     result: Arc<Rewrite>,
 }
 
-/// A bounded, shared cache of rewrites.
+/// A bounded, shared cache of rewrites: at most `capacity` texts and
+/// [`RewriteCache::MAX_BYTES`] of them, and no text longer than
+/// [`RewriteCache::MAX_STATEMENT`] (one that large is rarely repeated, and
+/// one is enough to fill the memory a count bound would allow).
 pub struct RewriteCache {
     map: DashMap<Box<str>, Entry>,
     capacity: usize,
+    bytes: std::sync::atomic::AtomicUsize,
 }
 
 impl RewriteCache {
+    /// Statement texts longer than this are rewritten every time.
+    pub const MAX_STATEMENT: usize = 64 * 1024;
+    /// Text (statements and their rewrites) held at most.
+    pub const MAX_BYTES: usize = 64 * 1024 * 1024;
+
     /// A cache holding at most `capacity` statement texts.
     pub fn new(capacity: usize) -> Self {
         RewriteCache {
             map: DashMap::new(),
             capacity,
+            bytes: Default::default(),
         }
     }
 
     /// The rewrite of `sql`, or `None` when it cannot touch a routed table
-    /// (the pre-filter's answer, which needs no cache).
-    pub fn rewrite(
+    /// (the pre-filter's answer, which needs no cache). `compute` runs on
+    /// a miss (the caller chooses the thread it runs on).
+    pub fn rewrite_with(
         &self,
         rules: &ActiveRules,
         sql: &str,
         path: &SearchPath,
+        compute: impl FnOnce() -> Rewrite,
     ) -> Option<Arc<Rewrite>> {
         if !rules.may_rewrite(sql) {
             return None;
@@ -73,11 +85,22 @@ impl RewriteCache {
                 return Some(e.result.clone());
             }
         }
-        let result = Arc::new(rules.rewrite(sql, path.schemas()));
-        if self.map.len() >= self.capacity {
+        let result = Arc::new(compute());
+        if sql.len() > Self::MAX_STATEMENT {
+            return Some(result);
+        }
+        let size = sql.len()
+            + match &*result {
+                Rewrite::Rewritten(t) => t.len(),
+                _ => 0,
+            };
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.map.len() >= self.capacity || self.bytes.load(Relaxed) + size > Self::MAX_BYTES {
             // Crude but bounded: start over rather than track recency.
             self.map.clear();
+            self.bytes.store(0, Relaxed);
         }
+        self.bytes.fetch_add(size, Relaxed);
         self.map.insert(
             sql.into(),
             Entry {
@@ -87,6 +110,21 @@ impl RewriteCache {
             },
         );
         Some(result)
+    }
+
+    /// [`RewriteCache::rewrite_with`], computing on this thread.
+    pub fn rewrite(
+        &self,
+        rules: &ActiveRules,
+        sql: &str,
+        path: &SearchPath,
+    ) -> Option<Arc<Rewrite>> {
+        self.rewrite_with(rules, sql, path, || rules.rewrite(sql, path.schemas()))
+    }
+
+    /// Text held, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Entries held.

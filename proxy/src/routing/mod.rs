@@ -3,6 +3,7 @@
 
 pub mod hub;
 pub mod messages;
+mod offload;
 pub mod router;
 pub mod search_path;
 pub mod session_sql;

@@ -145,7 +145,13 @@ impl SessionRouter {
                 for command in &commands {
                     inject = self.session_command(&mut st, command).or(inject);
                 }
-                let (sent, action) = match self.rewrite(st.path.current(), &st.rules, sql) {
+                // The lock is not held while rewriting: a long rewrite runs
+                // off the worker, and the server direction must not wait.
+                let (path, rules) = (st.path.current().clone(), st.rules.clone());
+                drop(st);
+                let outcome = self.rewrite(&path, &rules, sql);
+                let mut st = self.lock();
+                let (sent, action) = match outcome {
                     Outcome::Same => (sql.to_owned(), Action::Forward),
                     Outcome::Text(text) => {
                         let frame = messages::query(&text);
@@ -186,8 +192,11 @@ impl SessionRouter {
                     return Action::Forward;
                 };
                 let mut refused = None;
-                let (sent, action) = match self.rewrite(st.path.current(), &st.rules, &parse.query)
-                {
+                let (path, rules) = (st.path.current().clone(), st.rules.clone());
+                drop(st);
+                let outcome = self.rewrite(&path, &rules, &parse.query);
+                let mut st = self.lock();
+                let (sent, action) = match outcome {
                     Outcome::Same => (parse.query.clone(), Action::Forward),
                     Outcome::Text(text) => {
                         let frame = parse.frame_with(&text);
@@ -470,7 +479,17 @@ impl SessionRouter {
         if rules.set.database != self.database {
             return Outcome::Same;
         }
-        let Some(result) = self.hub.cache.rewrite(rules, sql, path) else {
+        let compute = || {
+            let scanned = switchyard_rules::rewrite::scan::scan(sql);
+            let rewrite =
+                || switchyard_rules::rewrite::rewrite_scanned(rules, sql, &scanned, path.schemas());
+            if super::offload::needed(sql, &scanned) {
+                super::offload::run(rewrite)
+            } else {
+                rewrite()
+            }
+        };
+        let Some(result) = self.hub.cache.rewrite_with(rules, sql, path, compute) else {
             return Outcome::Same;
         };
         match &*result {

@@ -4,19 +4,40 @@
 
 use sqlparser::tokenizer::{Location, Span};
 
-/// Maps sqlparser's 1-based (line, column-in-chars) locations to byte offsets.
+/// Maps sqlparser's 1-based (line, column-in-chars) locations to byte
+/// offsets in constant time: each line's start, and for text that is not
+/// ASCII, every character's byte offset.
 #[derive(Debug)]
 pub struct SourceMap<'a> {
     text: &'a str,
-    line_starts: Vec<usize>,
+    /// Per line: its first character's index and its length in characters.
+    lines: Vec<(usize, usize)>,
+    /// Byte offset of each character (and of the end), unless ASCII.
+    chars: Option<Vec<u32>>,
 }
 
 impl<'a> SourceMap<'a> {
     /// Indexes `text`.
     pub fn new(text: &'a str) -> Self {
-        let mut line_starts = vec![0];
-        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        SourceMap { text, line_starts }
+        let ascii = text.is_ascii();
+        let chars: Option<Vec<u32>> = (!ascii).then(|| {
+            text.char_indices()
+                .map(|(i, _)| i as u32)
+                .chain(std::iter::once(text.len() as u32))
+                .collect()
+        });
+        let mut lines = Vec::new();
+        let mut line_start = 0;
+        let mut count = 0;
+        for (n, c) in text.chars().enumerate() {
+            if c == '\n' {
+                lines.push((line_start, n - line_start));
+                line_start = n + 1;
+            }
+            count = n + 1;
+        }
+        lines.push((line_start, count - line_start));
+        SourceMap { text, lines, chars }
     }
 
     /// The byte offset of `loc`, or `None` for an empty location.
@@ -24,13 +45,15 @@ impl<'a> SourceMap<'a> {
         if loc.line == 0 || loc.column == 0 {
             return None;
         }
-        let start = *self.line_starts.get(loc.line as usize - 1)?;
-        let line = &self.text[start..];
+        let (first, len) = *self.lines.get(loc.line as usize - 1)?;
         let col = loc.column as usize - 1;
-        match line.char_indices().nth(col) {
-            Some((i, _)) => Some(start + i),
-            None if line.chars().count() == col => Some(start + line.len()),
-            None => None,
+        if col > len {
+            return None;
+        }
+        let char_index = first + col;
+        match &self.chars {
+            None => Some(char_index),
+            Some(map) => map.get(char_index).map(|&b| b as usize),
         }
     }
 

@@ -5,6 +5,7 @@ mod conflict;
 pub mod edits;
 mod locking;
 mod read;
+pub mod scan;
 mod write;
 
 use sqlparser::ast::{CopySource, Expr, ObjectName, Query, SetExpr, Spanned, Statement};
@@ -16,8 +17,9 @@ use crate::ident;
 use crate::model::WriteRoute;
 use edits::{Edits, SourceMap};
 
-/// ORMs nest deeply; sqlparser's default of 50 is too low for some.
-const RECURSION_LIMIT: usize = 500;
+/// sqlparser's own guard; [`STACK_LIMIT`] bounds nesting before parsing,
+/// and this backs it up (each level costs at most ~48 KiB of stack).
+const RECURSION_LIMIT: usize = 4096;
 
 /// What became of a query string.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +45,8 @@ pub(crate) struct Ctx<'a> {
     pub rules: &'a ActiveRules,
     pub search_path: &'a [String],
     pub map: SourceMap<'a>,
+    /// The text's tokens, which bound every re-parse (see [`Ctx::range`]).
+    pub scan: &'a scan::Scan,
     pub edits: Edits,
     pub unsupported: Option<Unsupported>,
 }
@@ -90,7 +94,8 @@ impl<'a> Ctx<'a> {
         parse: impl Fn(&mut Parser<'_>) -> Result<T, sqlparser::parser::ParserError>,
     ) -> Option<std::ops::Range<usize>> {
         let start = self.map.offset(span.start)?;
-        if let Some(r) = self.reparse_at(start, expected, &parse) {
+        let reaches = self.map.offset(span.end).unwrap_or(start).max(start);
+        if let Some(r) = self.reparse_at(start, reaches, expected, &parse) {
             return Some(r);
         }
         // Some spans start inside their expression (a parenthesised
@@ -108,7 +113,7 @@ impl<'a> Ctx<'a> {
             let token_start = !c.is_whitespace()
                 && prev.is_none_or(|p| p.is_whitespace() || matches!(p, '(' | ',' | '='));
             if token_start {
-                if let Some(r) = self.reparse_at(at, expected, &parse) {
+                if let Some(r) = self.reparse_at(at, reaches, expected, &parse) {
                     return Some(r);
                 }
             }
@@ -116,13 +121,19 @@ impl<'a> Ctx<'a> {
         None
     }
 
+    /// Parses from `start` up to where an expression reaching `reaches`
+    /// must end (its list separator or enclosing group), so that each
+    /// re-parse costs the expression's length, not the rest of the text.
     fn reparse_at<T: PartialEq>(
         &self,
         start: usize,
+        reaches: usize,
         expected: &T,
         parse: &impl Fn(&mut Parser<'_>) -> Result<T, sqlparser::parser::ParserError>,
     ) -> Option<std::ops::Range<usize>> {
-        let rest = &self.map.text()[start..];
+        let text = self.map.text();
+        let end = self.scan.bound(start, reaches).unwrap_or(text.len());
+        let rest = &text[start..end.max(start)];
         let dialect = PostgreSqlDialect {};
         let mut parser = Parser::new(&dialect)
             .with_recursion_limit(RECURSION_LIMIT)
@@ -175,6 +186,42 @@ pub fn rewrite(rules: &ActiveRules, sql: &str, search_path: &[String]) -> Rewrit
     if !rules.may_rewrite(sql) {
         return Rewrite::Unchanged;
     }
+    let scanned = scan::scan(sql);
+    rewrite_scanned(rules, sql, &scanned, search_path)
+}
+
+/// The most stack a rewrite may be given ([`STACK`]) less a margin: a
+/// statement that may need more is not parsed at all.
+pub const STACK_LIMIT: usize = STACK - 16 * 1024 * 1024;
+/// The stack a thread that rewrites any statement must have.
+pub const STACK: usize = 256 * 1024 * 1024;
+/// What a statement may need to be rewritten on an ordinary thread (a
+/// 2 MiB tokio worker); more must go to a thread with [`STACK`].
+pub const INLINE_LIMIT: usize = 1024 * 1024;
+
+/// [`rewrite`] with the text already scanned (see [`scan::Scan::stack_bound`]
+/// for where to run it).
+pub fn rewrite_scanned(
+    rules: &ActiveRules,
+    sql: &str,
+    scanned: &scan::Scan,
+    search_path: &[String],
+) -> Rewrite {
+    if scanned.stack_bound() > STACK_LIMIT {
+        let migrations: Vec<String> = rules
+            .tables
+            .iter()
+            .filter(|t| scanned.mentions(sql, &t.rules.facts.name.name))
+            .flat_map(migrations_of)
+            .collect();
+        if migrations.is_empty() {
+            return Rewrite::Unchanged;
+        }
+        return Rewrite::Unsupported(Unsupported {
+            migrations,
+            reason: "the statement nests deeper than Switchyard rewrites (PostgreSQL would answer it with 54001, stack depth limit exceeded, or close to it)".into(),
+        });
+    }
     let dialect = PostgreSqlDialect {};
     // The parser does not know `FOR NO KEY UPDATE` / `FOR KEY SHARE`; it
     // reads a copy where they are `FOR UPDATE` / `FOR SHARE`, padded so
@@ -209,6 +256,7 @@ pub fn rewrite(rules: &ActiveRules, sql: &str, search_path: &[String]) -> Rewrit
         rules,
         search_path,
         map: SourceMap::new(parse_text),
+        scan: scanned,
         edits: Edits::default(),
         unsupported: None,
     };
