@@ -65,3 +65,31 @@ pub async fn of_column(
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
+
+/// Views that use any of `columns` of `table` (a write through one of them
+/// would not be dual-written).
+pub(crate) async fn views_using(
+    client: &impl tokio_postgres::GenericClient,
+    table: &switchyard_rules::QualifiedName,
+    columns: &[String],
+) -> Result<Vec<switchyard_rules::QualifiedName>, ControlError> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT vn.nspname::text, v.relname::text
+             FROM pg_attribute a
+             JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.refobjid = a.attrelid
+                              AND d.refobjsubid = a.attnum
+             JOIN pg_rewrite r ON r.oid = d.objid
+             JOIN pg_class v ON v.oid = r.ev_class JOIN pg_namespace vn ON vn.oid = v.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = ANY($3)
+               AND NOT a.attisdropped AND v.oid <> c.oid
+             ORDER BY 1, 2",
+            &[&table.schema, &table.name, &columns],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| switchyard_rules::QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect())
+}

@@ -14,6 +14,9 @@ pub enum ControlError {
     /// Unknown migration (404).
     #[error("{0}")]
     NotFound(String),
+    /// A request body over the limit (413).
+    #[error("{0}")]
+    TooLarge(String),
     /// Wrong phase, closed gate, or a name already taken (409).
     #[error("{0}")]
     Conflict(String),
@@ -35,6 +38,7 @@ impl ControlError {
             ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ControlError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControlError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ControlError::Conflict(_) => StatusCode::CONFLICT,
             ControlError::Database(_) | ControlError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -50,6 +54,7 @@ impl ControlError {
             ControlError::BadRequest(_) => ControlError::BadRequest(message),
             ControlError::Unauthorized(_) => ControlError::Unauthorized(message),
             ControlError::NotFound(_) => ControlError::NotFound(message),
+            ControlError::TooLarge(_) => ControlError::TooLarge(message),
             ControlError::Conflict(_) => ControlError::Conflict(message),
             ControlError::Unavailable(_) | ControlError::Database(_) => {
                 ControlError::Unavailable(message)
@@ -79,6 +84,7 @@ impl ControlError {
             ControlError::BadRequest(_) => "bad_request",
             ControlError::Unauthorized(_) => "unauthorized",
             ControlError::NotFound(_) => "not_found",
+            ControlError::TooLarge(_) => "too_large",
             ControlError::Conflict(_) => "conflict",
             ControlError::Database(_) => "database_unavailable",
             ControlError::Unavailable(_) => "unavailable",

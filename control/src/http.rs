@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -57,27 +58,54 @@ pub async fn bind(addr: &str, has_token: bool) -> Result<TcpListener, ApiStartEr
     Ok(listener)
 }
 
-/// Serves the API until `stop` turns true.
+/// Connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 256;
+/// Time a client has to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection's longest life, requests included.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
+/// The largest request body read.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// Serves the API until `stop` turns true. Nobody, authenticated or not,
+/// holds more than a bounded share of it: connections are counted, their
+/// headers and lives timed, their bodies capped.
 pub async fn serve(listener: TcpListener, state: Arc<ApiState>, mut stop: watch::Receiver<bool>) {
     let local: Option<SocketAddr> = listener.local_addr().ok();
     info!(listen = ?local, "control API listening");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((tcp, _)) = accepted else { continue };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(state.clone(), req));
-                    if let Err(e) = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await
-                    {
-                        warn!(error = %e, "control API connection");
-                    }
-                });
-            }
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             _ = stop.wait_for(|s| *s) => break,
-        }
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of descriptors and the like: back off.
+                warn!(error = %e, "control API accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            warn!("control API connection refused: {MAX_CONNECTIONS} are open");
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(state.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                Ok(Err(e)) => warn!(error = %e, "control API connection"),
+                Err(_) => info!("control API connection closed after {CONNECTION_TIMEOUT:?}"),
+                Ok(Ok(())) => {}
+            }
+            drop(slot);
+        });
     }
 }
 
@@ -89,6 +117,13 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
+    if !matches!(*req.method(), Method::GET | Method::POST | Method::PATCH) {
+        return Ok(error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!("{} is not served; use GET, POST or PATCH", req.method()),
+        ));
+    }
     let response = match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         (&Method::GET, "/metrics") => metrics(&state),
@@ -173,11 +208,16 @@ async fn v1(
         .uri()
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv == "force=true" || kv == "force=1"));
-    let body = req
-        .into_body()
+    let body = http_body_util::Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
-        .map_err(|e| ControlError::BadRequest(format!("reading the body: {e}")))?
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ControlError::TooLarge(format!("request bodies are limited to {MAX_BODY} bytes"))
+            } else {
+                ControlError::BadRequest(format!("reading the body: {e}"))
+            }
+        })?
         .to_bytes();
     let parts: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
     match (method, parts.as_slice()) {
@@ -203,9 +243,19 @@ async fn v1(
         }
         (Method::GET, ["blockers"]) => Ok((StatusCode::OK, engine.blockers().await?)),
         (Method::POST, ["blockers", pid, action @ ("cancel" | "terminate")]) => {
-            let pid: i32 = pid
-                .parse()
-                .map_err(|_| ControlError::BadRequest(format!("pid: {pid:?} is not a number")))?;
+            let pid: i32 = match pid.parse::<i64>() {
+                Ok(n) => i32::try_from(n).ok().filter(|n| *n > 0).ok_or_else(|| {
+                    ControlError::BadRequest(format!(
+                        "pid: {n} is out of range (1 to {})",
+                        i32::MAX
+                    ))
+                })?,
+                Err(_) => {
+                    return Err(ControlError::BadRequest(format!(
+                        "pid: {pid:?} is not a number"
+                    )))
+                }
+            };
             Ok((
                 StatusCode::OK,
                 engine

@@ -133,11 +133,17 @@ impl Publisher {
                 legacy_position: Some(p.legacy_position),
                 on_unsupported: Default::default(),
             });
+            let legacy: Vec<String> = m.state.pairs.iter().map(|p| p.legacy.clone()).collect();
+            let views = crate::dependencies::views_using(client, &table, &legacy).await?;
             match tables.iter_mut().find(|t| t.facts.name == table) {
-                Some(t) => t.mappings.extend(mappings),
+                Some(t) => {
+                    t.mappings.extend(mappings);
+                    t.views.extend(views);
+                }
                 None => tables.push(TableRules {
                     facts,
                     mappings: mappings.collect(),
+                    views,
                 }),
             }
         }

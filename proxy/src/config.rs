@@ -162,12 +162,20 @@ impl ProxyConfig {
         };
         let token_file = args.control_token_file.clone().or(file.control_token_file);
         let control_token = match token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(&path)
+            Some(path) => {
+                let token = std::fs::read_to_string(&path)
                     .map_err(|e| ConfigError::Read(path.clone(), e))?
                     .trim()
-                    .to_owned(),
-            ),
+                    .to_owned();
+                // An empty token would let the API bind anywhere unguarded.
+                if token.is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "{}: the control token file is empty",
+                        path.display()
+                    )));
+                }
+                Some(token)
+            }
             None => token_env.filter(|t| !t.is_empty()),
         };
         let secs = |flag: Option<u64>, file: Option<u64>, default: Duration| {
@@ -276,6 +284,19 @@ mod tests {
         assert_eq!(c.upstream_tls, UpstreamTlsMode::VerifyFull);
         assert_eq!(c.control_listen, "127.0.0.1:7432");
         assert_eq!(c.control_token.as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn an_empty_token_file_is_refused() {
+        let path = std::env::temp_dir().join(format!("sy-token-{}", std::process::id()));
+        std::fs::write(&path, " \n").unwrap();
+        let args = ServeArgs {
+            control_token_file: Some(path.clone()),
+            ..Default::default()
+        };
+        let err = ProxyConfig::resolve(&args, None).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+        std::fs::remove_file(path).unwrap();
     }
 
     #[test]

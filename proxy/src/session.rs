@@ -73,7 +73,7 @@ async fn serve(
     tcp.set_nodelay(true)?;
     let timeout = shared.config.startup_timeout;
     let negotiated = tokio::time::timeout(timeout, negotiate(shared, tcp)).await;
-    let (mut client, startup) = match negotiated {
+    let (mut client, startup, early) = match negotiated {
         Err(_) => {
             return Err(SessionError::Protocol(
                 "timed out waiting for startup".into(),
@@ -86,14 +86,14 @@ async fn serve(
             let _ = client.shutdown().await;
             return Err(e);
         }
-        Ok(Ok(Negotiated::Startup(client, startup))) => (client, startup),
+        Ok(Ok(Negotiated::Startup(client, startup, early))) => (client, startup, early),
     };
     summary.user = startup.user().to_owned();
     summary.database = startup.database().to_owned();
     info!(%peer, user = %summary.user, database = %summary.database, tls = client.is_tls(), "session opened");
 
     let connected =
-        tokio::time::timeout(timeout, authenticate(shared, &mut client, &startup)).await;
+        tokio::time::timeout(timeout, authenticate(shared, &mut client, &startup, early)).await;
     let (server, key, client_buf, server_buf) = match connected {
         Ok(Ok(Some(parts))) => parts,
         Ok(Ok(None)) => return Ok("authentication refused by server"),
@@ -129,7 +129,8 @@ async fn serve(
 }
 
 enum Negotiated {
-    Startup(MaybeTls, StartupMessage),
+    /// With the bytes the client sent after its startup packet.
+    Startup(MaybeTls, StartupMessage, BytesMut),
     Refused(MaybeTls, SessionError),
     Cancelled,
 }
@@ -138,6 +139,9 @@ enum Negotiated {
 async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Negotiated, SessionError> {
     let mut stream = MaybeTls::Plain(tcp);
     let mut buf = BytesMut::with_capacity(1024);
+    // PostgreSQL answers one SSLRequest and one GSSENCRequest; a second is
+    // an unsupported protocol.
+    let (mut ssl_done, mut gss_done) = (false, false);
     loop {
         let raw = match read_packet(&mut stream, &mut buf).await {
             Ok(raw) => raw,
@@ -150,10 +154,13 @@ async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Negotiated, Sessio
         };
         match packet {
             StartupPacket::SslRequest => {
-                if stream.is_tls() {
-                    let e = SessionError::Protocol("SSLRequest after TLS was established".into());
+                if stream.is_tls() || ssl_done {
+                    let e = SessionError::Protocol(
+                        "unsupported frontend protocol 1234.5679: a second SSLRequest".into(),
+                    );
                     return Ok(Negotiated::Refused(stream, e));
                 }
+                ssl_done = true;
                 let MaybeTls::Plain(tcp) = stream else {
                     unreachable!("checked above")
                 };
@@ -178,18 +185,24 @@ async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Negotiated, Sessio
                     .map_err(|e| SessionError::Protocol(format!("TLS handshake failed: {e}")))?;
                 stream = MaybeTls::Server(Box::new(tls));
             }
-            StartupPacket::GssEncRequest => stream.write_all(b"N").await?,
+            StartupPacket::GssEncRequest if gss_done => {
+                let e = SessionError::Protocol(
+                    "unsupported frontend protocol 1234.5680: a second GSSENCRequest".into(),
+                );
+                return Ok(Negotiated::Refused(stream, e));
+            }
+            StartupPacket::GssEncRequest => {
+                gss_done = true;
+                stream.write_all(b"N").await?
+            }
             StartupPacket::Cancel { raw, key } => {
                 forward_cancel(shared, &raw, &key).await;
                 return Ok(Negotiated::Cancelled);
             }
+            // What came after the startup packet is read later, as the
+            // server would: as the password reply, or as the first query.
             StartupPacket::Startup(startup) => {
-                if !buf.is_empty() {
-                    // Clients wait for authentication before sending more.
-                    let e = SessionError::Protocol("unexpected data after startup packet".into());
-                    return Ok(Negotiated::Refused(stream, e));
-                }
-                return Ok(Negotiated::Startup(stream, startup));
+                return Ok(Negotiated::Startup(stream, startup, buf))
             }
         }
     }
@@ -231,10 +244,14 @@ async fn authenticate(
     shared: &Shared,
     client: &mut MaybeTls,
     startup: &StartupMessage,
+    early: BytesMut,
 ) -> Result<Option<Authenticated>, SessionError> {
     let mut server = connect(shared, startup, true).await?;
-    let max = shared.config.max_message_bytes;
-    let mut cbuf = BytesMut::with_capacity(1024);
+    // Before login, a client message is a password or SASL token, which
+    // PostgreSQL caps at 64 KiB: nobody unauthenticated may make us buffer
+    // more.
+    let max = AUTH_MAX_FRAME;
+    let mut cbuf = early;
     let mut sbuf = BytesMut::with_capacity(8192);
     let mut out = BytesMut::with_capacity(1024);
     let mut key = None;
@@ -359,6 +376,9 @@ async fn read_frame<S: AsyncRead + Unpin>(
 
 /// PostgreSQL's own limit on a message from the server.
 const SERVER_MAX_FRAME: usize = 1 << 30;
+/// PostgreSQL's limit on an authentication message (PG_MAX_AUTH_TOKEN_LENGTH
+/// plus the header).
+const AUTH_MAX_FRAME: usize = 65535 + 5;
 const STREAM_THRESHOLD: usize = 256 * 1024;
 const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
 

@@ -133,12 +133,17 @@ impl ActiveRules {
                 });
             }
         }
+        // Views over a migrated column count as the table: a write through
+        // one must be looked at.
         let names = |active: bool| {
             TableFilter::new(
                 tables
                     .iter()
                     .filter(|t: &&CompiledTable| t.is_active() == active)
-                    .map(|t| t.rules.facts.name.name.as_str()),
+                    .flat_map(|t| {
+                        std::iter::once(t.rules.facts.name.name.as_str())
+                            .chain(t.rules.views.iter().map(|v| v.name.as_str()))
+                    }),
             )
         };
         let (filter, pinned) = (names(true), names(false));

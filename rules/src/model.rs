@@ -226,6 +226,10 @@ pub struct TableRules {
     pub facts: TableFacts,
     /// Active column pairs.
     pub mappings: Vec<ColumnMapping>,
+    /// Views that use a migrated legacy column: a write through one cannot
+    /// be dual-written.
+    #[serde(default)]
+    pub views: Vec<QualifiedName>,
 }
 
 /// A versioned, immutable set of routing rules. The proxy swaps whole rule

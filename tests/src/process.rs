@@ -79,6 +79,11 @@ impl ServeProcess {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `kill -9`: no drain, no goodbye; its database sessions just end.
     pub fn kill(&mut self) {
         if !self.reaped {

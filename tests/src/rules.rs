@@ -53,6 +53,7 @@ pub fn single_pair(
         tables: vec![TableRules {
             facts,
             mappings: vec![mapping],
+            views: vec![],
         }],
         shadows: vec![],
         local_base: None,

@@ -231,3 +231,142 @@ async fn large_statements_are_rewritten_without_stalling_others() {
         .get(0);
     assert_eq!(off, 0);
 }
+
+fn startup_packet(user: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&3u16.to_be_bytes());
+    body.extend_from_slice(&0u16.to_be_bytes());
+    for (k, v) in [("user", user), ("database", "postgres")] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    packet
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_unauthenticated_makes_the_proxy_buffer_or_wait() {
+    use switchyard_tests::raw::{cstrs, put_msg, tags, RawConn};
+    let env = Env::new(&[]).await;
+    let port = env.serve.addr.port();
+    let before = rss_kib(env.serve.pid());
+    // A SCRAM login that answers with a "password" of 128 MiB: refused at
+    // its header, whatever follows.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = RawConn::connect(port).await.unwrap();
+            c.send_raw(&startup_packet("scram_user")).await.unwrap();
+            let first = c.recv().await.unwrap().unwrap();
+            assert_eq!(first.tag, b'R', "an authentication request");
+            let mut header = vec![b'p'];
+            header.extend_from_slice(&(128u32 << 20).to_be_bytes());
+            c.send_raw(&header).await.unwrap();
+            let chunk = vec![b'x'; 1 << 20];
+            let mut sent = 0;
+            for _ in 0..16 {
+                if c.send_raw(&chunk).await.is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            let answer = c.recv().await.ok().flatten();
+            (sent, answer.map(|m| (m.tag, m.sqlstate())))
+        }));
+    }
+    for t in tasks {
+        let (_, answer) = t.await.unwrap();
+        if let Some((tag, code)) = answer {
+            assert_eq!((tag, code.as_deref()), (b'E', Some("08P01")));
+        }
+    }
+    let grown = rss_kib(env.serve.pid()).saturating_sub(before);
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+
+    // A query sent in the same write as the startup packet is answered, as
+    // PostgreSQL does.
+    let mut c = RawConn::connect(port).await.unwrap();
+    let mut out = bytes::BytesMut::from(&startup_packet("trust_user")[..]);
+    put_msg(&mut out, b'Q', &cstrs(&["select 41 + 1"]));
+    c.send_raw(&out).await.unwrap();
+    let login = c.until_ready().await.unwrap();
+    assert!(tags(&login).ends_with('Z'), "{}", tags(&login));
+    let answer = c.until_ready().await.unwrap();
+    assert_eq!(tags(&answer), "TDCZ");
+    assert!(answer[1].body.ends_with(b"42"));
+
+    // A second SSLRequest is an error, as in PostgreSQL.
+    let mut c = RawConn::connect(port).await.unwrap();
+    let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    c.send_raw(&ssl).await.unwrap();
+    let mut n = [0u8; 1];
+    tokio::io::AsyncReadExt::read_exact(&mut c.stream, &mut n)
+        .await
+        .unwrap();
+    assert_eq!(&n, b"N");
+    c.send_raw(&ssl).await.unwrap();
+    let refused = c.recv().await.unwrap().unwrap();
+    assert_eq!(
+        (refused.tag, refused.sqlstate().as_deref()),
+        (b'E', Some("08P01"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_api_bounds_what_a_client_holds() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::new(&[]).await;
+    let addr = env.serve.control_addr;
+    let api = Api::new(addr, TOKEN);
+    // Half-sent headers are closed by the header timeout.
+    let mut stalled = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    // Meanwhile the API answers.
+    assert_eq!(api.call("GET", "/v1/status", None).await.0, 200);
+    let started = Instant::now();
+    for s in &mut stalled {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a stalled connection stayed open");
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // Bodies are capped; odd methods and pids are refused clearly.
+    let big = serde_json::Value::String("x".repeat(2 << 20));
+    let (status, body) = api.call("POST", "/v1/migrations", Some(big)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("too_large"))
+    );
+    let (status, _) = api.call("TRACE", "/v1/status", None).await;
+    assert_eq!(status, 405);
+    let (status, body) = api
+        .call("POST", "/v1/blockers/3000000000/cancel", None)
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("out of range"),
+        "{body}"
+    );
+}

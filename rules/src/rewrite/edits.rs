@@ -102,23 +102,34 @@ impl Edits {
         self.edits.is_empty()
     }
 
-    /// Applies the edits; insertions at one offset keep their order.
-    pub fn apply(mut self, text: &str) -> String {
+    /// Applies the edits; insertions at one offset keep their order. Two
+    /// edits over the same text cannot both apply: that is an error, never
+    /// a silently dropped edit.
+    pub fn apply(mut self, text: &str) -> Result<String, Overlap> {
         self.edits.sort_by_key(|(start, end, _)| (*start, *end));
         let mut out = String::with_capacity(text.len() + 64);
         let mut at = 0;
         for (start, end, insert) in self.edits {
             if start < at {
-                continue;
+                return Err(Overlap { at: start });
             }
             out.push_str(&text[at..start]);
             out.push_str(&insert);
             at = end;
         }
         out.push_str(&text[at..]);
-        out
+        Ok(out)
     }
 }
+
+/// Two edits of one statement overlap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlap {
+    /// Where the later one starts.
+    pub at: usize,
+}
+
+impl Edits {}
 
 #[cfg(test)]
 mod tests {
@@ -147,6 +158,10 @@ mod tests {
         e.insert(5, ", b");
         e.replace(0..0, "");
         e.insert(5, ", c");
-        assert_eq!(e.apply("(a)  x"), "(a)  , b, cx");
+        assert_eq!(e.apply("(a)  x").unwrap(), "(a)  , b, cx");
+        let mut e = Edits::default();
+        e.replace(0..3, "x");
+        e.replace(1..2, "y");
+        assert_eq!(e.apply("abc"), Err(Overlap { at: 1 }));
     }
 }

@@ -74,6 +74,41 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// The migrated table (and the view's name) a view name resolves to,
+    /// when the view uses a migrated column.
+    pub fn view(&self, name: &ObjectName) -> Option<(&'a CompiledTable, String)> {
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .filter_map(|p| p.as_ident())
+            .map(|i| {
+                if i.quote_style.is_some() {
+                    i.value.clone()
+                } else {
+                    i.value.to_lowercase()
+                }
+            })
+            .collect();
+        let (schema, bare) = match parts.as_slice() {
+            [bare] => (None, bare),
+            [schema, bare] | [_, schema, bare] => (Some(schema.as_str()), bare),
+            _ => return None,
+        };
+        self.rules.tables.iter().find_map(|t| {
+            t.rules
+                .views
+                .iter()
+                .find(|v| {
+                    &v.name == bare
+                        && match schema {
+                            Some(s) => v.schema == s,
+                            None => self.search_path.contains(&v.schema),
+                        }
+                })
+                .map(|v| (t, v.to_string()))
+        })
+    }
+
     /// The exact source range of an expression. sqlparser's spans can stop
     /// short (a call's closing parenthesis, `CASE`'s `END`), so the
     /// expression is parsed again from its start and the range ends at the
@@ -270,9 +305,17 @@ pub fn rewrite_scanned(
         return Rewrite::Unsupported(u);
     }
     if ctx.edits.is_empty() {
-        Rewrite::Unchanged
-    } else {
-        Rewrite::Rewritten(std::mem::take(&mut ctx.edits).apply(sql))
+        return Rewrite::Unchanged;
+    }
+    match std::mem::take(&mut ctx.edits).apply(sql) {
+        Ok(text) => Rewrite::Rewritten(text),
+        Err(overlap) => Rewrite::Unsupported(Unsupported {
+            migrations: rules.tables.iter().flat_map(migrations_of).collect(),
+            reason: format!(
+                "two rewrites of this statement overlap (at byte {}); name the columns plainly",
+                overlap.at
+            ),
+        }),
     }
 }
 
@@ -304,7 +347,34 @@ fn visit_statement(ctx: &mut Ctx<'_>, statement: &Statement) {
             }
         }
         Statement::Merge(merge) => write::merge(ctx, merge),
+        // EXPLAIN ANALYZE runs the statement: it is rewritten like it.
+        Statement::Explain { statement, .. } => visit_statement(ctx, statement),
         _ => {}
+    }
+    // A write through a view over a migrated table cannot be dual-written.
+    let target = match statement {
+        Statement::Insert(i) => match &i.table {
+            sqlparser::ast::TableObject::TableName(n) => Some(n),
+            _ => None,
+        },
+        Statement::Update(u) => match &u.table.relation {
+            sqlparser::ast::TableFactor::Table { name, .. } => Some(name),
+            _ => None,
+        },
+        Statement::Merge(m) => match &m.table {
+            sqlparser::ast::TableFactor::Table { name, .. } => Some(name),
+            _ => None,
+        },
+        _ => None,
+    };
+    if let Some((table, view)) = target.and_then(|n| ctx.view(n)) {
+        ctx.refuse(
+            table,
+            format!(
+                "a write through view {view}, which uses a migrated column of {}; write to the table, or let the guard trigger heal it",
+                table.rules.facts.name
+            ),
+        );
     }
 }
 

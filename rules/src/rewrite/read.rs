@@ -170,7 +170,9 @@ impl<'c, 'a> Reads<'c, 'a> {
             Statement::Update(u) => self.update(u),
             Statement::Delete(d) => self.delete(d),
             Statement::Merge(m) => self.merge(m),
-            Statement::Prepare { statement, .. } => self.statement(statement),
+            Statement::Prepare { statement, .. } | Statement::Explain { statement, .. } => {
+                self.statement(statement)
+            }
             Statement::Declare { stmts, .. } => {
                 for d in stmts {
                     if let Some(q) = &d.for_query {
