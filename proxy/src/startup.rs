@@ -94,7 +94,10 @@ pub fn packet_len(buf: &[u8]) -> Result<Option<usize>, StartupError> {
 
 /// Parses one complete packet (length word included).
 pub fn parse(raw: Bytes) -> Result<StartupPacket, StartupError> {
-    let code = u32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]);
+    let Some(code) = raw.get(4..8) else {
+        return Err(StartupError::Malformed("packet shorter than its header"));
+    };
+    let code = u32::from_be_bytes([code[0], code[1], code[2], code[3]]);
     match code {
         SSL_REQUEST => Ok(StartupPacket::SslRequest),
         GSSENC_REQUEST => Ok(StartupPacket::GssEncRequest),
@@ -189,6 +192,22 @@ mod tests {
         );
         let cancel = parse(packet(CANCEL_REQUEST, &[0, 0, 0, 7, 1, 2, 3, 4])).unwrap();
         assert!(matches!(cancel, StartupPacket::Cancel { key, .. } if key.len() == 8));
+    }
+
+    /// A packet shorter than its own header (found by fuzz/startup).
+    #[test]
+    fn a_short_packet_is_malformed_not_a_panic() {
+        for short in [&b""[..], b"\0\0\0\x08", b"\0\0\0"] {
+            assert!(parse(Bytes::copy_from_slice(short)).is_err());
+        }
+        for kept in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/startup"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let data = std::fs::read(kept.path()).unwrap();
+            let _ = parse(Bytes::from(data));
+        }
     }
 
     #[test]

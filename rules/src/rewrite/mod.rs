@@ -225,6 +225,17 @@ pub fn rewrite(rules: &ActiveRules, sql: &str, search_path: &[String]) -> Rewrit
     rewrite_scanned(rules, sql, &scanned, search_path)
 }
 
+/// Parses `sql` as the rewriter does (PostgreSQL dialect, the same
+/// recursion limit, the locking clauses it knows), for checks of its
+/// output. Run it where [`rewrite`] would run for that text.
+pub fn parse(sql: &str) -> Result<Vec<Statement>, sqlparser::parser::ParserError> {
+    let masked = locking::mask(sql);
+    Parser::new(&PostgreSqlDialect {})
+        .with_recursion_limit(RECURSION_LIMIT)
+        .try_with_sql(masked.as_deref().unwrap_or(sql))
+        .and_then(|mut p| p.parse_statements())
+}
+
 /// The most stack a rewrite may be given ([`STACK`]) less a margin: a
 /// statement that may need more is not parsed at all.
 pub const STACK_LIMIT: usize = STACK - 16 * 1024 * 1024;
