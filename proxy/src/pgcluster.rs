@@ -201,6 +201,12 @@ impl Cluster {
         format!("host=127.0.0.1 port={} user={user} password='{password}' dbname={dbname} sslmode=disable", self.port)
     }
 
+    /// The postmaster's process id.
+    pub fn server_pid(&self) -> Option<u32> {
+        let pid = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        pid.lines().next()?.trim().parse().ok()
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")

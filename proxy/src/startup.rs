@@ -200,10 +200,13 @@ mod tests {
         for short in [&b""[..], b"\0\0\0\x08", b"\0\0\0"] {
             assert!(parse(Bytes::copy_from_slice(short)).is_err());
         }
-        for kept in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/startup"))
-            .into_iter()
-            .flatten()
-            .flatten()
+        for kept in std::fs::read_dir(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/regressions/startup"
+        ))
+        .into_iter()
+        .flatten()
+        .flatten()
         {
             let data = std::fs::read(kept.path()).unwrap();
             let _ = parse(Bytes::from(data));

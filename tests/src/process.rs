@@ -22,18 +22,27 @@ impl ServeProcess {
     /// Starts `serve` against `cluster` with the control plane on database
     /// `postgres` as `trust_user`, and waits until its API answers.
     pub async fn start(cluster: &Cluster, token: &str) -> anyhow::Result<Self> {
+        Self::start_with(cluster, token, &[]).await
+    }
+
+    /// Like [`ServeProcess::start`], with more `serve` flags.
+    pub async fn start_with(
+        cluster: &Cluster,
+        token: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let addr: SocketAddr =
             format!("127.0.0.1:{}", switchyard::pgcluster::free_port()?).parse()?;
         let control_addr: SocketAddr =
             format!("127.0.0.1:{}", switchyard::pgcluster::free_port()?).parse()?;
-        Self::start_at(cluster, token, addr, control_addr).await
+        Self::start_at(cluster, token, addr, control_addr, extra).await
     }
 
     /// Kills this process and starts a new one on the same addresses, as
     /// a supervisor restarting a crashed `serve` would.
     pub async fn restart(&mut self, cluster: &Cluster, token: &str) -> anyhow::Result<()> {
         self.kill();
-        let fresh = Self::start_at(cluster, token, self.addr, self.control_addr).await?;
+        let fresh = Self::start_at(cluster, token, self.addr, self.control_addr, &[]).await?;
         // The old child is reaped; dropping it would kill the new pid's twin.
         let mut old = std::mem::replace(self, fresh);
         old.reaped = true;
@@ -45,6 +54,7 @@ impl ServeProcess {
         token: &str,
         addr: SocketAddr,
         control_addr: SocketAddr,
+        extra: &[&str],
     ) -> anyhow::Result<Self> {
         let child = Command::new(binary()?)
             .args(["serve", "--listen", &addr.to_string()])
@@ -55,6 +65,7 @@ impl ServeProcess {
                 "--database-url",
                 &cluster.conn_str("trust_user", "postgres"),
             ])
+            .args(extra)
             .env("SWITCHYARD_CONTROL_TOKEN", token)
             .env("SWITCHYARD_LOG", "warn")
             .stdin(Stdio::null())

@@ -370,3 +370,188 @@ async fn the_control_api_bounds_what_a_client_holds() {
         "{body}"
     );
 }
+
+/// What held in the probe, and must keep holding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_held_keeps_holding() {
+    use switchyard_tests::raw::RawConn;
+    use tokio::io::AsyncWriteExt;
+    let cluster = Cluster::start().unwrap();
+    let db = switchyard_tests::proxy::connect(&cluster.conn_str("trust_user", "postgres"))
+        .await
+        .unwrap();
+    db.batch_execute(
+        "create table users(id bigserial primary key, email text, note text);
+         insert into users(email) select 'U' || g || '@X' from generate_series(1, 3000) g;
+         create table notes(id bigserial primary key, body text);",
+    )
+    .await
+    .unwrap();
+    let serve = ServeProcess::start_with(&cluster, TOKEN, &["--startup-timeout-secs", "2"])
+        .await
+        .unwrap();
+    let port = serve.addr.port();
+    let api = Api::new(serve.control_addr, TOKEN);
+
+    // Half-open start-ups are closed at the start-up timeout.
+    let mut half = Vec::new();
+    for _ in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(&[0, 0, 0, 40, 0, 3]).await.unwrap();
+        half.push(s);
+    }
+    for s in &mut half {
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::io::AsyncReadExt::read_to_end(s, &mut buf),
+        )
+        .await;
+        assert!(closed.is_ok(), "a half-open start-up stayed open");
+    }
+    // Cancel requests for sessions nobody has are ignored.
+    for key in 0..50u32 {
+        let mut c = RawConn::connect(port).await.unwrap();
+        let mut packet = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
+        packet.extend_from_slice(&key.to_be_bytes());
+        packet.extend_from_slice(&(!key).to_be_bytes());
+        c.send_raw(&packet).await.unwrap();
+    }
+
+    // Spec fields cannot carry SQL.
+    for (field, value) in [
+        ("name", json!("x'; drop table users; --")),
+        ("table", json!("notes; drop table users")),
+    ] {
+        let mut spec = json!({"name": "m1", "table": "notes",
+            "columns": [{"legacy": "body", "new": "body_text"}]});
+        spec[field] = value;
+        let (status, _) = api.call("POST", "/v1/migrations", Some(spec)).await;
+        assert_eq!(status, 400, "{field}");
+    }
+    for (field, value) in [
+        ("forward", "lower(body)); drop table users; --"),
+        ("backward", "1; drop table users"),
+        ("new", "x\"; drop table users; --"),
+    ] {
+        let mut spec = json!({"name": format!("m2-{field}"), "table": "notes",
+            "columns": [{"legacy": "body", "new": format!("body_{field}")}]});
+        spec["columns"][0][field] = json!(value);
+        let (status, body) = api.call("POST", "/v1/migrations", Some(spec)).await;
+        assert!(
+            matches!(status, 400 | 409 | 201),
+            "{field}: {status} {body}"
+        );
+    }
+    let n: i64 = db
+        .query_one("select count(*) from users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3000, "the table survived");
+
+    // Fifty backfills at once start one job.
+    let spec = json!({"name": "users-email", "table": "users",
+        "columns": [{"legacy": "email", "new": "email_address", "forward": "lower(email)"}],
+        "backfill": {"max_rows_per_second": 2000}});
+    assert_eq!(api.call("POST", "/v1/migrations", Some(spec)).await.0, 201);
+    api.step("users-email", "expand", 200).await;
+    api.step("users-email", "dual-write", 200).await;
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let api = api.clone();
+            tokio::spawn(async move { api.verb("users-email", "backfill").await.0 })
+        })
+        .collect();
+    let mut accepted = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            202 => accepted += 1,
+            409 => {}
+            other => panic!("backfill answered {other}"),
+        }
+    }
+    assert_eq!(accepted, 1, "one job started");
+    let (_, events) = api.call("GET", "/v1/events", None).await;
+    let started = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "backfill" && e["detail"]["state"] == "started")
+        .count();
+    assert_eq!(started, 1);
+
+    // PostgreSQL stopped (SIGSTOP) for a while: the process stays up and
+    // answers; everything resumes when it continues.
+    let pid = cluster.server_pid().unwrap();
+    let stop = |signal: &str| {
+        std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    stop("-STOP");
+    let (status, _) =
+        switchyard_tests::tools::http(serve.control_addr, "GET", "/healthz", None, None)
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "healthz answers while the database is stopped");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop("-CONT");
+    api.wait("users-email", |d| d["job"]["state"] == "done")
+        .await;
+    let app = switchyard_tests::proxy::connect(&format!(
+        "host=127.0.0.1 port={port} user=trust_user dbname=postgres sslmode=disable"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        app.query_one("select 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+}
+
+/// schemathesis over the served OpenAPI document: no 5xx, whatever it sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error() {
+    let env = Env::new(&[("expand", 200)]).await;
+    let python = switchyard_tests::tools::python().unwrap();
+    let st = python.with_file_name("schemathesis");
+    if !st.exists() {
+        switchyard_tests::tools::run(
+            std::process::Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
+                .arg("schemathesis>=4,<5"),
+        )
+        .unwrap();
+    }
+    let base = format!("http://{}", env.serve.control_addr);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(st)
+            .args(["run", &format!("{base}/openapi.json"), "--url", &base])
+            .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+            .args(["--checks", "not_a_server_error", "-n", "30"])
+            .args(["--generation-deterministic", "--request-timeout", "30"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
