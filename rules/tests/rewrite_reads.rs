@@ -102,6 +102,11 @@ fn contracted_writes_go_to_the_new_column() {
         text(c, "select u.* from users u"),
         "select u.id, (((u.email_address))::character varying(320)) AS email, u.name, u.status from users u"
     );
+    // PostgreSQL ignores an alias after `t.*` (found by fuzzing).
+    assert_eq!(
+        text(c, "select u.*Welete, u.* AS w from users u"),
+        "select u.id, (((u.email_address))::character varying(320)) AS email, u.name, u.status, u.id, (((u.email_address))::character varying(320)) AS email, u.name, u.status from users u"
+    );
     assert_eq!(
         text(c, "select * from users join orders o on true"),
         format!("select users.id, {NEW} AS email, users.name, users.status, o.* from users join orders o on true")

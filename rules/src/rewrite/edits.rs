@@ -113,13 +113,31 @@ impl Edits {
             if start < at {
                 return Err(Overlap { at: start });
             }
-            out.push_str(&text[at..start]);
-            out.push_str(&insert);
+            push(&mut out, &text[at..start]);
+            push(&mut out, &insert);
             at = end;
         }
-        out.push_str(&text[at..]);
+        push(&mut out, &text[at..]);
         Ok(out)
     }
+}
+
+/// Appends `next`, with a space first where the touching characters would
+/// otherwise merge into one token: `status` + `Welete` is one name, `"a"` +
+/// `"b"` one quoted name, `-` + `-` a comment.
+fn push(out: &mut String, next: &str) {
+    if let (Some(a), Some(b)) = (out.chars().next_back(), next.chars().next()) {
+        if glues(a, b) {
+            out.push(' ');
+        }
+    }
+    out.push_str(next);
+}
+
+fn glues(a: char, b: char) -> bool {
+    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '$';
+    let op = |c: char| "+-*/<>=~!@#%^&|`?".contains(c);
+    (word(a) && word(b)) || (op(a) && op(b)) || (a == b && (a == '"' || a == '\''))
 }
 
 /// Two edits of one statement overlap.
@@ -128,8 +146,6 @@ pub struct Overlap {
     /// Where the later one starts.
     pub at: usize,
 }
-
-impl Edits {}
 
 #[cfg(test)]
 mod tests {
@@ -158,10 +174,26 @@ mod tests {
         e.insert(5, ", b");
         e.replace(0..0, "");
         e.insert(5, ", c");
-        assert_eq!(e.apply("(a)  x").unwrap(), "(a)  , b, cx");
+        assert_eq!(e.apply("(a)  x").unwrap(), "(a)  , b, c x");
         let mut e = Edits::default();
         e.replace(0..3, "x");
         e.replace(1..2, "y");
         assert_eq!(e.apply("abc"), Err(Overlap { at: 1 }));
+    }
+
+    #[test]
+    fn never_glues_two_tokens_into_one() {
+        let mut e = Edits::default();
+        e.replace(0..1, "a, b");
+        assert_eq!(e.apply("*x").unwrap(), "a, b x");
+        let mut e = Edits::default();
+        e.replace(3..6, "\"r\"");
+        assert_eq!(e.apply("\"p\"\"q\"").unwrap(), "\"p\" \"r\"");
+        let mut e = Edits::default();
+        e.insert(1, "-1");
+        assert_eq!(e.apply("--").unwrap(), "- -1-");
+        let mut e = Edits::default();
+        e.insert(2, ", c");
+        assert_eq!(e.apply("(a)").unwrap(), "(a, c)");
     }
 }

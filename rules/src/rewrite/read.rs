@@ -410,6 +410,8 @@ impl<'c, 'a> Reads<'c, 'a> {
                 },
                 SelectItem::ExprWithAlias { expr, .. }
                 | SelectItem::ExprWithAliases { expr, .. } => self.expr(expr),
+                // `* alias` is a syntax error in PostgreSQL: left for it to say.
+                SelectItem::Wildcard(opts) if opts.opt_alias.is_some() => {}
                 SelectItem::Wildcard(opts) => self.wildcard(opts.wildcard_token.0.span),
                 SelectItem::QualifiedWildcard(kind, opts) => {
                     let sqlparser::ast::SelectItemQualifiedWildcardKind::ObjectName(name) = kind
@@ -432,7 +434,12 @@ impl<'c, 'a> Reads<'c, 'a> {
                     {
                         if reshaped(table) {
                             let (visible, table) = (visible.clone(), *table);
-                            let span = name.span().union(&opts.wildcard_token.0.span);
+                            // PostgreSQL ignores an alias after `t.*`; the
+                            // expansion replaces it too.
+                            let mut span = name.span().union(&opts.wildcard_token.0.span);
+                            if let Some(alias) = &opts.opt_alias {
+                                span = span.union(&alias.span);
+                            }
                             self.expand(span, &[(visible, Some(table))]);
                         }
                     }
