@@ -3,6 +3,9 @@
 //! wire path, the same dual-write SQL hand-written and sent directly, and a
 //! pgroll-style PL/pgSQL BEFORE trigger. The hand-written SQL is also sent
 //! through the proxy, to separate the cost of the hop from the rewrite's.
+//! `switchyard+guard` is Switchyard on an identical table that carries the
+//! migration's guard trigger (whose WHEN clause keeps proxied writes out of
+//! its function).
 
 use std::time::Duration;
 
@@ -20,6 +23,9 @@ const SETUP: &str = "
     create table users(id int primary key, email varchar(320), name text, email_address varchar(320));
     insert into users select g, 'User' || g || '@Example.com', 'n' || g, 'user' || g || '@example.com'
       from generate_series(1, :rows) g;
+    create table users_guard (like users including all);
+    insert into users_guard select * from users;
+    create schema if not exists switchyard;
     create table users_trg (like users including all);
     insert into users_trg select * from users;
     create function users_trg_sync() returns trigger language plpgsql as $$
@@ -51,17 +57,38 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     runtime.block_on(async {
         let direct =
             switchyard_tests::proxy::connect(&cluster.conn_str("trust_user", "postgres")).await?;
-        let facts = table_facts(&direct, "public", "users").await?;
-        let set = single_pair(
-            1,
-            "postgres",
-            facts,
-            "email",
-            "email_address",
-            "lower(email)",
-            "email_address",
-            Phase::DualWrite,
-        );
+        let pair = |facts| {
+            single_pair(
+                1,
+                "postgres",
+                facts,
+                "email",
+                "email_address",
+                "lower(email)",
+                "email_address",
+                Phase::DualWrite,
+            )
+        };
+        let mut set = pair(table_facts(&direct, "public", "users").await?);
+        let mut guarded = pair(table_facts(&direct, "public", "users_guard").await?);
+        guarded.tables[0].mappings[0].guarded = true;
+        set.tables.append(&mut guarded.tables);
+        let guard = switchyard_control::guard_statements(
+            "public.users_guard",
+            "users_guard-email",
+            &[switchyard_control::catalog::Pair {
+                legacy: "email".into(),
+                legacy_type: "character varying(320)".into(),
+                new: "email_address".into(),
+                new_type: "character varying(320)".into(),
+                forward: "lower(email)".into(),
+                backward: "email_address".into(),
+                not_null: false,
+                legacy_position: 1,
+                default: None,
+            }],
+        )?;
+        direct.batch_execute(&guard).await?;
         install(&app.rules, set.clone());
         install(&unix_app.rules, set);
         anyhow::Ok(())
@@ -83,6 +110,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         "hand.sql",
         "UPDATE users SET email = 'U' || :id || '@X.io', email_address = lower('U' || :id || '@X.io') WHERE id = :id;",
     )?;
+    let guarded = write(
+        "guarded.sql",
+        "UPDATE users_guard SET email = 'U' || :id || '@X.io' WHERE id = :id;",
+    )?;
     let trigger = write(
         "trigger.sql",
         "UPDATE users_trg SET email = 'U' || :id || '@X.io' WHERE id = :id;",
@@ -90,6 +121,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let paths = [
         ("handwritten", cluster.port, &hand),
         ("switchyard", app.proxy_addr.port(), &routed),
+        ("switchyard+guard", app.proxy_addr.port(), &guarded),
         // The hand-written SQL through the proxy: the hop's own cost.
         ("hand+proxy", app.proxy_addr.port(), &hand),
         ("trigger", cluster.port, &trigger),
@@ -121,7 +153,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     }
     // The routed table really was dual-written.
     let mismatches = cluster.psql_admin(
-        "select count(*) from users where email_address is distinct from lower(email)",
+        "select (select count(*) from users where email_address is distinct from lower(email))
+              + (select count(*) from users_guard where email_address is distinct from lower(email))",
     )?;
     let table = report::summarise(&samples);
     println!(
@@ -133,6 +166,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             &[
                 "handwritten",
                 "switchyard",
+                "switchyard+guard",
                 "hand+proxy",
                 "trigger",
                 "switchyard-unix"
@@ -140,7 +174,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         )
     );
     println!(
-        "rows where email_address is distinct from lower(email) after the run: {}",
+        "rows where email_address is distinct from lower(email) after the run (users, users_guard): {}",
         mismatches.trim()
     );
     if let Some(dir) = std::path::Path::new(&options.out).parent() {

@@ -8,8 +8,9 @@ use tokio_postgres::Client;
 use crate::error::ControlError;
 
 /// Objects that depend on `column` of `table` (quoted, qualified), one
-/// human-readable line each. Constraints and indexes that Switchyard
-/// itself manages (`switchyard_*` checks, indexes) are not listed.
+/// human-readable line each. Constraints, indexes and triggers that
+/// Switchyard itself manages (`switchyard_*` checks, the guard trigger,
+/// indexes) are not listed.
 pub async fn of_column(
     client: &Client,
     table: &str,
@@ -33,6 +34,7 @@ pub async fn of_column(
              UNION
              SELECT 'trigger ' || t.tgname::text FROM pg_trigger t, col, word
              WHERE t.tgrelid = col.rel AND NOT t.tgisinternal
+               AND t.tgname NOT LIKE 'switchyard\\_guard\\_%'
                AND (col.num = ANY (t.tgattr::int2[])
                     OR EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = t.tgfoid AND p.prosrc ~* word.col_re)
                     OR EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_trigger'::regclass

@@ -14,6 +14,7 @@ mod dependencies;
 pub mod engine;
 pub mod error;
 pub mod fleet;
+mod guard;
 pub mod http;
 mod indexes;
 mod jobs;
@@ -27,6 +28,16 @@ mod verbs;
 
 pub use engine::{Engine, RulesSink};
 pub use error::ControlError;
+
+/// The statements that install migration `migration`'s guard trigger for
+/// `pairs` of `table` (quoted, qualified), for benchmarks.
+pub fn guard_statements(
+    table: &str,
+    migration: &str,
+    pairs: &[catalog::Pair],
+) -> Result<String, ControlError> {
+    guard::install_sql(table, migration, pairs)
+}
 
 /// The backfill's chunk statement and the parity pass's statement over
 /// `table` (quoted, qualified), walked by `key` (quoted; none: ctid pages),

@@ -132,6 +132,7 @@ impl Publisher {
                 routing,
                 legacy_position: Some(p.legacy_position),
                 on_unsupported: Default::default(),
+                guarded: m.state.created.guard,
             });
             let legacy: Vec<String> = m.state.pairs.iter().map(|p| p.legacy.clone()).collect();
             let views = crate::dependencies::views_using(client, &table, &legacy).await?;

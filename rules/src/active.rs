@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::model::{ColumnMapping, QualifiedName, RuleSet, TableRules};
+use crate::model::{ColumnMapping, QualifiedName, RuleSet, TableRules, WriteRoute};
 use crate::prefilter::TableFilter;
 use crate::rewrite::{self, Rewrite};
 use crate::template::{Template, TemplateError};
@@ -29,6 +29,15 @@ pub struct CompiledTable {
 }
 
 impl CompiledTable {
+    /// Writes are dual and the guard trigger heals any row written on one
+    /// side only: nothing the proxy cannot rewrite can leave a row
+    /// inconsistent.
+    pub fn guarded(&self) -> bool {
+        self.mappings
+            .iter()
+            .all(|m| m.mapping.guarded && m.mapping.routing.writes == WriteRoute::Both)
+    }
+
     /// The columns as applications knew them before any contract: the
     /// catalog's columns with each dropped legacy column back in its place.
     pub fn legacy_view(&self) -> Vec<String> {

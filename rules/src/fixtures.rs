@@ -56,6 +56,7 @@ pub fn users(routing: Routing) -> RuleSet {
                 routing,
                 legacy_position: Some(1),
                 on_unsupported: Default::default(),
+                guarded: false,
             }],
             views: vec![QualifiedName::new("public", "user_emails")],
         }],

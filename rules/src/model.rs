@@ -206,6 +206,11 @@ pub struct ColumnMapping {
     /// touches the table but cannot be rewritten.
     #[serde(default)]
     pub on_unsupported: UnsupportedPolicy,
+    /// The migration's guard trigger is installed: a write that sets only
+    /// one side (COPY, a write through a view) is healed by the database,
+    /// so the proxy lets it through.
+    #[serde(default)]
+    pub guarded: bool,
 }
 
 /// The operator's choice for unrewritable statements after the read switch.

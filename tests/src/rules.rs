@@ -46,6 +46,7 @@ pub fn single_pair(
         routing: phase.routing().unwrap_or(switchyard_rules::Routing::LEGACY),
         legacy_position: facts.columns.iter().position(|c| c.name == legacy),
         on_unsupported: Default::default(),
+        guarded: false,
     };
     RuleSet {
         version,

@@ -55,6 +55,11 @@ async fn step(proxy: &TestProxy, name: &str, verb: &str, status: u16) -> Value {
 async fn create_and_walk(proxy: &TestProxy, m: &str, steps: &[(&str, u16)]) {
     let (status, body) = call(proxy, "POST", "/v1/migrations", Some(users_spec())).await;
     assert_eq!(status, 201, "{body}");
+    walk(proxy, m, steps).await;
+}
+
+/// Walks migration `m` through `steps`.
+async fn walk(proxy: &TestProxy, m: &str, steps: &[(&str, u16)]) {
     for (verb, status) in steps {
         step(proxy, m, verb, *status).await;
     }
@@ -622,7 +627,12 @@ async fn a_blocker_during_contract_is_retried_listed_and_terminated() {
 async fn unrewritten_writes_close_the_gate_until_another_pass() {
     let (_cluster, proxy, db) = setup(USERS).await;
     let m = "users-email";
-    create_and_walk(
+    // Without the guard trigger, which would heal the row (tests/guard.rs).
+    let mut spec = users_spec();
+    spec["guard_trigger"] = json!(false);
+    let (status, body) = call(&proxy, "POST", "/v1/migrations", Some(spec)).await;
+    assert_eq!(status, 201, "{body}");
+    walk(
         &proxy,
         m,
         &[

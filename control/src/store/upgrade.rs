@@ -145,6 +145,8 @@ pub(super) fn from_v1(
             .map(|r| r.index.clone())
             .collect(),
         legacy_columns: vec![],
+        // Schema 1 had no guard trigger.
+        guard: false,
     };
     if let Some(running) = old.get("running_job").filter(|j| j.is_object()) {
         let kind = match running["verb"].as_str() {

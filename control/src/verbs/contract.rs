@@ -197,7 +197,13 @@ async fn finish(
         .iter()
         .map(|p| format!("DROP COLUMN IF EXISTS {}", quote(&p.legacy)))
         .collect();
-    let sql = format!("ALTER TABLE {table} {}", drops.join(", "));
+    // The guard trigger's WHEN clause names the legacy column: it goes
+    // first, in the same transaction.
+    let sql = format!(
+        "{}; ALTER TABLE {table} {}",
+        crate::guard::drop_sql(&table, &m.name),
+        drops.join(", ")
+    );
     let step = Step {
         table: &table,
         sql: &sql,
@@ -205,8 +211,11 @@ async fn finish(
         mode: Mode::Transaction,
     };
     let who = (m.name.as_str(), job.actor.as_str());
-    let change =
-        |state: &MigrationState| Ok(events::legacy_dropped(state, job.id, retired.clone())?);
+    let change = |state: &MigrationState| {
+        let mut next = events::legacy_dropped(state, job.id, retired.clone())?;
+        next.created.guard = false;
+        Ok(next)
+    };
     let record = Record {
         migration: &m.name,
         change: &change,

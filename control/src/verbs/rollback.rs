@@ -3,9 +3,9 @@
 //!
 //! - expanded → planned drops the new columns the migration created (and
 //!   only those);
-//! - dual_write → expanded routes writes to the legacy column only, and
-//!   drops a NOT NULL a contract set on the new column (writes stop
-//!   filling it);
+//! - dual_write → expanded routes writes to the legacy column only,
+//!   removes the guard trigger, and drops a NOT NULL a contract set on the
+//!   new column (writes stop filling it);
 //! - backfilled → dual_write drops the indexes the backfill built and
 //!   forgets the checkpoint and the parity pass (a running backfill is
 //!   cancelled);
@@ -13,7 +13,8 @@
 //! - reads_switched → verified routes reads back to the legacy column and
 //!   removes a check constraint an interrupted contract left;
 //! - contracted → reads_switched re-adds the legacy column if it is gone
-//!   (nullable), routes writes to both columns, and refills it from
+//!   (nullable) with the guard trigger, routes writes to both columns, and
+//!   refills it from
 //!   `backward(new)` as a restore job; reads stay on the new column until
 //!   it is done.
 
@@ -51,6 +52,8 @@ pub(crate) async fn run(
     let mut dropped_indexes = Vec::new();
     let mut re_added = Vec::new();
     let mut statements = Vec::new();
+    // Whether the guard trigger is there afterwards (`None`: unchanged).
+    let mut guard = None;
     match (decision.effect, m.state.stage) {
         (Effect::DropNewColumns, _) => {
             // A session still in a transaction under dual-write rules would
@@ -65,6 +68,8 @@ pub(crate) async fn run(
                 })
                 .await?;
             reporter.waiting(None);
+            statements.push(crate::guard::drop_sql(t, &m.name));
+            guard = Some(false);
             for c in &m.state.created.columns {
                 statements.push(format!(
                     "ALTER TABLE {t} DROP COLUMN IF EXISTS {}",
@@ -98,8 +103,14 @@ pub(crate) async fn run(
                     re_added.push(p.legacy.clone());
                 }
             }
+            if m.spec.guard_trigger {
+                statements.push(crate::guard::install_sql(t, &m.name, &m.state.pairs)?);
+                guard = Some(true);
+            }
         }
         (Effect::Route, Stage::DualWrite) => {
+            statements.push(crate::guard::drop_sql(t, &m.name));
+            guard = Some(false);
             for p in &m.state.pairs {
                 statements.push(format!(
                     "ALTER TABLE {t} ALTER COLUMN {} DROP NOT NULL",
@@ -136,6 +147,9 @@ pub(crate) async fn run(
         let mut s = events::ddl_done(state, job.id, from, next, |s| {
             s.reports.dropped_indexes = dropped_indexes.clone();
             s.created.legacy_columns.extend(re_added.iter().cloned());
+            if let Some(guard) = guard {
+                s.created.guard = guard;
+            }
         })?;
         if restores {
             s = events::start_job(&s, JobKind::Restore, &job.actor, false)?.0;

@@ -96,6 +96,14 @@ pub struct MigrationSpec {
     /// Backfill settings.
     #[serde(default)]
     pub backfill: BackfillSettings,
+    /// Install a trigger, from dual-write until contract, that heals rows
+    /// written on one side only by writers that bypass the proxy.
+    #[serde(default = "default_true")]
+    pub guard_trigger: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// A spec that cannot be accepted; `field` names the offending field.

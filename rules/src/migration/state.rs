@@ -207,6 +207,9 @@ pub struct Created {
     /// Legacy columns re-added by a rollback of contract.
     #[serde(default)]
     pub legacy_columns: Vec<String>,
+    /// The guard trigger is installed.
+    #[serde(default)]
+    pub guard: bool,
 }
 
 /// How one DDL step went.

@@ -342,11 +342,11 @@ fn visit_statement(ctx: &mut Ctx<'_>, statement: &Statement) {
             ..
         } => {
             if let Some(table) = ctx.resolve(table_name) {
-                if table
+                let legacy_only = table
                     .mappings
                     .iter()
-                    .any(|m| m.mapping.routing.writes != WriteRoute::Legacy)
-                {
+                    .all(|m| m.mapping.routing.writes == WriteRoute::Legacy);
+                if !legacy_only && !table.guarded() {
                     ctx.refuse(
                         table,
                         format!(
@@ -378,7 +378,10 @@ fn visit_statement(ctx: &mut Ctx<'_>, statement: &Statement) {
         },
         _ => None,
     };
-    if let Some((table, view)) = target.and_then(|n| ctx.view(n)) {
+    if let Some((table, view)) = target
+        .and_then(|n| ctx.view(n))
+        .filter(|(t, _)| !t.guarded())
+    {
         ctx.refuse(
             table,
             format!(

@@ -1,0 +1,235 @@
+//! The guard trigger: a safety net, from dual-write until contract, for
+//! writers that bypass the proxy (cron jobs, psql, COPY, other services).
+//!
+//! Two `BEFORE` row triggers whose `WHEN` clauses are false for a row that
+//! is already consistent, so the proxy's dual-writes never call the
+//! function:
+//! - INSERT: some new column differs from `forward(legacy)`;
+//! - UPDATE: some pair had exactly one of its two columns changed and
+//!   its new column differs from `forward(legacy)` (the backfill's and
+//!   the restore's updates, which change one side to match, stay out).
+//!
+//! The function heals only a pair that is inconsistent both ways (new is
+//! not `forward(legacy)` and legacy is not `backward(new)`), from the side
+//! that was written: on UPDATE the side that changed, on INSERT the legacy
+//! side unless only the new one was given. Both directions are covered
+//! whatever the phase: writers that know only the legacy name fill the new
+//! column, writers that know only the new name fill the legacy one.
+//!
+//! The SQL here is pure text; the DDL runner applies it.
+
+use switchyard_rules::ident::quote;
+use switchyard_rules::migration::Pair;
+use switchyard_rules::template::Template;
+
+use crate::error::ControlError;
+
+/// The dollar-quote tag of the function body.
+const TAG: &str = "$switchyard_guard$";
+
+/// Names of the guard's function and two triggers for migration `name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GuardNames {
+    /// `switchyard.guard_...`, quoted.
+    pub function: String,
+    /// The INSERT trigger, quoted.
+    pub on_insert: String,
+    /// The UPDATE trigger, quoted.
+    pub on_update: String,
+}
+
+impl GuardNames {
+    /// Names unique per migration and within 63 bytes: a readable prefix
+    /// of the name and a hash of all of it.
+    pub(crate) fn of(migration: &str) -> Self {
+        let hash = fnv1a(migration);
+        let prefix: String = migration.chars().take(32).collect();
+        let base = format!("{prefix}_{hash:08x}");
+        GuardNames {
+            function: format!("switchyard.{}", quote(&format!("guard_{base}"))),
+            on_insert: quote(&format!("switchyard_guard_{base}_i")),
+            on_update: quote(&format!("switchyard_guard_{base}_u")),
+        }
+    }
+}
+
+fn fnv1a(text: &str) -> u32 {
+    text.bytes().fold(0x811c_9dc5, |h: u32, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// One pair's expressions over `NEW`.
+struct PairSql {
+    legacy: String,
+    new: String,
+    forward: String,
+    backward: String,
+}
+
+impl PairSql {
+    fn of(p: &Pair) -> Result<Self, ControlError> {
+        let compile = |expr: &str, column: &str| {
+            Template::compile(expr, column).map_err(|e| ControlError::Internal(e.to_string()))
+        };
+        let legacy = format!("NEW.{}", quote(&p.legacy));
+        let new = format!("NEW.{}", quote(&p.new));
+        let forward = compile(&p.forward, &p.legacy)?.fill(&legacy);
+        let backward = compile(&p.backward, &p.new)?.fill(&new);
+        for expr in [&forward, &backward] {
+            if expr.contains(TAG) {
+                return Err(ControlError::BadRequest(format!(
+                    "an expression contains {TAG}, which the guard trigger's body is quoted with"
+                )));
+            }
+        }
+        Ok(PairSql {
+            legacy,
+            new,
+            forward,
+            backward,
+        })
+    }
+
+    /// Heals the pair when it is inconsistent both ways: on UPDATE from
+    /// the side that changed, on INSERT from the legacy side unless only
+    /// the new one was given.
+    fn heal(&self) -> String {
+        let PairSql {
+            legacy,
+            new,
+            forward,
+            backward,
+        } = self;
+        let old_legacy = legacy.replacen("NEW.", "OLD.", 1);
+        [
+            format!("  IF {new} IS DISTINCT FROM {forward} AND {legacy} IS DISTINCT FROM {backward} THEN"),
+            format!("    IF TG_OP = 'UPDATE' AND {legacy} IS NOT DISTINCT FROM {old_legacy} THEN"),
+            format!("      {legacy} := {backward};"),
+            format!("    ELSIF TG_OP = 'INSERT' AND {legacy} IS NULL THEN"),
+            format!("      {legacy} := {backward};"),
+            "    ELSE".to_string(),
+            format!("      {new} := {forward};"),
+            "    END IF;".to_string(),
+            "  END IF;\n".to_string(),
+        ]
+        .join("\n")
+    }
+}
+
+/// The statements that (re)install the guard for `pairs` of `table`
+/// (quoted, qualified). Idempotent: a retried or repeated install replaces
+/// what is there.
+pub(crate) fn install_sql(
+    table: &str,
+    migration: &str,
+    pairs: &[Pair],
+) -> Result<String, ControlError> {
+    let names = GuardNames::of(migration);
+    let pairs: Vec<PairSql> = pairs.iter().map(PairSql::of).collect::<Result<_, _>>()?;
+    let body: String = pairs.iter().map(PairSql::heal).collect();
+    let on_insert = pairs
+        .iter()
+        .map(|p| format!("{} IS DISTINCT FROM {}", p.new, p.forward))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let on_update = pairs
+        .iter()
+        .map(|p| {
+            let old = |c: &str| c.replacen("NEW.", "OLD.", 1);
+            format!(
+                "(({} IS DISTINCT FROM {}) <> ({} IS DISTINCT FROM {}) AND {} IS DISTINCT FROM {})",
+                p.legacy,
+                old(&p.legacy),
+                p.new,
+                old(&p.new),
+                p.new,
+                p.forward
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let GuardNames {
+        function,
+        on_insert: insert_trigger,
+        on_update: update_trigger,
+    } = names;
+    Ok(format!(
+        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {TAG}\n\
+         BEGIN\n{body}  RETURN NEW;\nEND\n{TAG};\n\
+         DROP TRIGGER IF EXISTS {insert_trigger} ON {table};\n\
+         DROP TRIGGER IF EXISTS {update_trigger} ON {table};\n\
+         CREATE TRIGGER {insert_trigger} BEFORE INSERT ON {table} FOR EACH ROW \
+         WHEN ({on_insert}) EXECUTE FUNCTION {function}();\n\
+         CREATE TRIGGER {update_trigger} BEFORE UPDATE ON {table} FOR EACH ROW \
+         WHEN ({on_update}) EXECUTE FUNCTION {function}()"
+    ))
+}
+
+/// The statements that remove the guard of `migration` from `table`, if
+/// it is there.
+pub(crate) fn drop_sql(table: &str, migration: &str) -> String {
+    let GuardNames {
+        function,
+        on_insert,
+        on_update,
+    } = GuardNames::of(migration);
+    format!(
+        "DROP TRIGGER IF EXISTS {on_insert} ON {table}; \
+         DROP TRIGGER IF EXISTS {on_update} ON {table}; \
+         DROP FUNCTION IF EXISTS {function}()"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> Pair {
+        Pair {
+            legacy: "email".into(),
+            legacy_type: "text".into(),
+            new: "email_address".into(),
+            new_type: "text".into(),
+            forward: "lower(email)".into(),
+            backward: "email_address".into(),
+            not_null: false,
+            legacy_position: 1,
+            default: None,
+        }
+    }
+
+    #[test]
+    fn names_fit_and_differ_for_long_names_sharing_a_prefix() {
+        let a = GuardNames::of(&"a".repeat(63));
+        let b = GuardNames::of(&format!("{}b", "a".repeat(62)));
+        assert_ne!(a, b);
+        for n in [&a.on_insert, &a.on_update] {
+            assert!(n.trim_matches('"').len() <= 63, "{n}");
+        }
+        assert!(a.function.len() <= "switchyard.".len() + 63 + 2);
+    }
+
+    #[test]
+    fn when_clauses_test_only_new_on_insert_and_one_sided_changes_on_update() {
+        let sql = install_sql("public.users", "users-email", &[pair()]).unwrap();
+        assert!(sql.contains(
+            "BEFORE INSERT ON public.users FOR EACH ROW WHEN (NEW.email_address IS DISTINCT FROM (lower((NEW.email))))"
+        ), "{sql}");
+        assert!(sql.contains(
+            "WHEN (((NEW.email IS DISTINCT FROM OLD.email) <> (NEW.email_address IS DISTINCT FROM OLD.email_address) AND NEW.email_address IS DISTINCT FROM (lower((NEW.email)))))"
+        ), "{sql}");
+        assert!(sql.contains("NEW.email := ((NEW.email_address));"), "{sql}");
+        assert!(
+            sql.contains("NEW.email_address := (lower((NEW.email)));"),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn an_expression_cannot_end_the_body() {
+        let mut p = pair();
+        p.forward = "lower(email) || '$switchyard_guard$'".into();
+        assert!(install_sql("t", "m", &[p]).is_err());
+    }
+}
