@@ -32,6 +32,10 @@ pub trait RulesSink: Send + Sync {
     /// Writes forwarded unrewritten since start, per migration: their rows
     /// need another backfill pass.
     fn unrewritten_writes(&self) -> Vec<(String, u64)>;
+    /// Statements that still depend on each migration's legacy side.
+    fn legacy_uses(&self) -> Vec<(String, crate::legacy_use::LegacyUse)> {
+        Vec::new()
+    }
     /// Application round trips through this instance so far.
     fn latency(&self) -> crate::latency::Histogram {
         crate::latency::Histogram::default()
@@ -143,6 +147,7 @@ impl Engine {
         detail["spec"] = json!(m.spec);
         detail["state"] = json!(m.state);
         detail["job"] = self.job_of(&m);
+        detail["legacy_uses"] = json!(self.legacy_uses_of(&*client, name).await?);
         detail["recent_events"] = json!(events);
         Ok(detail)
     }

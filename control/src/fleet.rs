@@ -22,7 +22,20 @@ use tracing::{info, warn};
 
 use crate::engine::Engine;
 use crate::error::ControlError;
+use crate::legacy_use::LegacyUse;
 use crate::store;
+
+/// One live instance's statements that depend on a migration's legacy side.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct InstanceUse {
+    /// The instance.
+    pub instance: String,
+    /// What it saw.
+    #[serde(flatten)]
+    pub seen: LegacyUse,
+    /// How long ago the last one was.
+    pub seconds_ago: f64,
+}
 
 /// How often an instance proves it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -308,12 +321,24 @@ impl Engine {
     async fn beat(&self, client: &Client, moved: bool) -> Result<(), ControlError> {
         let ack = self.sink.acknowledged() as i64;
         let me = &self.fleet.instance;
+        let uses = self.sink.legacy_uses();
+        let now = crate::legacy_use::now_unix_ms();
+        for (m, u) in &uses {
+            let age = (now - u.last_seen_unix_ms).max(0) as f64 / 1000.0;
+            self.metrics.set_legacy(m, u.count, age);
+        }
+        let uses: serde_json::Map<String, serde_json::Value> = uses
+            .into_iter()
+            .map(|(m, u)| (m, serde_json::json!(u)))
+            .collect();
+        let uses = serde_json::Value::Object(uses);
         client
             .execute(
-                "INSERT INTO switchyard.instances (id, heartbeat, acknowledged, proxy_addr, control_addr)
-                 VALUES ($1, now(), $2, $3, $4)
-                 ON CONFLICT (id) DO UPDATE SET heartbeat = now(), acknowledged = excluded.acknowledged",
-                &[&me.id, &ack, &me.proxy_addr, &me.control_addr],
+                "INSERT INTO switchyard.instances (id, heartbeat, acknowledged, proxy_addr, control_addr, legacy_uses)
+                 VALUES ($1, now(), $2, $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE SET heartbeat = now(), acknowledged = excluded.acknowledged,
+                   legacy_uses = excluded.legacy_uses",
+                &[&me.id, &ack, &me.proxy_addr, &me.control_addr, &uses],
             )
             .await?;
         if moved {
@@ -402,6 +427,48 @@ impl Engine {
             acknowledged: r.get::<_, i64>(1) as u64,
         }));
         Ok(behind)
+    }
+
+    /// Per live instance (this one from its own counters, the others from
+    /// their last heartbeat): statements that still depend on the legacy
+    /// side of `migration`.
+    pub(crate) async fn legacy_uses_of(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+        migration: &str,
+    ) -> Result<Vec<InstanceUse>, ControlError> {
+        let me = &self.fleet.instance.id;
+        let now = crate::legacy_use::now_unix_ms();
+        let mut uses: Vec<(String, LegacyUse)> = self
+            .sink
+            .legacy_uses()
+            .into_iter()
+            .filter(|(m, _)| m == migration)
+            .map(|(_, u)| (me.clone(), u))
+            .collect();
+        let rows = client
+            .query(
+                "SELECT id, legacy_uses -> $1 FROM switchyard.instances
+                 WHERE heartbeat > now() - make_interval(secs => $2) AND id <> $3
+                   AND legacy_uses ? $1
+                 ORDER BY id",
+                &[&migration, &STALE_AFTER.as_secs_f64(), me],
+            )
+            .await?;
+        for r in &rows {
+            let value: serde_json::Value = r.get(1);
+            if let Ok(u) = serde_json::from_value::<LegacyUse>(value) {
+                uses.push((r.get(0), u));
+            }
+        }
+        Ok(uses
+            .into_iter()
+            .map(|(instance, u)| InstanceUse {
+                instance,
+                seconds_ago: (now - u.last_seen_unix_ms).max(0) as f64 / 1000.0,
+                seen: u,
+            })
+            .collect())
     }
 
     /// Adds the writes this instance forwarded unrewritten since its last

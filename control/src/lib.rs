@@ -19,6 +19,7 @@ pub mod http;
 mod indexes;
 mod jobs;
 pub mod latency;
+pub mod legacy_use;
 pub mod metrics;
 mod operator;
 mod publisher;

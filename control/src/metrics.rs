@@ -47,6 +47,11 @@ pub struct ControlMetrics {
     /// Published minus acknowledged rules version, per instance (refreshed
     /// every second by the fleet upkeep).
     pub instance_acknowledgement_lag: Family<InstanceLabel, Gauge>,
+    /// Statements this instance saw that still depend on the migration's
+    /// legacy side (refreshed every second).
+    pub legacy_statements: Family<MigrationLabel, Gauge>,
+    /// Seconds since this instance last saw one.
+    pub legacy_statement_age_seconds: Family<MigrationLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl ControlMetrics {
@@ -58,6 +63,16 @@ impl ControlMetrics {
             "instance_acknowledgement_lag",
             "Published minus acknowledged rules version, per instance",
             m.instance_acknowledgement_lag.clone(),
+        );
+        r.register(
+            "legacy_statements",
+            "Statements this instance saw that still depend on the migration's legacy column",
+            m.legacy_statements.clone(),
+        );
+        r.register(
+            "legacy_statement_age_seconds",
+            "Seconds since this instance last saw a statement that depends on the legacy column",
+            m.legacy_statement_age_seconds.clone(),
         );
         r.register(
             "rules_version",
@@ -112,6 +127,15 @@ impl ControlMetrics {
         self.phase
             .get_or_create(&label(migration))
             .set(phase as i64);
+    }
+
+    /// Records this instance's legacy-side statements for `migration`.
+    pub fn set_legacy(&self, migration: &str, count: u64, age_seconds: f64) {
+        let l = label(migration);
+        self.legacy_statements.get_or_create(&l).set(count as i64);
+        self.legacy_statement_age_seconds
+            .get_or_create(&l)
+            .set(age_seconds);
     }
 
     /// Records the last parity pass's mismatches.

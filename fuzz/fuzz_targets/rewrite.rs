@@ -52,7 +52,7 @@ fn check(phase: Phase, sql: &str) {
     let routing = phase.routing().unwrap();
     let rules = ActiveRules::compile(users(routing)).unwrap();
     let out = match rules.rewrite(sql, &["public".to_string()]) {
-        Rewrite::Rewritten(out) => out,
+        Rewrite::Rewritten(out, _) => out,
         Rewrite::Unchanged | Rewrite::Unsupported(_) => return,
     };
     let before = rewrite::parse(sql).expect("a rewritten statement parsed");

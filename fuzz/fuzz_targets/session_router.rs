@@ -285,7 +285,7 @@ fuzz_target!(|data: &[u8]| {
                         if server.executed.len() > executed_before {
                             let ran = server.executed.last().unwrap().clone();
                             let expected = match current.rewrite(&original, &["public".into()]) {
-                                Rewrite::Rewritten(t) => t,
+                                Rewrite::Rewritten(t, _) => t,
                                 _ => original.clone(),
                             };
                             assert!(

@@ -59,7 +59,7 @@ fn main() {
         .stack_size(stack)
         .spawn(move || {
             let out = rules.rewrite(&text, &["public".to_string()]);
-            matches!(out, switchyard_rules::Rewrite::Rewritten(_))
+            matches!(out, switchyard_rules::Rewrite::Rewritten(..))
         })
         .unwrap()
         .join()

@@ -91,7 +91,7 @@ impl RewriteCache {
         }
         let size = sql.len()
             + match &*result {
-                Rewrite::Rewritten(t) => t.len(),
+                Rewrite::Rewritten(t, _) => t.len(),
                 _ => 0,
             };
         use std::sync::atomic::Ordering::Relaxed;
@@ -154,7 +154,7 @@ mod tests {
         let a = cache.rewrite(&v1, sql, &path).unwrap();
         let b = cache.rewrite(&v1, sql, &path).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
-        assert!(matches!(*a, Rewrite::Rewritten(_)));
+        assert!(matches!(*a, Rewrite::Rewritten(..)));
 
         let mut set = users(Phase::Expanded.routing().unwrap());
         set.version = 8;

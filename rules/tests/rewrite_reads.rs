@@ -8,7 +8,7 @@ fn rw(phase: Phase, sql: &str) -> Rewrite {
 
 fn text(phase: Phase, sql: &str) -> String {
     match rw(phase, sql) {
-        Rewrite::Rewritten(s) => s,
+        Rewrite::Rewritten(s, _) => s,
         other => panic!("{sql}: {other:?}"),
     }
 }
@@ -133,7 +133,8 @@ fn column_less_insert_after_contract_uses_the_legacy_shape() {
     assert_eq!(
         rules.rewrite("insert into users values (default, 'Max@X', 'max')", &["public".to_string()]),
         Rewrite::Rewritten(
-            "insert into users (id, email_address, name) values (default, (lower((('Max@X')::character varying(320)))), 'max')".into()
+            "insert into users (id, email_address, name) values (default, (lower((('Max@X')::character varying(320)))), 'max')".into(),
+            vec!["users-email".into()]
         )
     );
 }

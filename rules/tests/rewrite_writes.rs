@@ -8,7 +8,7 @@ fn rw(phase: Phase, sql: &str) -> Rewrite {
 
 fn text(phase: Phase, sql: &str) -> String {
     match rw(phase, sql) {
-        Rewrite::Rewritten(s) => s,
+        Rewrite::Rewritten(s, _) => s,
         other => panic!("{sql}: {other:?}"),
     }
 }
@@ -205,7 +205,9 @@ fn on_conflict_targets_follow_the_new_unique_index() {
         .retain(|k| k.index != "users_email_address_key");
     let rules = ActiveRules::compile(set).unwrap();
     match rules.rewrite(upsert, &["public".to_string()]) {
-        Rewrite::Rewritten(out) => assert!(out.contains("on conflict (email) do update"), "{out}"),
+        Rewrite::Rewritten(out, _) => {
+            assert!(out.contains("on conflict (email) do update"), "{out}")
+        }
         other => panic!("{other:?}"),
     }
     // After contract the legacy constraint is gone: its moved name is used.
@@ -216,7 +218,7 @@ fn on_conflict_targets_follow_the_new_unique_index() {
     facts.unique[1].constraint = Some("users_email_address_key".into());
     let rules = ActiveRules::compile(set).unwrap();
     match rules.rewrite(named, &["public".to_string()]) {
-        Rewrite::Rewritten(out) => {
+        Rewrite::Rewritten(out, _) => {
             assert!(
                 out.ends_with("on conflict ON CONSTRAINT users_email_address_key do nothing"),
                 "{out}"
@@ -238,7 +240,7 @@ fn a_new_name_conflict_target_uses_the_legacy_key_until_the_new_index_exists() {
     let rules = ActiveRules::compile(set).unwrap();
     let sql = "insert into users(email_address) values ($1) on conflict (email_address) do nothing";
     match rules.rewrite(sql, &["public".to_string()]) {
-        Rewrite::Rewritten(out) => {
+        Rewrite::Rewritten(out, _) => {
             assert!(out.ends_with("on conflict (email) do nothing"), "{out}")
         }
         other => panic!("{other:?}"),

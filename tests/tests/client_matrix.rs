@@ -180,7 +180,9 @@ async fn walk(client: Client, front: Front) {
         ("reads_switched", Some(("switch-reads", 200))),
         ("reads_verified", Some(("verify", 202))),
         ("contracted", Some(("contract", 200))),
-        ("completed", Some(("complete", 200))),
+        // The old version used the legacy name moments ago: complete waits
+        // for it (409), and passes when forced.
+        ("completed", Some(("complete?force=true", 200))),
     ];
     for (phase, verb) in steps {
         if phase == "completed" {
@@ -188,6 +190,10 @@ async fn walk(client: Client, front: Front) {
             old.quit().await;
             old = App::spawn(client, "new", port, &java).await;
             old.label = "new (second)".into();
+        }
+        if phase == "completed" {
+            let (status, body) = api.verb(M, "complete").await;
+            assert_eq!(status, 409, "{body}");
         }
         if let Some((verb, status)) = verb {
             api.step(M, verb, status).await;

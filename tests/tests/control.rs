@@ -151,7 +151,8 @@ async fn create_expand_dual_write_gates_and_revert() {
         .iter()
         .map(|e| e["action"].as_str().unwrap())
         .collect();
-    assert_eq!(actions, vec!["create", "phase", "ddl", "phase"]);
+    // expand's DDL, then dual-write's (the guard trigger).
+    assert_eq!(actions, vec!["create", "phase", "ddl", "phase", "ddl"]);
 
     // Rollback to expanded, then to planned (drops the new column).
     for _ in 0..2 {
@@ -359,7 +360,22 @@ async fn full_lifecycle_under_application_writes() {
         .unwrap()
         .get(0);
     assert_eq!(email, "bulk20000@x.io");
-    assert_eq!(call(&proxy, "POST", &post("complete"), None).await.0, 200);
+    // That application still uses the legacy name: complete waits for it.
+    let (status, body) = call(&proxy, "POST", &post("complete"), None).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("select email from users where id = 20100"),
+        "{body}"
+    );
+    assert_eq!(
+        call(&proxy, "POST", &post("complete?force=true"), None)
+            .await
+            .0,
+        200
+    );
 
     // The control plane's metrics.
     let (_, metrics) = switchyard_tests::tools::http_get(proxy.control_addr, "/metrics")

@@ -104,7 +104,9 @@ async fn a_million_rows_from_expand_to_complete() {
         .unwrap();
     let spec = json!({"name": "htt-field", "table": "public.high_traffic_table",
         "columns": [{"legacy": "legacy_field", "new": "new_field", "type": "text",
-                     "forward": "upper(legacy_field)", "backward": "new_field", "not_null": true}]});
+                     "forward": "upper(legacy_field)", "backward": "new_field", "not_null": true}],
+        // The writer used the legacy name until just before complete.
+        "complete_quiet_minutes": 0});
     let body = spec.to_string();
     let (status, created) = http(
         proxy.control_addr,

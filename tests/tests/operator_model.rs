@@ -472,11 +472,17 @@ async fn setup(world: &World, seq: u64) -> Vec<Subject> {
         json!({"name": format!("acc-{seq}"), "table": acc,
                "columns": [{"legacy": "email", "new": "email_address", "type": "text",
                             "forward": "lower(email)", "backward": "email_address"}],
-               "backfill": {"target_chunk_ms": 20}}),
+               "backfill": {"target_chunk_ms": 20},
+               // The old app stops just before complete; the quiet window is
+               // tested in tests/complete.rs.
+               "complete_quiet_minutes": 0}),
         json!({"name": format!("ord-{seq}"), "table": ord,
                "columns": [{"legacy": "status", "new": "status_text", "type": "text",
                             "forward": "status::text", "backward": "status_text::int", "not_null": true}],
-               "backfill": {"target_chunk_ms": 20}}),
+               "backfill": {"target_chunk_ms": 20},
+               // The old app stops just before complete; the quiet window is
+               // tested in tests/complete.rs.
+               "complete_quiet_minutes": 0}),
     ];
     for spec in &specs {
         let (status, body) = world

@@ -112,7 +112,10 @@ fn users_spec() -> Value {
         "name": "users-email",
         "table": "public.users",
         "columns": [{"legacy": "email", "new": "email_address", "type": "varchar(320)",
-                     "forward": "lower(email)", "backward": "email_address", "not_null": true}]
+                     "forward": "lower(email)", "backward": "email_address", "not_null": true}],
+        // Tests here complete right after legacy-name traffic; the quiet
+        // window is tested in tests/complete.rs.
+        "complete_quiet_minutes": 0
     })
 }
 

@@ -319,7 +319,9 @@ async fn a_migration_under_load_survives_every_fault() {
     let spec = json!({"name": NAME, "table": "public.items",
         "columns": [{"legacy": "qty", "new": "qty_text", "type": "text",
                      "forward": "qty::text", "backward": "qty_text::integer", "not_null": true}],
-        "backfill": {"lock_timeout_ms": LOCK_TIMEOUT_MS}});
+        "backfill": {"lock_timeout_ms": LOCK_TIMEOUT_MS},
+        // The clients used the legacy name until just before complete.
+        "complete_quiet_minutes": 0});
     let (status, body) = api(&serve, "POST", "/v1/migrations", Some(spec)).await;
     assert_eq!(status, 201, "{body}");
 

@@ -55,6 +55,9 @@ pub(crate) const STEPS: &[&str] = &[
         answered_at timestamptz
      );
      CREATE INDEX IF NOT EXISTS requests_open ON switchyard.requests (id) WHERE taken_by IS NULL;",
+    // 3: per instance, statements that still depend on a migration's
+    // legacy side ({migration: LegacyUse}), for `complete`.
+    "ALTER TABLE switchyard.instances ADD COLUMN IF NOT EXISTS legacy_uses jsonb NOT NULL DEFAULT '{}'",
 ];
 
 /// Creates the schema and applies missing steps, under an advisory lock so

@@ -46,6 +46,12 @@ impl Engine {
         force: bool,
         actor: &str,
     ) -> Result<Value, ControlError> {
+        if verb == Verb::Complete {
+            let m = store::get(&*self.db.session().await?, name).await?;
+            // A wrong phase is refused first, for its own reason.
+            next_state(&m.state, verb, force)?;
+            self.quiet_gate(&m, force, actor).await?;
+        }
         let mut client = self.db.session().await?;
         if verb == Verb::DualWrite {
             let m = store::get(&*client, name).await?;
@@ -71,6 +77,60 @@ impl Engine {
         self.publisher.sync(&*client).await?;
         drop(client);
         self.detail(name).await
+    }
+
+    /// complete: 409 while a live instance saw, within the spec's quiet
+    /// window, a statement that still depends on the legacy side; forced,
+    /// the override is audited with what was seen.
+    async fn quiet_gate(
+        &self,
+        m: &store::StoredMigration,
+        force: bool,
+        actor: &str,
+    ) -> Result<(), ControlError> {
+        let minutes = m.spec.complete_quiet_minutes;
+        if minutes == 0 {
+            return Ok(());
+        }
+        let window = f64::from(minutes) * 60.0;
+        let client = self.db.session().await?;
+        let recent: Vec<_> = self
+            .legacy_uses_of(&*client, &m.name)
+            .await?
+            .into_iter()
+            .filter(|u| u.seconds_ago <= window)
+            .collect();
+        if recent.is_empty() {
+            return Ok(());
+        }
+        if force {
+            let event = store::Event {
+                actor,
+                migration: Some(&m.name),
+                action: "force",
+                detail: serde_json::json!({
+                    "verb": Verb::Complete.as_str(),
+                    "legacy_uses": recent,
+                }),
+            };
+            return store::record(&*client, event).await;
+        }
+        let legacy: Vec<&str> = m.state.pairs.iter().map(|p| p.legacy.as_str()).collect();
+        let seen: Vec<String> = recent
+            .iter()
+            .map(|u| {
+                format!(
+                    "instance {} saw {} such statements, the last {:.0} s ago: {:?}",
+                    u.instance, u.seen.count, u.seconds_ago, u.seen.statement
+                )
+            })
+            .collect();
+        Err(ControlError::Conflict(format!(
+            "cannot complete {}: applications still use the legacy column {} within the last {minutes} minutes (complete_quiet_minutes): {}; move them to the new name and wait, or ?force=true (audited)",
+            m.name,
+            legacy.join(", "),
+            seen.join("; ")
+        )))
     }
 
     /// dual-write with the guard trigger installed in the same transaction.

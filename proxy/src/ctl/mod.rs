@@ -341,6 +341,15 @@ fn print(body: &Value, json: bool) {
                 }
             }
         }
+        for u in body["legacy_uses"].as_array().into_iter().flatten() {
+            println!(
+                "  legacy name still used via instance {}: {} statements, last {:.0} s ago: {}",
+                u["instance"].as_str().unwrap_or("?"),
+                u["count"],
+                u["seconds_ago"].as_f64().unwrap_or(0.0),
+                u["statement"].as_str().unwrap_or("")
+            );
+        }
     } else if let Some(v) = body.get("rules_version") {
         println!(
             "routing reverted: rules v{v}, swap {} µs, {:?}",

@@ -55,7 +55,10 @@ fn spec() -> MigrationSpec {
             "forward": "CASE status WHEN 0 THEN 'new' WHEN 1 THEN 'active' WHEN 2 THEN 'closed' END",
             "backward": "CASE state WHEN 'new' THEN 0 WHEN 'active' THEN 1 WHEN 'closed' THEN 2 END"
         }],
-        "backfill": {"target_chunk_ms": 50, "max_rows_per_second": null, "lock_timeout_ms": 100}
+        "backfill": {"target_chunk_ms": 50, "max_rows_per_second": null, "lock_timeout_ms": 100},
+        // The demo's old version stops a moment before complete; a real
+        // rollout waits complete_quiet_minutes (default 10) after it.
+        "complete_quiet_minutes": 0
     }))
     .expect("the demo spec is valid")
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use switchyard_control::latency::{Histogram, LatencyRecorder};
+use switchyard_control::legacy_use::LegacyUse;
 use switchyard_rules::active::RuleError;
 use switchyard_rules::cache::RewriteCache;
 use switchyard_rules::{ActiveRules, RuleSet};
@@ -26,6 +27,7 @@ pub struct RulesHub {
     next_session: AtomicU64,
     logged: DashMap<String, ()>,
     resync: DashMap<String, u64>,
+    legacy: DashMap<String, LegacyUse>,
     /// Round trips of every session, for the backfill's latency guard.
     pub latency: LatencyRecorder,
 }
@@ -40,6 +42,7 @@ impl Default for RulesHub {
             next_session: AtomicU64::new(1),
             logged: DashMap::new(),
             resync: DashMap::new(),
+            legacy: DashMap::new(),
             latency: LatencyRecorder::default(),
         }
     }
@@ -118,6 +121,26 @@ impl RulesHub {
         }
     }
 
+    /// Records that `sql` still depends on the legacy side of `migrations`.
+    pub fn note_legacy(&self, migrations: &[String], sql: &str) {
+        for m in migrations {
+            match self.legacy.get_mut(m) {
+                Some(mut u) => u.again(sql),
+                None => {
+                    self.legacy.insert(m.clone(), LegacyUse::first(sql));
+                }
+            }
+        }
+    }
+
+    /// Statements per migration that depended on its legacy side.
+    pub fn legacy_uses(&self) -> Vec<(String, LegacyUse)> {
+        self.legacy
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+
     /// Unrewritten writes per migration since start.
     pub fn resync_needed(&self) -> Vec<(String, u64)> {
         self.resync
@@ -149,6 +172,10 @@ impl switchyard_control::RulesSink for RulesHub {
 
     fn unrewritten_writes(&self) -> Vec<(String, u64)> {
         self.resync_needed()
+    }
+
+    fn legacy_uses(&self) -> Vec<(String, LegacyUse)> {
+        RulesHub::legacy_uses(self)
     }
 
     fn latency(&self) -> Histogram {

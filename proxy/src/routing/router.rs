@@ -494,7 +494,12 @@ impl SessionRouter {
         };
         match &*result {
             Rewrite::Unchanged => Outcome::Same,
-            Rewrite::Rewritten(text) => Outcome::Text(text.clone()),
+            Rewrite::Rewritten(text, legacy) => {
+                if !legacy.is_empty() {
+                    self.hub.note_legacy(legacy, sql);
+                }
+                Outcome::Text(text.clone())
+            }
             Rewrite::Unsupported(u) => self.unsupported(rules, sql, u),
         }
     }

@@ -100,6 +100,14 @@ pub struct MigrationSpec {
     /// written on one side only by writers that bypass the proxy.
     #[serde(default = "default_true")]
     pub guard_trigger: bool,
+    /// `complete` waits until no live proxy has seen a statement that
+    /// depends on the legacy side for this many minutes (0: no wait).
+    #[serde(default = "default_quiet_minutes")]
+    pub complete_quiet_minutes: u32,
+}
+
+fn default_quiet_minutes() -> u32 {
+    10
 }
 
 fn default_true() -> bool {

@@ -3,6 +3,7 @@
 
 mod conflict;
 pub mod edits;
+mod legacy;
 mod locking;
 mod read;
 pub mod scan;
@@ -26,8 +27,10 @@ const RECURSION_LIMIT: usize = 4096;
 pub enum Rewrite {
     /// Forward it as it is.
     Unchanged,
-    /// Send this text instead.
-    Rewritten(String),
+    /// Send this text instead; the statement depends on the legacy side of
+    /// these migrations (it names a legacy column, or takes a migrated
+    /// table's shape).
+    Rewritten(String, Vec<String>),
     /// It touches a routed table in a way we cannot rewrite.
     Unsupported(Unsupported),
 }
@@ -319,7 +322,7 @@ pub fn rewrite_scanned(
         return Rewrite::Unchanged;
     }
     match std::mem::take(&mut ctx.edits).apply(sql) {
-        Ok(text) => Rewrite::Rewritten(text),
+        Ok(text) => Rewrite::Rewritten(text, legacy::uses(rules, sql, scanned, &statements)),
         Err(overlap) => Rewrite::Unsupported(Unsupported {
             migrations: rules.tables.iter().flat_map(migrations_of).collect(),
             reason: format!(
