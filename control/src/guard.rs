@@ -5,7 +5,8 @@
 //! is already consistent, so the proxy's dual-writes never call the
 //! function:
 //! - INSERT: some new column differs from `forward(legacy)`;
-//! - UPDATE: some pair had exactly one of its two columns changed and
+//! - UPDATE (only one that sets a column of the mapping): some pair had
+//!   exactly one of its two columns changed and
 //!   its new column differs from `forward(legacy)` (the backfill's and
 //!   the restore's updates, which change one side to match, stay out).
 //!
@@ -149,6 +150,14 @@ pub(crate) fn install_sql(
         })
         .collect::<Vec<_>>()
         .join(" OR ");
+    // Only UPDATEs that set a column of the mapping consider the trigger:
+    // the others cost nothing.
+    let columns = pairs
+        .iter()
+        .flat_map(|p| [&p.legacy, &p.new])
+        .map(|c| c.trim_start_matches("NEW."))
+        .collect::<Vec<_>>()
+        .join(", ");
     let GuardNames {
         function,
         on_insert: insert_trigger,
@@ -161,7 +170,7 @@ pub(crate) fn install_sql(
          DROP TRIGGER IF EXISTS {update_trigger} ON {table};\n\
          CREATE TRIGGER {insert_trigger} BEFORE INSERT ON {table} FOR EACH ROW \
          WHEN ({on_insert}) EXECUTE FUNCTION {function}();\n\
-         CREATE TRIGGER {update_trigger} BEFORE UPDATE ON {table} FOR EACH ROW \
+         CREATE TRIGGER {update_trigger} BEFORE UPDATE OF {columns} ON {table} FOR EACH ROW \
          WHEN ({on_update}) EXECUTE FUNCTION {function}()"
     ))
 }
