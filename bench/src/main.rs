@@ -7,11 +7,14 @@
 //!   of a concurrent workload before and during it.
 //! - `flip`: a routing change's time to every instance's acknowledgement.
 //! - `idle`: the CPU an idle `serve` uses with its control plane on.
+//! - `instructions`: instructions per transaction, Switchyard vs PgBouncer,
+//!   counted by callgrind.
 
 mod backfill;
 mod dualwrite;
 mod flip;
 mod idle;
+mod instructions;
 mod pgbench;
 mod report;
 mod wire;
@@ -31,7 +34,7 @@ pub struct Options {
 }
 
 const USAGE: &str =
-    "usage: switchyard-bench wire|dualwrite|backfill|flip|idle [--seconds N] [--rounds N] [--scale N] [--out FILE]";
+    "usage: switchyard-bench wire|dualwrite|backfill|flip|idle|instructions [--seconds N] [--rounds N] [--scale N] [--out FILE]";
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -60,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         "flip" => flip::run(o),
         "backfill" => backfill::run(o),
         "idle" => idle::run(o),
+        "instructions" => instructions::run(o),
         _ => bail!(USAGE),
     }
 }

@@ -55,8 +55,32 @@ impl PgBouncer {
         )
     }
 
+    /// Starts PgBouncer in front of `cluster` (session pooling) under
+    /// `wrapper` (e.g. `valgrind --tool=callgrind ...`), which runs it in
+    /// place. As root it runs as `postgres`, which must be able to write
+    /// wherever the wrapper writes.
+    pub fn start_wrapped(cluster: &Cluster, wrapper: &[String]) -> anyhow::Result<Self> {
+        let server = format!("host=127.0.0.1 port={}", cluster.port);
+        Self::start_full(cluster, &server, "session", wrapper)
+    }
+
+    /// The process id of PgBouncer (under a wrapper started as root, of
+    /// `runuser`, whose only child it is).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts PgBouncer with `server` as its libpq-style target.
     fn start_with(cluster: &Cluster, server: &str, pool_mode: &str) -> anyhow::Result<Self> {
+        Self::start_full(cluster, server, pool_mode, &[])
+    }
+
+    fn start_full(
+        cluster: &Cluster,
+        server: &str,
+        pool_mode: &str,
+        wrapper: &[String],
+    ) -> anyhow::Result<Self> {
         let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -82,17 +106,37 @@ impl PgBouncer {
             .args(["-R", "postgres:postgres"])
             .arg(&dir)
             .status()?;
-        let mut cmd = Command::new(bin);
-        if is_root() {
-            cmd.args(["-u", "postgres"]);
-        }
+        let mut cmd = match (wrapper.split_first(), is_root()) {
+            // The wrapper runs as postgres too, so that it can be talked to
+            // (callgrind_control) by that user.
+            (Some((program, args)), true) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--", program])
+                    .args(args)
+                    .arg(bin);
+                c
+            }
+            (Some((program, args)), false) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            (None, root) => {
+                let mut c = Command::new(bin);
+                if root {
+                    c.args(["-u", "postgres"]);
+                }
+                c
+            }
+        };
         let child = cmd
             .arg(&ini)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
         let bouncer = PgBouncer { child, port };
-        for _ in 0..100 {
+        // Under valgrind start-up takes seconds.
+        for _ in 0..600 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return Ok(bouncer);
             }
