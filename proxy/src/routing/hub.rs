@@ -14,14 +14,26 @@ use switchyard_rules::cache::RewriteCache;
 use switchyard_rules::{ActiveRules, RuleSet};
 use tracing::{info, warn};
 
+/// A pin that holds no version.
+const IDLE: u64 = u64::MAX;
+
+/// One session's pinned rules version (see [`RulesHub::pin`]).
+#[derive(Debug)]
+pub struct Pin {
+    id: u64,
+    held: Arc<AtomicU64>,
+}
+
 /// Shared routing state of one proxy instance.
 pub struct RulesHub {
     current: ArcSwap<ActiveRules>,
     /// Rewrites shared by all sessions.
     pub cache: RewriteCache,
-    /// What each session inside a transaction or pipeline acknowledges
-    /// (the published version its rules stand for).
-    pins: DashMap<u64, u64>,
+    /// Every session's pin: the published version its rules stand for
+    /// while it is inside a transaction or pipeline, [`IDLE`] otherwise.
+    /// The map changes only when sessions come and go; a pin is one atomic
+    /// store, so the per-transaction path hashes nothing.
+    pins: DashMap<u64, Arc<AtomicU64>>,
     /// The acknowledged version, for the control plane to wait on.
     acknowledged: tokio::sync::watch::Sender<u64>,
     next_session: AtomicU64,
@@ -75,7 +87,10 @@ impl RulesHub {
     /// still runs under (the current one when none lags behind).
     pub fn acknowledged(&self) -> u64 {
         let current = self.current.load().acknowledges();
-        self.pins.iter().map(|e| *e.value()).fold(current, u64::min)
+        self.pins
+            .iter()
+            .map(|e| e.value().load(Ordering::SeqCst))
+            .fold(current, u64::min)
     }
 
     /// Follows [`RulesHub::acknowledged`] as it moves.
@@ -92,25 +107,33 @@ impl RulesHub {
         });
     }
 
-    /// A new session id.
-    pub fn register(&self) -> u64 {
-        self.next_session.fetch_add(1, Ordering::Relaxed)
+    /// A new session's pin, idle.
+    pub fn register(&self) -> Pin {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let held = Arc::new(AtomicU64::new(IDLE));
+        self.pins.insert(id, held.clone());
+        Pin { id, held }
     }
 
-    /// Records that `session` runs under rules acknowledging `version`
+    /// Records that the session runs under rules acknowledging `version`
     /// until `unpin`.
-    pub fn pin(&self, session: u64, version: u64) {
-        self.pins.insert(session, version);
+    pub fn pin(&self, pin: &Pin, version: u64) {
+        pin.held.store(version, Ordering::SeqCst);
     }
 
     /// The session is idle: it holds no version. Only a session that held
     /// an older version than the current one can move the acknowledgement.
-    pub fn unpin(&self, session: u64) {
-        if let Some((_, held)) = self.pins.remove(&session) {
-            if held < self.current.load().acknowledges() {
-                self.refresh_acknowledged();
-            }
+    pub fn unpin(&self, pin: &Pin) {
+        let held = pin.held.swap(IDLE, Ordering::SeqCst);
+        if held != IDLE && held < self.current.load().acknowledges() {
+            self.refresh_acknowledged();
         }
+    }
+
+    /// The session has ended.
+    pub fn release(&self, pin: &Pin) {
+        self.unpin(pin);
+        self.pins.remove(&pin.id);
     }
 
     /// Records that writes of `migrations` escaped the rewrite, so their

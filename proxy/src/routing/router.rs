@@ -77,7 +77,7 @@ struct State {
 /// Routing state of one session, shared by its two directions.
 pub struct SessionRouter {
     hub: Arc<RulesHub>,
-    id: u64,
+    pin: super::hub::Pin,
     database: String,
     user: String,
     state: Mutex<State>,
@@ -96,7 +96,7 @@ impl SessionRouter {
         };
         let default_path = path_for(user, schemas);
         SessionRouter {
-            id: hub.register(),
+            pin: hub.register(),
             state: Mutex::new(State {
                 rules: hub.current(),
                 at_rest: true,
@@ -352,7 +352,7 @@ impl SessionRouter {
                 st.path.on_ready(status);
                 if status == b'I' && st.pending.is_empty() && !st.at_rest {
                     st.at_rest = true;
-                    self.hub.unpin(self.id);
+                    self.hub.unpin(&self.pin);
                 }
                 if st.pending.is_empty() {
                     if let Some(since) = st.busy_since.take() {
@@ -376,7 +376,7 @@ impl SessionRouter {
             st.rules = current;
         }
         st.at_rest = false;
-        self.hub.pin(self.id, st.rules.acknowledges());
+        self.hub.pin(&self.pin, st.rules.acknowledges());
     }
 
     /// Re-prepares `name` if it was prepared under another rules version and
@@ -568,7 +568,7 @@ fn refusal_frame(message: &str) -> Bytes {
 
 impl Drop for SessionRouter {
     fn drop(&mut self) {
-        self.hub.unpin(self.id);
+        self.hub.release(&self.pin);
     }
 }
 
