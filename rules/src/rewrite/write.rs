@@ -239,6 +239,13 @@ fn insert_rows(
         };
         table.legacy_view().into_iter().take(width).collect()
     };
+    // Rows of another length than the target list are PostgreSQL's to
+    // refuse (42601); nothing here may index past them (found by fuzzing).
+    if let Some(v) = values {
+        if v.rows.iter().any(|r| r.content.len() != columns.len()) {
+            return;
+        }
+    }
 
     let mut additions = Vec::new();
     let mut redirects = Vec::new();
