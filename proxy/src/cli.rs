@@ -47,7 +47,7 @@ pub fn main() -> anyhow::Result<()> {
             std::process::exit(code)
         }
         Command::Demo(args) => {
-            let summary = runtime.block_on(crate::demo::run(args))?;
+            let summary = runtime.block_on(demo(args))?;
             if summary.client_errors > 0 {
                 anyhow::bail!(
                     "the application saw {} errors during the demo",
@@ -57,6 +57,21 @@ pub fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The demo until it ends or is interrupted (SIGINT, SIGTERM). Interrupted,
+/// the demo is dropped where it stands, which stops its PostgreSQL and
+/// removes its files, before the process exits.
+async fn demo(args: crate::demo::DemoArgs) -> anyhow::Result<crate::demo::Summary> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let interrupted = tokio::select! {
+        summary = crate::demo::run(args) => return summary,
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    eprintln!("{interrupted}: the demo stopped its PostgreSQL and removed its files");
+    anyhow::bail!("interrupted by {interrupted}")
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -23,3 +23,74 @@ async fn the_demo_walks_every_phase_without_a_client_error() {
         vec![("state".to_string(), "NO".to_string())]
     );
 }
+
+/// The `switchyard` command line built for the tests.
+fn binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("switchyard-e2e")
+}
+
+#[test]
+fn an_interrupted_demo_stops_its_postgresql_and_exits() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    for signal in ["INT", "TERM"] {
+        let mut child = Command::new(binary())
+            .args([
+                "demo",
+                "--rows",
+                "20000",
+                "--duration",
+                "30",
+                "--sessions",
+                "1",
+            ])
+            .env("SWITCHYARD_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        // "PostgreSQL on 127.0.0.1:PORT ...", then wait for the load to run.
+        let port: u16 = loop {
+            let line = lines.next().expect("the demo printed its cluster").unwrap();
+            if let Some(rest) = line.trim().strip_prefix("PostgreSQL on ") {
+                let addr = rest.split_whitespace().next().unwrap();
+                break addr.rsplit(':').next().unwrap().parse().unwrap();
+            }
+        };
+        loop {
+            let line = lines.next().expect("the demo went on").unwrap();
+            if line.starts_with("3/4") || line.starts_with("4/4") {
+                break;
+            }
+        }
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let exit = loop {
+            if let Some(exit) = child.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SIG{signal} did not end the demo"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(!exit.success(), "SIG{signal}: {exit:?}");
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "SIG{signal}: the demo's PostgreSQL on port {port} still runs"
+        );
+    }
+}

@@ -126,7 +126,14 @@ pub async fn run(
                     Ok(()) => {
                         stats.record(started.elapsed().as_micros().min(u32::MAX as u128) as u32)
                     }
-                    Err(e) => stats.error(&e),
+                    Err(e) => {
+                        stats.error(&e);
+                        // A closed connection fails at once, without
+                        // yielding: this session is over.
+                        if client.is_closed() {
+                            return;
+                        }
+                    }
                 }
             }
         }));
