@@ -29,14 +29,21 @@ enum Command {
 
 /// Parses the command line and runs it.
 pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The demo narrates on stdout: only warnings and errors go to stderr
+    // beside it unless SWITCHYARD_LOG asks for more.
+    let default = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

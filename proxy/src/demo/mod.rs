@@ -234,9 +234,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
             p99 as f64 / 1000.0
         );
     }
+    let catalog: Vec<String> = summary
+        .final_columns
+        .iter()
+        .map(|(column, nullable)| match nullable.as_str() {
+            "NO" => format!("users.{column} NOT NULL"),
+            _ => format!("users.{column} nullable"),
+        })
+        .collect();
+    let status_gone = !summary.final_columns.iter().any(|(c, _)| c == "status");
     println!(
-        "  final catalog       {:?} (legacy column gone, state NOT NULL)",
-        summary.final_columns
+        "  final catalog       {}{}",
+        catalog.join(", "),
+        if status_gone {
+            " (users.status dropped)"
+        } else {
+            ""
+        }
     );
     app.shutdown().await;
     drop(cluster);
