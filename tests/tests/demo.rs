@@ -94,3 +94,40 @@ fn an_interrupted_demo_stops_its_postgresql_and_exits() {
         );
     }
 }
+
+#[test]
+fn without_a_terminal_the_demo_still_reports_its_jobs() {
+    let out = std::process::Command::new(binary())
+        .args([
+            "demo",
+            "--rows",
+            "20000",
+            "--duration",
+            "1",
+            "--sessions",
+            "1",
+        ])
+        .env("SWITCHYARD_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for job in ["backfill", "verify"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(job) && l.contains("rows/s")),
+            "no progress line for {job}:\n{stdout}"
+        );
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(job) && l.contains("→ ")),
+            "no end line for {job}:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("final catalog       users.state NOT NULL (users.status dropped)"),
+        "{stdout}"
+    );
+}

@@ -257,7 +257,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     Ok(summary)
 }
 
-/// Runs one verb and follows a job to its end with a progress bar.
+/// Runs one verb and follows a job to its end with a progress bar (on a
+/// terminal) or a plain line every few seconds and whenever what holds the
+/// job changes (elsewhere): a demo never goes quiet while it works.
 async fn step(engine: &Arc<Engine>, name: &str, verb: Verb) -> anyhow::Result<Value> {
     let started = Instant::now();
     let detail = engine.apply(name, verb, false, "demo").await?;
@@ -277,6 +279,8 @@ async fn step(engine: &Arc<Engine>, name: &str, verb: Verb) -> anyhow::Result<Va
             .progress_chars("=> "),
     );
     bar.set_prefix(verb.as_str());
+    let plain = !std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut shown: Option<(Instant, Option<String>)> = None;
     loop {
         let d = engine.detail(name).await?;
         let job = &d["job"];
@@ -287,10 +291,29 @@ async fn step(engine: &Arc<Engine>, name: &str, verb: Verb) -> anyhow::Result<Va
             .max(1);
         bar.set_length(total);
         bar.set_position(job["rows_done"].as_u64().unwrap_or(0));
-        bar.set_message(format!(
-            "{:.0} rows/s",
-            job["rows_per_second"].as_f64().unwrap_or(0.0)
-        ));
+        let rate = job["rows_per_second"].as_f64().unwrap_or(0.0);
+        let held = job["throttled"].as_str().map(str::to_owned);
+        let held_text = held
+            .as_deref()
+            .map(|why| format!(", held: {why}"))
+            .unwrap_or_default();
+        bar.set_message(format!("{rate:.0} rows/s{held_text}"));
+        let due = match &shown {
+            None => true,
+            Some((at, before)) => at.elapsed() >= Duration::from_secs(5) || *before != held,
+        };
+        if plain && due && job["state"] != "done" {
+            let done = job["rows_done"].as_u64().unwrap_or(0);
+            let progress = match done {
+                0 => "started".to_string(),
+                _ => format!("{done}/{total} rows"),
+            };
+            println!(
+                "     {:<13} {progress}, {rate:.0} rows/s{held_text}",
+                verb.as_str()
+            );
+            shown = Some((Instant::now(), held));
+        }
         match job["state"].as_str() {
             Some("done") => {
                 let what = if verb == Verb::Verify {
@@ -298,12 +321,16 @@ async fn step(engine: &Arc<Engine>, name: &str, verb: Verb) -> anyhow::Result<Va
                 } else {
                     "changed"
                 };
-                bar.finish_with_message(format!(
+                let end = format!(
                     "→ {} in {:.1} s ({} rows {what})",
                     d["phase"].as_str().unwrap_or("?"),
                     started.elapsed().as_secs_f64(),
                     job["rows_changed"]
-                ));
+                );
+                if plain {
+                    println!("     {:<13} {end}", verb.as_str());
+                }
+                bar.finish_with_message(end);
                 return Ok(d);
             }
             Some("failed") => anyhow::bail!("{} failed: {}", verb.as_str(), job["error"]),
