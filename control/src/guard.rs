@@ -60,8 +60,10 @@ fn fnv1a(text: &str) -> u32 {
     })
 }
 
-/// One pair's expressions over `NEW`.
+/// One pair's columns (quoted) and expressions over `NEW`.
 struct PairSql {
+    legacy_column: String,
+    new_column: String,
     legacy: String,
     new: String,
     forward: String,
@@ -73,8 +75,9 @@ impl PairSql {
         let compile = |expr: &str, column: &str| {
             Template::compile(expr, column).map_err(|e| ControlError::Internal(e.to_string()))
         };
-        let legacy = format!("NEW.{}", quote(&p.legacy));
-        let new = format!("NEW.{}", quote(&p.new));
+        let (legacy_column, new_column) = (quote(&p.legacy), quote(&p.new));
+        let legacy = format!("NEW.{legacy_column}");
+        let new = format!("NEW.{new_column}");
         let forward = compile(&p.forward, &p.legacy)?.fill(&legacy);
         let backward = compile(&p.backward, &p.new)?.fill(&new);
         for expr in [&forward, &backward] {
@@ -85,6 +88,8 @@ impl PairSql {
             }
         }
         Ok(PairSql {
+            legacy_column,
+            new_column,
             legacy,
             new,
             forward,
@@ -97,12 +102,14 @@ impl PairSql {
     /// the new one was given.
     fn heal(&self) -> String {
         let PairSql {
+            legacy_column,
             legacy,
             new,
             forward,
             backward,
+            ..
         } = self;
-        let old_legacy = legacy.replacen("NEW.", "OLD.", 1);
+        let old_legacy = format!("OLD.{legacy_column}");
         [
             format!("  IF {new} IS DISTINCT FROM {forward} AND {legacy} IS DISTINCT FROM {backward} THEN"),
             format!("    IF TG_OP = 'UPDATE' AND {legacy} IS NOT DISTINCT FROM {old_legacy} THEN"),
@@ -137,15 +144,9 @@ pub(crate) fn install_sql(
     let on_update = pairs
         .iter()
         .map(|p| {
-            let old = |c: &str| c.replacen("NEW.", "OLD.", 1);
             format!(
-                "(({} IS DISTINCT FROM {}) <> ({} IS DISTINCT FROM {}) AND {} IS DISTINCT FROM {})",
-                p.legacy,
-                old(&p.legacy),
-                p.new,
-                old(&p.new),
-                p.new,
-                p.forward
+                "(({} IS DISTINCT FROM OLD.{}) <> ({} IS DISTINCT FROM OLD.{}) AND {} IS DISTINCT FROM {})",
+                p.legacy, p.legacy_column, p.new, p.new_column, p.new, p.forward
             )
         })
         .collect::<Vec<_>>()
@@ -154,8 +155,7 @@ pub(crate) fn install_sql(
     // the others cost nothing.
     let columns = pairs
         .iter()
-        .flat_map(|p| [&p.legacy, &p.new])
-        .map(|c| c.trim_start_matches("NEW."))
+        .flat_map(|p| [p.legacy_column.as_str(), p.new_column.as_str()])
         .collect::<Vec<_>>()
         .join(", ");
     let GuardNames {

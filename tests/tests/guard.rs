@@ -312,7 +312,7 @@ async fn proxied_writes_never_call_the_guard_function() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_the_guard_bypassing_writes_are_counted_not_healed() {
+async fn without_the_guard_bypassing_writes_are_not_healed() {
     let env = Env::start(false).await;
     env.api.step(M, "expand", 200).await;
     env.api.step(M, "dual-write", 200).await;
