@@ -81,13 +81,7 @@ pub(crate) fn target(ctx: &mut Ctx<'_>, table: &CompiledTable, target: &Conflict
     }
 }
 
-fn fold(i: &sqlparser::ast::Ident) -> String {
-    if i.quote_style.is_some() {
-        i.value.clone()
-    } else {
-        i.value.to_lowercase()
-    }
-}
+use super::fold_ident as fold;
 
 /// The legacy → new pairs whose writes are routed.
 fn moving(table: &CompiledTable) -> impl Iterator<Item = (&str, &str)> {

@@ -61,13 +61,7 @@ impl<'a> Ctx<'a> {
             .0
             .iter()
             .filter_map(|p| p.as_ident())
-            .map(|i| {
-                if i.quote_style.is_some() {
-                    i.value.clone()
-                } else {
-                    i.value.to_lowercase()
-                }
-            })
+            .map(fold_ident)
             .collect();
         match parts.as_slice() {
             [table] => self.rules.resolve(None, table, self.search_path),
@@ -84,13 +78,7 @@ impl<'a> Ctx<'a> {
             .0
             .iter()
             .filter_map(|p| p.as_ident())
-            .map(|i| {
-                if i.quote_style.is_some() {
-                    i.value.clone()
-                } else {
-                    i.value.to_lowercase()
-                }
-            })
+            .map(fold_ident)
             .collect();
         let (schema, bare) = match parts.as_slice() {
             [bare] => (None, bare),
@@ -417,14 +405,19 @@ fn visit_set_expr(ctx: &mut Ctx<'_>, body: &SetExpr) {
     }
 }
 
+/// An identifier as PostgreSQL reads it: as written when quoted, in lower
+/// case when not.
+pub(crate) fn fold_ident(i: &sqlparser::ast::Ident) -> String {
+    if i.quote_style.is_some() {
+        i.value.clone()
+    } else {
+        i.value.to_lowercase()
+    }
+}
+
 /// The folded column name an object name in a column list refers to.
 pub(crate) fn column_name(name: &ObjectName) -> Option<String> {
-    let last = name.0.last()?.as_ident()?;
-    Some(if last.quote_style.is_some() {
-        last.value.clone()
-    } else {
-        last.value.to_lowercase()
-    })
+    name.0.last()?.as_ident().map(fold_ident)
 }
 
 /// `name` quoted for SQL text.

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 
 use sqlparser::ast::{
     Delete, Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArgumentClause,
-    FunctionArguments, GroupByExpr, Ident, InTarget, Insert, JoinConstraint, JoinOperator, OrderBy,
+    FunctionArguments, GroupByExpr, InTarget, Insert, JoinConstraint, JoinOperator, OrderBy,
     OrderByKind, Query, Select, SelectItem, SetExpr, Spanned, TableFactor, TableWithJoins, Update,
     WindowType,
 };
@@ -51,13 +51,7 @@ pub(crate) struct Reads<'c, 'a> {
     legacy_names: TableFilter,
 }
 
-fn fold(i: &Ident) -> String {
-    if i.quote_style.is_some() {
-        i.value.clone()
-    } else {
-        i.value.to_lowercase()
-    }
-}
+use super::fold_ident as fold;
 
 /// Whether `*` over this table is spelled out: it is, for every table
 /// being migrated, so that `*` keeps the shape the table had when the
