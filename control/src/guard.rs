@@ -205,6 +205,7 @@ mod tests {
             not_null: false,
             legacy_position: 1,
             default: None,
+            group: None,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::model::{ColumnMapping, QualifiedName, RuleSet, TableRules, WriteRoute};
+use crate::model::{ColumnMapping, QualifiedName, RuleSet, TableRules, TypedColumn, WriteRoute};
 use crate::prefilter::TableFilter;
 use crate::rewrite::{self, Rewrite};
 use crate::template::{Template, TemplateError};
@@ -13,10 +13,54 @@ use crate::template::{Template, TemplateError};
 pub struct CompiledMapping {
     /// The pair as configured.
     pub mapping: ColumnMapping,
-    /// `forward`, with holes for the legacy column.
+    /// `forward`, with holes for the legacy column(s).
     pub forward: Template,
-    /// `backward`, with holes for the new column.
+    /// `backward`, with holes for the new column(s).
     pub backward: Template,
+    /// The columns `forward` reads: the legacy column, or a merge's.
+    pub forward_sources: Vec<TypedColumn>,
+    /// The columns `backward` reads: the new column, or a split's.
+    pub backward_sources: Vec<TypedColumn>,
+}
+
+impl CompiledMapping {
+    fn compile(m: &ColumnMapping) -> Result<Self, TemplateError> {
+        let (forward_sources, backward_sources) = m.sources();
+        fn names(cols: &[TypedColumn]) -> Vec<&str> {
+            cols.iter().map(|c| c.name.as_str()).collect()
+        }
+        Ok(CompiledMapping {
+            forward: Template::compile_over(&m.forward, &names(&forward_sources))?,
+            backward: Template::compile_over(&m.backward, &names(&backward_sources))?,
+            forward_sources,
+            backward_sources,
+            mapping: m.clone(),
+        })
+    }
+
+    /// Whether this pair is part of a split or merge.
+    pub fn is_group(&self) -> bool {
+        self.mapping.group.is_some()
+    }
+
+    /// The legacy value read from a row whose new columns are `qualifier.`
+    /// (or bare, with an empty qualifier): `backward` cast to the legacy
+    /// type.
+    pub fn backward_read(&self, qualifier: &str) -> String {
+        let refs: Vec<String> = self
+            .backward_sources
+            .iter()
+            .map(|c| match qualifier {
+                "" => crate::rewrite::quoted(&c.name),
+                q => format!("{q}.{}", crate::rewrite::quoted(&c.name)),
+            })
+            .collect();
+        format!(
+            "{}::{}",
+            self.backward.fill_each(&refs),
+            self.mapping.legacy_type
+        )
+    }
 }
 
 /// One routed table.
@@ -55,6 +99,7 @@ impl CompiledTable {
             .filter_map(|m| Some((m.mapping.legacy_position?, m.mapping.legacy.as_str())))
             .collect();
         dropped.sort();
+        dropped.dedup();
         for (at, name) in dropped {
             columns.insert(at.min(columns.len()), name.to_owned());
         }
@@ -129,11 +174,7 @@ impl ActiveRules {
                     migration: m.migration.clone(),
                     source,
                 };
-                mappings.push(CompiledMapping {
-                    forward: Template::compile(&m.forward, &m.legacy).map_err(err)?,
-                    backward: Template::compile(&m.backward, &m.new).map_err(err)?,
-                    mapping: m.clone(),
-                });
+                mappings.push(CompiledMapping::compile(m).map_err(err)?);
             }
             if !mappings.is_empty() {
                 tables.push(CompiledTable {

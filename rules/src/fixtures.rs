@@ -57,6 +57,7 @@ pub fn users(routing: Routing) -> RuleSet {
                 legacy_position: Some(1),
                 on_unsupported: Default::default(),
                 guarded: false,
+                group: None,
             }],
             views: vec![QualifiedName::new("public", "user_emails")],
         }],

@@ -178,6 +178,52 @@ impl TableFacts {
     }
 }
 
+/// A column of a split or merge, with its type.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TypedColumn {
+    /// Column name.
+    pub name: String,
+    /// SQL type as `format_type` prints it.
+    pub sql_type: String,
+}
+
+impl TypedColumn {
+    /// A column `name` of type `sql_type`.
+    pub fn new(name: impl Into<String>, sql_type: impl Into<String>) -> Self {
+        TypedColumn {
+            name: name.into(),
+            sql_type: sql_type.into(),
+        }
+    }
+}
+
+/// The columns of a split (one legacy, several new) or a merge (several
+/// legacy, one new). The entry is stored as one pair per column of the
+/// wider side; each pair's `forward` reads every legacy column of the
+/// group and its `backward` every new one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Group {
+    /// The legacy columns, in the spec's order.
+    pub legacy: Vec<TypedColumn>,
+    /// The new columns, in the spec's order.
+    pub new: Vec<TypedColumn>,
+}
+
+impl Group {
+    /// The sources of `forward` and `backward` of a pair: the group's
+    /// columns, or the pair's own two for a plain pair.
+    pub fn sources(
+        group: Option<&Group>,
+        legacy: TypedColumn,
+        new: TypedColumn,
+    ) -> (Vec<TypedColumn>, Vec<TypedColumn>) {
+        match group {
+            Some(g) => (g.legacy.clone(), g.new.clone()),
+            None => (vec![legacy], vec![new]),
+        }
+    }
+}
+
 /// One legacy → new column pair and how it is routed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ColumnMapping {
@@ -211,6 +257,20 @@ pub struct ColumnMapping {
     /// so the proxy lets it through.
     #[serde(default)]
     pub guarded: bool,
+    /// The split or merge this pair belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Group>,
+}
+
+impl ColumnMapping {
+    /// The columns `forward` reads, then those `backward` reads.
+    pub fn sources(&self) -> (Vec<TypedColumn>, Vec<TypedColumn>) {
+        Group::sources(
+            self.group.as_ref(),
+            TypedColumn::new(&self.legacy, &self.legacy_type),
+            TypedColumn::new(&self.new, &self.new_type),
+        )
+    }
 }
 
 /// The operator's choice for unrewritable statements after the read switch.

@@ -1,11 +1,12 @@
 //! `forward` and `backward` expressions as templates: SQL text with holes
-//! where the source column is referenced, filled per statement with the
-//! value being written (or the column reference being read).
+//! where a source column is referenced, filled per statement with the
+//! value being written (or the column reference being read). A split or
+//! merge reads several source columns: each hole knows which one.
 
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
-/// A SQL expression over one column, ready to be instantiated.
+/// A SQL expression over its source columns, ready to be instantiated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     parts: Vec<Part>,
@@ -14,7 +15,8 @@ pub struct Template {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Text(String),
-    Hole,
+    /// A reference to the source column of this index.
+    Hole(usize),
 }
 
 /// Why an expression cannot serve as a template.
@@ -28,7 +30,7 @@ pub enum TemplateError {
         /// Tokenizer message.
         reason: String,
     },
-    /// The expression does not reference its source column.
+    /// The expression references none of its source columns.
     #[error("expression {expr:?} does not reference column {column:?}")]
     NoReference {
         /// The expression.
@@ -43,6 +45,13 @@ impl Template {
     /// reference is the bare word (case-insensitive) or its quoted form;
     /// qualified references (`t.column`) count too, qualifier and all.
     pub fn compile(expr: &str, column: &str) -> Result<Self, TemplateError> {
+        Template::compile_over(expr, &[column])
+    }
+
+    /// Compiles `expr` over several source columns (a split or merge): a
+    /// reference to `columns[i]` becomes hole `i`. At least one must be
+    /// referenced.
+    pub fn compile_over(expr: &str, columns: &[&str]) -> Result<Self, TemplateError> {
         let dialect = PostgreSqlDialect {};
         let tokens =
             Tokenizer::new(&dialect, expr)
@@ -57,20 +66,22 @@ impl Template {
         let mut i = 0;
         while i < tokens.len() {
             let is_ref = |t: &Token| match t {
-                Token::Word(w) => match w.quote_style {
-                    Some('"') => w.value == column,
-                    None => w.value.to_lowercase() == column,
+                Token::Word(w) => columns.iter().position(|c| match w.quote_style {
+                    Some('"') => w.value == *c,
+                    None => w.value.to_lowercase() == *c,
                     _ => false,
-                },
-                _ => false,
+                }),
+                _ => None,
             };
             // Skip a qualifier in `alias.column`.
             if let (Token::Word(_), Some(Token::Period), Some(next)) =
                 (&tokens[i], tokens.get(i + 1), tokens.get(i + 2))
             {
-                if is_ref(next) && !matches!(tokens.get(i + 3), Some(Token::LParen)) {
+                if let Some(hole) = is_ref(next)
+                    .filter(|_| !matches!(tokens.get(i + 3), Some(Token::LParen)))
+                {
                     parts.push(Part::Text(std::mem::take(&mut text)));
-                    parts.push(Part::Hole);
+                    parts.push(Part::Hole(hole));
                     holes += 1;
                     i += 3;
                     continue;
@@ -78,9 +89,10 @@ impl Template {
             }
             let preceded_by_period = i > 0 && matches!(tokens[i - 1], Token::Period);
             let followed_by_call = matches!(tokens.get(i + 1), Some(Token::LParen));
-            if is_ref(&tokens[i]) && !preceded_by_period && !followed_by_call {
+            let hole = is_ref(&tokens[i]).filter(|_| !preceded_by_period && !followed_by_call);
+            if let Some(hole) = hole {
                 parts.push(Part::Text(std::mem::take(&mut text)));
-                parts.push(Part::Hole);
+                parts.push(Part::Hole(hole));
                 holes += 1;
             } else {
                 text.push_str(&tokens[i].to_string());
@@ -90,7 +102,7 @@ impl Template {
         if holes == 0 {
             return Err(TemplateError::NoReference {
                 expr: expr.to_owned(),
-                column: column.to_owned(),
+                column: columns.join(", "),
             });
         }
         parts.push(Part::Text(text));
@@ -98,22 +110,38 @@ impl Template {
         Ok(Template { parts })
     }
 
-    /// The expression with every hole replaced by `(value)`.
+    /// The expression with every hole replaced by `(value)` (for a
+    /// template over one column).
     pub fn fill(&self, value: &str) -> String {
+        self.fill_with(|_| value)
+    }
+
+    /// The expression with hole `i` replaced by `(values[i])`; a hole
+    /// without a value gets `NULL`.
+    pub fn fill_each<S: AsRef<str>>(&self, values: &[S]) -> String {
+        self.fill_with(|i| values.get(i).map(AsRef::as_ref).unwrap_or("NULL"))
+    }
+
+    fn fill_with<'v>(&self, value: impl Fn(usize) -> &'v str) -> String {
         let mut out = String::with_capacity(64);
         out.push('(');
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
-                Part::Hole => {
+                Part::Hole(i) => {
                     out.push('(');
-                    out.push_str(value);
+                    out.push_str(value(*i));
                     out.push(')');
                 }
             }
         }
         out.push(')');
         out
+    }
+
+    /// Whether the expression references source column `i`.
+    pub fn reads(&self, i: usize) -> bool {
+        self.parts.contains(&Part::Hole(i))
     }
 
     /// The text with every hole replaced by `ident` verbatim (no
@@ -124,7 +152,7 @@ impl Template {
             .iter()
             .map(|p| match p {
                 Part::Text(t) => t.as_str(),
-                Part::Hole => ident,
+                Part::Hole(_) => ident,
             })
             .collect()
     }
@@ -135,7 +163,7 @@ impl Template {
         let holes = self
             .parts
             .iter()
-            .filter(|p| matches!(p, Part::Hole))
+            .filter(|p| matches!(p, Part::Hole(_)))
             .count();
         if holes != 1 {
             return None;
@@ -147,7 +175,7 @@ impl Template {
             match part {
                 Part::Text(t) if seen => after.push_str(t),
                 Part::Text(t) => before.push_str(t),
-                Part::Hole => {
+                Part::Hole(_) => {
                     before.push('(');
                     after.push(')');
                     seen = true;
@@ -160,7 +188,7 @@ impl Template {
 
     /// Whether the template is the bare column (an identity mapping).
     pub fn is_identity(&self) -> bool {
-        self.parts == [Part::Hole]
+        self.parts == [Part::Hole(0)]
     }
 }
 
@@ -203,6 +231,16 @@ mod tests {
             t.splice("email_address"),
             "btree (email_address, lower(email_address)) WHERE (email_address IS NOT NULL)"
         );
+    }
+
+    #[test]
+    fn holes_know_their_column() {
+        let t = Template::compile_over("first || ' ' || \"Last\"", &["first", "Last"]).unwrap();
+        assert_eq!(t.fill_each(&["a", "b"]), "((a) || ' ' || (b))");
+        assert!(t.reads(0) && t.reads(1) && !t.reads(2));
+        let t = Template::compile_over("split_part(full, ' ', 2)", &["full"]).unwrap();
+        assert_eq!(t.fill_each::<&str>(&[]), "(split_part((NULL), ' ', 2))");
+        assert!(Template::compile_over("now()", &["a", "b"]).is_err());
     }
 
     #[test]

@@ -34,6 +34,7 @@ fn pair() -> Pair {
         not_null: true,
         legacy_position: 1,
         default: None,
+        group: None,
     }
 }
 

@@ -13,9 +13,9 @@ pub mod verb;
 mod machine_tests;
 
 pub use job::{Job, JobKind, JobStatus, Progress, Settings};
-pub use spec::{BackfillSettings, ColumnSpec, MigrationSpec, SpecError};
+pub use spec::{BackfillSettings, ColumnSpec, MigrationSpec, Names, PerColumn, SpecError};
 pub use state::{
-    Columns, Created, DdlReport, IndexReport, LegacyColumn, MigrationState, Pair, Parity, Reports,
+    distinct, Columns, Created, DdlReport, IndexReport, LegacyColumn, MigrationState, Pair, Parity, Reports,
     Stage, SwitchedReads, STATE_SCHEMA,
 };
 pub use transition::{decide, Decision, Effect, Refusal};

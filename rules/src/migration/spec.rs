@@ -6,30 +6,112 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::QualifiedName;
 
-/// One legacy → new column pair.
+/// One column name, or several (a split's new side, a merge's legacy side).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Names {
+    /// A single column.
+    One(String),
+    /// Several columns.
+    Many(Vec<String>),
+}
+
+impl Names {
+    /// The names, in order.
+    pub fn list(&self) -> Vec<&str> {
+        match self {
+            Names::One(n) => vec![n.as_str()],
+            Names::Many(ns) => ns.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+impl From<&str> for Names {
+    fn from(name: &str) -> Self {
+        Names::One(name.to_owned())
+    }
+}
+
+/// A value for one column, or a map of column name to value (a split's
+/// or merge's `type`, `forward` and `backward`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PerColumn {
+    /// The value of the entry's only column.
+    One(String),
+    /// Values by column name.
+    Map(std::collections::BTreeMap<String, String>),
+}
+
+impl PerColumn {
+    /// The value for `column`; a plain value serves any column.
+    pub fn of(&self, column: &str) -> Option<&str> {
+        match self {
+            PerColumn::One(v) => Some(v),
+            PerColumn::Map(m) => m.get(column).map(String::as_str),
+        }
+    }
+
+    fn values(&self) -> Vec<&str> {
+        match self {
+            PerColumn::One(v) => vec![v.as_str()],
+            PerColumn::Map(m) => m.values().map(String::as_str).collect(),
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        match self {
+            PerColumn::One(_) => vec![],
+            PerColumn::Map(m) => m.keys().map(String::as_str).collect(),
+        }
+    }
+}
+
+impl From<&str> for PerColumn {
+    fn from(value: &str) -> Self {
+        PerColumn::One(value.to_owned())
+    }
+}
+
+/// One entry of `columns`: a legacy → new pair, a split (one legacy
+/// column, several new) or a merge (several legacy columns, one new).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnSpec {
-    /// The existing column.
-    pub legacy: String,
-    /// The column to add.
-    pub new: String,
-    /// SQL type of the new column; default: the legacy column's type.
+    /// The existing column(s).
+    pub legacy: Names,
+    /// The column(s) to add.
+    pub new: Names,
+    /// SQL type of the new column; default: the legacy column's type. A
+    /// split or merge gives a map of new column to type.
     #[serde(rename = "type", default)]
-    pub sql_type: Option<String>,
-    /// SQL over the legacy column giving the new value; default: a cast.
+    pub sql_type: Option<PerColumn>,
+    /// SQL over the legacy column(s) giving each new value; default: a
+    /// cast. A split or merge gives a map of new column to expression.
     #[serde(default)]
-    pub forward: Option<String>,
-    /// SQL over the new column giving the legacy value; default: a cast.
+    pub forward: Option<PerColumn>,
+    /// SQL over the new column(s) giving each legacy value; default: a
+    /// cast. A split or merge gives a map of legacy column to expression.
     #[serde(default)]
-    pub backward: Option<String>,
-    /// Set NOT NULL on the new column at contract.
+    pub backward: Option<PerColumn>,
+    /// Set NOT NULL on the new column(s) at contract.
     #[serde(default)]
     pub not_null: bool,
     /// A default for the new column, added with it at expand; it must be
     /// non-volatile, so that the table is never rewritten.
     #[serde(default)]
     pub default: Option<String>,
+    /// A split or merge whose forward then backward does not give back
+    /// the legacy values is accepted: the loss is intended.
+    #[serde(default)]
+    pub lossy: bool,
+}
+
+impl ColumnSpec {
+    /// A split or merge (either side names several columns).
+    pub fn is_group(&self) -> bool {
+        matches!(self.legacy, Names::Many(_)) || matches!(self.new, Names::Many(_))
+    }
 }
 
 /// Backfill throttle settings.
@@ -131,6 +213,66 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> SpecError {
     }
 }
 
+/// The shape of one entry: a split or merge has one side of one column,
+/// and a map (or nothing, for `type`) where it names columns.
+fn check_entry(i: usize, c: &ColumnSpec) -> Result<(), SpecError> {
+    let (legacy, new) = (c.legacy.list(), c.new.list());
+    for (field, value) in [
+        ("type", &c.sql_type),
+        ("forward", &c.forward),
+        ("backward", &c.backward),
+    ] {
+        let values = value.as_ref().map(PerColumn::values).unwrap_or_default();
+        if values.iter().any(|v| v.trim().is_empty() || v.contains(';')) {
+            return Err(err(
+                format!("columns[{i}].{field}"),
+                "must be a single SQL expression",
+            ));
+        }
+    }
+    if !c.is_group() {
+        return Ok(());
+    }
+    if legacy.len() > 1 && new.len() > 1 {
+        return Err(err(
+            format!("columns[{i}]"),
+            "a split names one legacy column and a merge one new column; several on both sides is not supported",
+        ));
+    }
+    if c.default.is_some() {
+        return Err(err(
+            format!("columns[{i}].default"),
+            "a split or merge takes no default",
+        ));
+    }
+    // Each new column needs its forward, each legacy column its backward:
+    // a cast cannot stand in for an expression over several columns.
+    for (field, value, columns) in [
+        ("forward", &c.forward, &new),
+        ("backward", &c.backward, &legacy),
+        ("type", &c.sql_type, &new),
+    ] {
+        let Some(value) = value else {
+            if field == "type" {
+                continue;
+            }
+            return Err(err(
+                format!("columns[{i}].{field}"),
+                format!("a split or merge needs a map with an expression for each of {columns:?}"),
+            ));
+        };
+        let keys = value.keys();
+        let complete = field == "type" || columns.iter().all(|c| keys.contains(c));
+        if !complete || keys.iter().any(|k| !columns.contains(k)) {
+            return Err(err(
+                format!("columns[{i}].{field}"),
+                format!("a split or merge needs a map whose keys are exactly {columns:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl MigrationSpec {
     /// Checks what can be checked without the database.
     pub fn validate(&self) -> Result<QualifiedName, SpecError> {
@@ -150,33 +292,25 @@ impl MigrationSpec {
         }
         let mut seen: Vec<&str> = Vec::new();
         for (i, c) in self.columns.iter().enumerate() {
-            for (field, value) in [("legacy", &c.legacy), ("new", &c.new)] {
-                if value.is_empty() {
-                    return Err(err(format!("columns[{i}].{field}"), "must not be empty"));
+            for (field, names) in [("legacy", &c.legacy), ("new", &c.new)] {
+                let names = names.list();
+                if names.is_empty() {
+                    return Err(err(format!("columns[{i}].{field}"), "must name a column"));
                 }
-                if seen.contains(&value.as_str()) {
-                    return Err(err(
-                        format!("columns[{i}].{field}"),
-                        format!("column {value:?} appears twice"),
-                    ));
-                }
-                seen.push(value);
-            }
-            for (field, value) in [
-                ("type", &c.sql_type),
-                ("forward", &c.forward),
-                ("backward", &c.backward),
-            ] {
-                if value
-                    .as_deref()
-                    .is_some_and(|v| v.trim().is_empty() || v.contains(';'))
-                {
-                    return Err(err(
-                        format!("columns[{i}].{field}"),
-                        "must be a single SQL expression",
-                    ));
+                for value in names {
+                    if value.is_empty() {
+                        return Err(err(format!("columns[{i}].{field}"), "must not be empty"));
+                    }
+                    if seen.contains(&value) {
+                        return Err(err(
+                            format!("columns[{i}].{field}"),
+                            format!("column {value:?} appears twice"),
+                        ));
+                    }
+                    seen.push(value);
                 }
             }
+            check_entry(i, c)?;
         }
         let b = &self.backfill;
         if !(1..=60_000).contains(&b.target_chunk_ms) {
@@ -229,9 +363,43 @@ mod tests {
     }
 
     #[test]
+    fn a_split_and_a_merge_parse_and_validate() {
+        let split: MigrationSpec = serde_json::from_str(
+            r#"{"name":"s","table":"people","columns":[{"legacy":"full_name","new":["first_name","last_name"],
+                "forward":{"first_name":"split_part(full_name, ' ', 1)","last_name":"split_part(full_name, ' ', 2)"},
+                "backward":{"full_name":"first_name || ' ' || last_name"}}]}"#,
+        )
+        .unwrap();
+        assert!(split.columns[0].is_group());
+        assert!(split.validate().is_ok());
+        let merge: MigrationSpec = serde_json::from_str(
+            r#"{"name":"m","table":"people","columns":[{"legacy":["street","city"],"new":"address",
+                "type":{"address":"text"}, "forward":{"address":"street || ', ' || city"},
+                "backward":{"street":"split_part(address, ', ', 1)","city":"split_part(address, ', ', 2)"}}]}"#,
+        )
+        .unwrap();
+        assert!(merge.validate().is_ok());
+        let mut missing = merge.clone();
+        missing.columns[0].backward = Some(PerColumn::Map(
+            [("street".to_owned(), "address".to_owned())].into(),
+        ));
+        let e = missing.validate().unwrap_err();
+        assert_eq!(e.field, "columns[0].backward", "{e}");
+        let mut plain = merge.clone();
+        plain.columns[0].forward = Some("street".into());
+        assert_eq!(plain.validate().unwrap_err().field, "columns[0].forward");
+        let mut both = merge;
+        both.columns[0].new = Names::Many(vec!["a".into(), "b".into()]);
+        assert_eq!(both.validate().unwrap_err().field, "columns[0]");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let mut spec: MigrationSpec = serde_json::from_str(EXAMPLE).unwrap();
         spec.columns[0].new = "email".into();
+        assert_eq!(spec.validate().unwrap_err().field, "columns[0].new");
+        let mut spec: MigrationSpec = serde_json::from_str(EXAMPLE).unwrap();
+        spec.columns[0].new = Names::Many(vec!["a".into(), "email".into()]);
         assert_eq!(spec.validate().unwrap_err().field, "columns[0].new");
         let mut spec: MigrationSpec = serde_json::from_str(EXAMPLE).unwrap();
         spec.columns[0].forward = Some("1; drop table users".into());

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::job::{Job, Progress, Settings};
-use crate::model::{Phase, ReadRoute, Routing, WriteRoute};
+use crate::model::{Group, Phase, ReadRoute, Routing, TypedColumn, WriteRoute};
 
 /// The version of the persisted shape; older rows are upgraded at start.
 pub const STATE_SCHEMA: u32 = 2;
@@ -192,6 +192,32 @@ pub struct Pair {
     /// Non-volatile default of the new column.
     #[serde(default)]
     pub default: Option<String>,
+    /// The split or merge this pair belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Group>,
+}
+
+impl Pair {
+    /// The columns `forward` reads, then those `backward` reads.
+    pub fn sources(&self) -> (Vec<TypedColumn>, Vec<TypedColumn>) {
+        Group::sources(
+            self.group.as_ref(),
+            TypedColumn::new(&self.legacy, &self.legacy_type),
+            TypedColumn::new(&self.new, &self.new_type),
+        )
+    }
+}
+
+/// Each name once, in first-seen order: the pairs of a split share their
+/// legacy column and those of a merge their new one.
+pub fn distinct<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for n in names {
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    out
 }
 
 /// What the migration created, so that a rollback drops exactly that and

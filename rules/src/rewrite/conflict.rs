@@ -25,6 +25,19 @@ pub(crate) fn target(ctx: &mut Ctx<'_>, table: &CompiledTable, target: &Conflict
                     return ctx.refuse(table, "an ON CONFLICT predicate over a migrated column");
                 }
             }
+            // A split's or merge's unique legacy index is rebuilt as an
+            // expression index, which no column list can name.
+            let contracted_group = table.mappings.iter().any(|m| {
+                m.is_group()
+                    && m.mapping.routing.writes == WriteRoute::New
+                    && names.contains(&m.mapping.legacy)
+            });
+            if contracted_group {
+                return ctx.refuse(
+                    table,
+                    "an ON CONFLICT target over a split or merged column that contract dropped",
+                );
+            }
             let Some(mapped) = map_columns(table, &names) else {
                 return;
             };
@@ -83,12 +96,13 @@ pub(crate) fn target(ctx: &mut Ctx<'_>, table: &CompiledTable, target: &Conflict
 
 use super::fold_ident as fold;
 
-/// The legacy → new pairs whose writes are routed.
+/// The legacy → new pairs whose writes are routed (a split or merge has
+/// no column-for-column counterpart).
 fn moving(table: &CompiledTable) -> impl Iterator<Item = (&str, &str)> {
     table
         .mappings
         .iter()
-        .filter(|m| m.mapping.routing.writes != WriteRoute::Legacy)
+        .filter(|m| m.mapping.routing.writes != WriteRoute::Legacy && !m.is_group())
         .map(|m| (m.mapping.legacy.as_str(), m.mapping.new.as_str()))
 }
 
@@ -106,8 +120,9 @@ fn map_columns(table: &CompiledTable, columns: &[String]) -> Option<Vec<String>>
             have == wanted
         })
     };
-    let routed =
-        |m: &&crate::active::CompiledMapping| m.mapping.routing.writes != WriteRoute::Legacy;
+    let routed = |m: &&crate::active::CompiledMapping| {
+        m.mapping.routing.writes != WriteRoute::Legacy && !m.is_group()
+    };
     let mut dropped = false;
     let forward: Vec<String> = columns
         .iter()

@@ -6,6 +6,7 @@ pub mod edits;
 mod legacy;
 mod locking;
 mod read;
+mod regroup;
 pub mod scan;
 mod write;
 

@@ -603,12 +603,7 @@ impl<'c, 'a> Reads<'c, 'a> {
             _ => return None,
         };
         let (item_name, mapping) = self.resolve(qualifier.as_deref(), &column)?;
-        let new_ref = format!("{}.{}", quoted(&item_name), quoted(&mapping.mapping.new));
-        let text = format!(
-            "{}::{}",
-            mapping.backward.fill(&new_ref),
-            mapping.mapping.legacy_type
-        );
+        let text = mapping.backward_read(&quoted(&item_name));
         Some((format!("({text})"), column))
     }
 
@@ -837,15 +832,7 @@ fn column_text(table: &CompiledTable, visible: &str, c: &str) -> String {
         .iter()
         .find(|m| m.mapping.legacy == c && switched(m))
     {
-        Some(m) => {
-            let new_ref = format!("{}.{}", quoted(visible), quoted(&m.mapping.new));
-            format!(
-                "({}::{}) AS {}",
-                m.backward.fill(&new_ref),
-                m.mapping.legacy_type,
-                quoted(c)
-            )
-        }
+        Some(m) => format!("({}) AS {}", m.backward_read(&quoted(visible)), quoted(c)),
         None => format!("{}.{}", quoted(visible), quoted(c)),
     }
 }

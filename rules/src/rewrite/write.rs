@@ -4,26 +4,35 @@
 //! after a row's opening parenthesis), where parser locations are exact.
 
 use sqlparser::ast::{
-    Assignment, AssignmentTarget, Expr, Insert, Merge, MergeAction, MergeInsertKind,
+    Assignment, AssignmentTarget, Expr, Ident, Insert, Merge, MergeAction, MergeInsertKind,
     MergeUpdateKind, ObjectName, OnConflictAction, OnInsert, Query, SetExpr, Spanned, TableFactor,
     TableObject, Update, Values,
 };
 
-use super::{column_name, quoted, Ctx};
+use super::{column_name, quoted, regroup, Ctx};
 use crate::active::{CompiledMapping, CompiledTable};
-use crate::model::WriteRoute;
+use crate::model::{TypedColumn, WriteRoute};
 use crate::template::Template;
+
+/// A column a computed value reads, and where the statement gives it.
+struct Input<'t> {
+    /// Its index among the statement's columns, if named.
+    given: Option<usize>,
+    column: &'t TypedColumn,
+    /// Its default, for an INSERT that leaves it out or says DEFAULT.
+    default: Option<&'t str>,
+}
 
 /// A value to add for a column the statement did not name.
 enum Source<'t> {
-    /// Computed from the value given for another column of the statement.
-    Column {
-        index: usize,
+    /// `forward` or `backward` over the statement's values; a source the
+    /// statement leaves out (a split's or merge's other column) is the
+    /// row's current value in a SET list, its default in an INSERT.
+    Computed {
         template: &'t Template,
-        cast: &'t str,
-        default: Option<&'t str>,
+        inputs: Vec<Input<'t>>,
     },
-    /// A constant expression (from a column default).
+    /// A constant expression (from column defaults).
     Fixed(String),
 }
 
@@ -42,13 +51,16 @@ enum Step<'t> {
         index: usize,
         mapping: &'t CompiledMapping,
     },
+    /// A split's or merge's legacy column is gone: the whole group is
+    /// rewritten (see [`super::regroup`]).
+    Regroup,
 }
 
-fn cast(value: &str, ty: &str) -> String {
+pub(super) fn cast(value: &str, ty: &str) -> String {
     format!("({value})::{ty}")
 }
 
-fn is_default(expr: &Expr) -> bool {
+pub(super) fn is_default(expr: &Expr) -> bool {
     matches!(expr, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"))
 }
 
@@ -58,50 +70,72 @@ fn null_or(default: Option<&str>) -> String {
         .unwrap_or_else(|| "NULL".to_owned())
 }
 
-/// What to add for one pair, given where the statement names its columns.
+fn default_of<'t>(table: &'t CompiledTable, column: &str) -> Option<&'t str> {
+    table
+        .rules
+        .facts
+        .column(column)
+        .and_then(|c| c.default.as_deref())
+}
+
+fn inputs<'t>(
+    table: &'t CompiledTable,
+    sources: &'t [TypedColumn],
+    columns: &[String],
+) -> Vec<Input<'t>> {
+    sources
+        .iter()
+        .map(|column| Input {
+            given: columns.iter().position(|c| *c == column.name),
+            column,
+            default: default_of(table, &column.name),
+        })
+        .collect()
+}
+
+/// What to add for one pair, given the columns the statement names.
 fn plan<'t>(
     m: &'t CompiledMapping,
     table: &'t CompiledTable,
-    legacy: Option<usize>,
-    new: Option<usize>,
+    columns: &[String],
 ) -> Result<Option<Step<'t>>, String> {
     let map = &m.mapping;
-    let legacy_default = table
-        .rules
-        .facts
-        .column(&map.legacy)
-        .and_then(|c| c.default.as_deref());
-    let new_default = table
-        .rules
-        .facts
-        .column(&map.new)
-        .and_then(|c| c.default.as_deref());
+    let legacy = columns.iter().position(|c| *c == map.legacy);
+    let new = columns.iter().position(|c| *c == map.new);
+    // A split or merge the statement writes through another of its
+    // columns is that pair's to complete.
+    let group_named = m.is_group()
+        && (m.forward_sources.iter())
+            .chain(&m.backward_sources)
+            .any(|c| columns.contains(&c.name));
+    let add = |column: &str, template, sources| {
+        Some(Step::Add(Addition {
+            column: column.to_owned(),
+            source: Source::Computed {
+                template,
+                inputs: inputs(table, sources, columns),
+            },
+        }))
+    };
     Ok(match (map.routing.writes, legacy, new) {
         (WriteRoute::Legacy, _, _) | (WriteRoute::Both, Some(_), Some(_)) => None,
-        (WriteRoute::Both, Some(index), None) => Some(Step::Add(Addition {
-            column: map.new.clone(),
-            source: Source::Column {
-                index,
-                template: &m.forward,
-                cast: &map.legacy_type,
-                default: legacy_default,
-            },
-        })),
-        (WriteRoute::Both, None, Some(index)) => Some(Step::Add(Addition {
-            column: map.legacy.clone(),
-            source: Source::Column {
-                index,
-                template: &m.backward,
-                cast: &map.new_type,
-                default: new_default,
-            },
-        })),
-        (WriteRoute::Both, None, None) => legacy_default.map(|d| {
-            Step::Add(Addition {
-                column: map.new.clone(),
-                source: Source::Fixed(m.forward.fill(&cast(d, &map.legacy_type))),
+        (WriteRoute::Both, Some(_), None) => add(&map.new, &m.forward, &m.forward_sources),
+        (WriteRoute::Both, None, Some(_)) => add(&map.legacy, &m.backward, &m.backward_sources),
+        (WriteRoute::Both, None, None) if group_named => None,
+        (WriteRoute::Both, None, None) => {
+            let defaults = inputs(table, &m.forward_sources, columns);
+            defaults.iter().any(|i| i.default.is_some()).then(|| {
+                let values: Vec<String> = defaults
+                    .iter()
+                    .map(|i| cast(&null_or(i.default), &i.column.sql_type))
+                    .collect();
+                Step::Add(Addition {
+                    column: map.new.clone(),
+                    source: Source::Fixed(m.forward.fill_each(&values)),
+                })
             })
-        }),
+        }
+        (WriteRoute::New, Some(_), _) if m.is_group() => Some(Step::Regroup),
         (WriteRoute::New, Some(index), None) => Some(Step::Redirect { index, mapping: m }),
         (WriteRoute::New, Some(_), Some(_)) => {
             return Err(format!(
@@ -113,22 +147,44 @@ fn plan<'t>(
     })
 }
 
-/// The value of an addition for one row of given value texts.
-fn value_for(add: &Addition<'_>, row: &[String], row_exprs: Option<&[Expr]>) -> String {
+/// Adds `a` unless the column is already added: the pairs of a split or
+/// merge compute the same value (a computed one wins over a default).
+fn push_addition<'t>(additions: &mut Vec<Addition<'t>>, a: Addition<'t>) {
+    match additions.iter_mut().find(|b| b.column == a.column) {
+        Some(b) if matches!(b.source, Source::Fixed(_)) => *b = a,
+        Some(_) => {}
+        None => additions.push(a),
+    }
+}
+
+/// The value of an addition for one row of given value texts; `current`
+/// qualifies the row's own columns in a SET list (`None` in an INSERT).
+fn value_for(
+    add: &Addition<'_>,
+    row: &[String],
+    row_exprs: Option<&[Expr]>,
+    current: Option<&str>,
+) -> String {
     match &add.source {
         Source::Fixed(text) => text.clone(),
-        Source::Column {
-            index,
-            template,
-            cast: ty,
-            default,
-        } => {
-            let given = row_exprs.and_then(|r| r.get(*index));
-            if given.is_some_and(is_default) {
-                template.fill(&cast(&null_or(*default), ty))
-            } else {
-                template.fill(&cast(&row[*index], ty))
-            }
+        Source::Computed { template, inputs } => {
+            let values: Vec<String> = inputs
+                .iter()
+                .map(|i| {
+                    let ty = &i.column.sql_type;
+                    match (i.given, current) {
+                        (Some(index), _)
+                            if row_exprs.and_then(|r| r.get(index)).is_some_and(is_default) =>
+                        {
+                            cast(&null_or(i.default), ty)
+                        }
+                        (Some(index), _) => cast(&row[index], ty),
+                        (None, Some(q)) => format!("{q}.{}", quoted(&i.column.name)),
+                        (None, None) => cast(&null_or(i.default), ty),
+                    }
+                })
+                .collect();
+            template.fill_each(&values)
         }
     }
 }
@@ -156,7 +212,8 @@ pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
             super::conflict::target(ctx, table, target);
         }
         if let OnConflictAction::DoUpdate(du) = &oc.action {
-            assignments(ctx, table, &du.assignments);
+            let alias = ins.table_alias.as_ref().map(|a| &a.alias);
+            assignments(ctx, table, &du.assignments, &row_name(name, alias));
         }
     }
     let rows = match &ins.source {
@@ -178,16 +235,17 @@ pub(crate) fn insert(ctx: &mut Ctx<'_>, ins: &Insert) {
 /// MERGE: its UPDATE actions are SET lists and its INSERT actions are
 /// one-row INSERTs, each handled like the plain statement.
 pub(crate) fn merge(ctx: &mut Ctx<'_>, merge: &Merge) {
-    let TableFactor::Table { name, .. } = &merge.table else {
+    let TableFactor::Table { name, alias, .. } = &merge.table else {
         return;
     };
     let Some(table) = ctx.resolve(name) else {
         return;
     };
+    let current = row_name(name, alias.as_ref().map(|a| &a.name));
     for clause in &merge.clauses {
         match &clause.action {
             MergeAction::Update(update) => match &update.kind {
-                MergeUpdateKind::Set(list) => assignments(ctx, table, list),
+                MergeUpdateKind::Set(list) => assignments(ctx, table, list, &current),
                 _ => return ctx.refuse(table, "a MERGE UPDATE without a SET list"),
             },
             MergeAction::Insert(insert) => {
@@ -249,29 +307,62 @@ fn insert_rows(
 
     let mut additions = Vec::new();
     let mut redirects = Vec::new();
+    let mut regrouped = false;
     for m in &table.mappings {
-        let legacy = columns.iter().position(|c| *c == m.mapping.legacy);
-        let new = columns.iter().position(|c| *c == m.mapping.new);
-        match plan(m, table, legacy, new) {
-            Ok(Some(Step::Add(a))) => additions.push(a),
+        match plan(m, table, &columns) {
+            Ok(Some(Step::Add(a))) => push_addition(&mut additions, a),
             Ok(Some(Step::Redirect { index, mapping })) => redirects.push((index, mapping)),
+            Ok(Some(Step::Regroup)) => regrouped = true,
             Ok(None) => {}
             Err(reason) => return ctx.refuse(table, reason),
         }
     }
-    if !redirects.is_empty() && implicit {
-        // Name the columns, with the new one in the legacy one's place.
+    let groups = match regrouped.then(|| regroup::named(table, &columns)) {
+        None => Vec::new(),
+        Some(Ok(groups)) => groups,
+        Some(Err(reason)) => return ctx.refuse(table, reason),
+    };
+    if !groups.is_empty() {
+        let Some(v) = values else {
+            return ctx.refuse(
+                table,
+                "INSERT ... SELECT or DEFAULT VALUES naming a split or merged column that contract dropped",
+            );
+        };
+        if !implicit {
+            for g in &groups {
+                if let Err(reason) = regroup::splice_columns(ctx, column_list, g) {
+                    return ctx.refuse(table, reason);
+                }
+            }
+        }
+        for row in &v.rows {
+            for g in &groups {
+                if let Err(reason) = regroup::splice_row(ctx, &row.content, g) {
+                    return ctx.refuse(table, reason);
+                }
+            }
+        }
+    }
+    if (!redirects.is_empty() || !groups.is_empty()) && implicit {
+        // Name the columns, with the new ones in the legacy ones' place.
         let Some(at) = list_at else {
             return ctx.refuse(table, "no source location for the INSERT target");
         };
         let named: Vec<String> = columns
             .iter()
-            .map(
-                |c| match redirects.iter().find(|(_, m)| m.mapping.legacy == *c) {
-                    Some((_, m)) => quoted(&m.mapping.new),
-                    None => quoted(c),
-                },
-            )
+            .enumerate()
+            .filter_map(|(i, c)| {
+                if let Some(g) = groups.iter().find(|g| g.names(i)) {
+                    return (g.first() == i).then(|| g.new_list());
+                }
+                Some(
+                    match redirects.iter().find(|(_, m)| m.mapping.legacy == *c) {
+                        Some((_, m)) => quoted(&m.mapping.new),
+                        None => quoted(c),
+                    },
+                )
+            })
             .collect();
         if !additions.is_empty() {
             return ctx.refuse(
@@ -361,7 +452,7 @@ fn insert_rows(
                 };
                 let vals: Vec<String> = additions
                     .iter()
-                    .map(|a| value_for(a, &texts, Some(&row.content)))
+                    .map(|a| value_for(a, &texts, Some(&row.content), None))
                     .collect();
                 ctx.edits.insert(at, format!("{}, ", vals.join(", ")));
             }
@@ -378,7 +469,7 @@ fn insert_rows(
             let refs: Vec<String> = names.iter().map(|n| format!("_sy.{n}")).collect();
             let mut outputs: Vec<String> = additions
                 .iter()
-                .map(|a| value_for(a, &refs, None))
+                .map(|a| value_for(a, &refs, None, None))
                 .collect();
             for (i, r) in refs.iter().enumerate() {
                 match redirects.iter().find(|(index, _)| *index == i) {
@@ -395,24 +486,45 @@ fn insert_rows(
 }
 
 pub(crate) fn update(ctx: &mut Ctx<'_>, upd: &Update) {
-    let TableFactor::Table { name, .. } = &upd.table.relation else {
+    let TableFactor::Table { name, alias, .. } = &upd.table.relation else {
         return;
     };
     let Some(table) = ctx.resolve(name) else {
         return;
     };
-    assignments(ctx, table, &upd.assignments);
+    let current = row_name(name, alias.as_ref().map(|a| &a.name));
+    assignments(ctx, table, &upd.assignments, &current);
 }
 
-/// SET lists (UPDATE and ON CONFLICT DO UPDATE).
-fn assignments(ctx: &mut Ctx<'_>, table: &CompiledTable, list: &[Assignment]) {
+/// How a SET list's expressions name the target row: its alias, else the
+/// table's own name.
+fn row_name(name: &ObjectName, alias: Option<&Ident>) -> String {
+    match alias {
+        Some(a) => quoted(&super::fold_ident(a)),
+        None => name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .map(|i| quoted(&super::fold_ident(i)))
+            .unwrap_or_default(),
+    }
+}
+
+/// SET lists (UPDATE, ON CONFLICT DO UPDATE and MERGE), whose expressions
+/// see the target row as `current`.
+fn assignments(ctx: &mut Ctx<'_>, table: &CompiledTable, list: &[Assignment], current: &str) {
     // Flatten `col = v` and `(a, b) = (x, y)` into (column, value) pairs.
     let mut pairs: Vec<(String, &Expr)> = Vec::new();
+    // Each pair's `col = v` range (`None` inside a tuple).
+    let mut items: Vec<Option<std::ops::Range<usize>>> = Vec::new();
     for a in list {
         match &a.target {
             AssignmentTarget::ColumnName(n) => {
                 if let Some(c) = column_name(n) {
                     pairs.push((c, &a.value));
+                    let start = ctx.map.offset(n.span().start);
+                    let end = ctx.range(&a.value).map(|r| r.end);
+                    items.push(start.zip(end).map(|(s, e)| s..e));
                 }
             }
             AssignmentTarget::Tuple(names) => {
@@ -423,6 +535,7 @@ fn assignments(ctx: &mut Ctx<'_>, table: &CompiledTable, list: &[Assignment]) {
                     .any(|m| cols.contains(&m.mapping.legacy) || cols.contains(&m.mapping.new));
                 match &a.value {
                     Expr::Tuple(values) if values.len() == cols.len() => {
+                        items.extend(cols.iter().map(|_| None));
                         pairs.extend(cols.into_iter().zip(values.iter()));
                     }
                     _ if touches => {
@@ -436,21 +549,17 @@ fn assignments(ctx: &mut Ctx<'_>, table: &CompiledTable, list: &[Assignment]) {
     let columns: Vec<String> = pairs.iter().map(|(c, _)| c.clone()).collect();
     let texts: Vec<String> = pairs.iter().map(|(_, e)| ctx.text(e)).collect();
     let exprs: Vec<Expr> = pairs.iter().map(|(_, e)| (*e).clone()).collect();
-    let mut added = Vec::new();
+    let mut additions = Vec::new();
+    let mut regrouped = false;
     for m in &table.mappings {
-        let legacy = columns.iter().position(|c| *c == m.mapping.legacy);
-        let new = columns.iter().position(|c| *c == m.mapping.new);
-        match plan(m, table, legacy, new) {
+        match plan(m, table, &columns) {
             // A SET list leaves unnamed columns alone: no default to mirror.
             Ok(Some(Step::Add(Addition {
                 source: Source::Fixed(_),
                 ..
             }))) => {}
-            Ok(Some(Step::Add(a))) => added.push(format!(
-                "{} = {}",
-                quoted(&a.column),
-                value_for(&a, &texts, Some(&exprs))
-            )),
+            Ok(Some(Step::Add(a))) => push_addition(&mut additions, a),
+            Ok(Some(Step::Regroup)) => regrouped = true,
             Ok(Some(Step::Redirect { index, mapping })) => {
                 let is_legacy = |n: &&ObjectName| {
                     column_name(n).as_deref() == Some(mapping.mapping.legacy.as_str())
@@ -474,6 +583,25 @@ fn assignments(ctx: &mut Ctx<'_>, table: &CompiledTable, list: &[Assignment]) {
             Err(reason) => return ctx.refuse(table, reason),
         }
     }
+    if regrouped {
+        let refs: Vec<&Expr> = pairs.iter().map(|(_, e)| *e).collect();
+        let set = regroup::SetList {
+            columns: &columns,
+            texts: &texts,
+            exprs: &refs,
+            items: &items,
+        };
+        if let Err(reason) = regroup::assignments(ctx, table, &set, current) {
+            return ctx.refuse(table, reason);
+        }
+    }
+    let added: Vec<String> = additions
+        .iter()
+        .map(|a| {
+            let value = value_for(a, &texts, Some(&exprs), Some(current));
+            format!("{} = {value}", quoted(&a.column))
+        })
+        .collect();
     if added.is_empty() {
         return;
     }
