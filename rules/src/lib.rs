@@ -14,7 +14,7 @@ pub mod template;
 
 pub use active::ActiveRules;
 pub use model::{
-    ColumnFact, ColumnMapping, Group, Phase, QualifiedName, ReadRoute, Routing, RuleSet, TableFacts,
-    TableRules, TypedColumn, UniqueKey, UnsupportedPolicy, WriteRoute,
+    ColumnFact, ColumnMapping, Group, Phase, QualifiedName, ReadRoute, Routing, RuleSet,
+    TableFacts, TableRules, TypedColumn, UniqueKey, UnsupportedPolicy, WriteRoute,
 };
 pub use rewrite::{Rewrite, Unsupported};

@@ -77,8 +77,8 @@ impl Template {
             if let (Token::Word(_), Some(Token::Period), Some(next)) =
                 (&tokens[i], tokens.get(i + 1), tokens.get(i + 2))
             {
-                if let Some(hole) = is_ref(next)
-                    .filter(|_| !matches!(tokens.get(i + 3), Some(Token::LParen)))
+                if let Some(hole) =
+                    is_ref(next).filter(|_| !matches!(tokens.get(i + 3), Some(Token::LParen)))
                 {
                     parts.push(Part::Text(std::mem::take(&mut text)));
                     parts.push(Part::Hole(hole));

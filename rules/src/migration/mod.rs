@@ -15,8 +15,8 @@ mod machine_tests;
 pub use job::{Job, JobKind, JobStatus, Progress, Settings};
 pub use spec::{BackfillSettings, ColumnSpec, MigrationSpec, Names, PerColumn, SpecError};
 pub use state::{
-    distinct, Columns, Created, DdlReport, IndexReport, LegacyColumn, MigrationState, Pair, Parity, Reports,
-    Stage, SwitchedReads, STATE_SCHEMA,
+    distinct, Columns, Created, DdlReport, IndexReport, LegacyColumn, MigrationState, Pair, Parity,
+    Reports, Stage, SwitchedReads, STATE_SCHEMA,
 };
 pub use transition::{decide, Decision, Effect, Refusal};
 pub use verb::Verb;

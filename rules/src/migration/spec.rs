@@ -223,7 +223,10 @@ fn check_entry(i: usize, c: &ColumnSpec) -> Result<(), SpecError> {
         ("backward", &c.backward),
     ] {
         let values = value.as_ref().map(PerColumn::values).unwrap_or_default();
-        if values.iter().any(|v| v.trim().is_empty() || v.contains(';')) {
+        if values
+            .iter()
+            .any(|v| v.trim().is_empty() || v.contains(';'))
+        {
             return Err(err(
                 format!("columns[{i}].{field}"),
                 "must be a single SQL expression",

@@ -65,20 +65,23 @@ impl Named<'_> {
                     cast("NULL", &column.sql_type)
                 }
                 (Some(i), _) => cast(&texts[*i], &column.sql_type),
-                (None, Some(q)) => match self.pairs.iter().find(|p| p.mapping.legacy == column.name)
-                {
-                    Some(p) => format!("({})", p.backward_read(q)),
-                    None => cast("NULL", &column.sql_type),
-                },
+                (None, Some(q)) => {
+                    match self.pairs.iter().find(|p| p.mapping.legacy == column.name) {
+                        Some(p) => format!("({})", p.backward_read(q)),
+                        None => cast("NULL", &column.sql_type),
+                    }
+                }
                 (None, None) => cast("NULL", &column.sql_type),
             })
             .collect();
         self.new()
             .iter()
-            .map(|n| match self.pairs.iter().find(|p| p.mapping.new == n.name) {
-                Some(p) => p.forward.fill_each(&inputs),
-                None => "NULL".to_owned(),
-            })
+            .map(
+                |n| match self.pairs.iter().find(|p| p.mapping.new == n.name) {
+                    Some(p) => p.forward.fill_each(&inputs),
+                    None => "NULL".to_owned(),
+                },
+            )
             .collect()
     }
 }
@@ -137,7 +140,11 @@ fn splice(
     replacement: String,
 ) -> Result<(), String> {
     let missing = || "no source location for a split or merged column".to_owned();
-    let first = items.get(g.first()).cloned().flatten().ok_or_else(missing)?;
+    let first = items
+        .get(g.first())
+        .cloned()
+        .flatten()
+        .ok_or_else(missing)?;
     ctx.edits.replace(first, replacement);
     for &i in &g.at[1..] {
         let prev = items.get(i - 1).cloned().flatten().ok_or_else(missing)?;
