@@ -86,6 +86,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 not_null: false,
                 legacy_position: 1,
                 default: None,
+                group: None,
             }],
         )?;
         direct.batch_execute(&guard).await?;

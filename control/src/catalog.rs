@@ -1,7 +1,9 @@
 //! Catalog facts and spec validation against the live database.
 
-use switchyard_rules::migration::MigrationSpec;
-use switchyard_rules::{ColumnFact, QualifiedName, TableFacts, UniqueKey};
+use switchyard_rules::ident;
+use switchyard_rules::migration::{ColumnSpec, MigrationSpec, PerColumn};
+use switchyard_rules::template::Template;
+use switchyard_rules::{ColumnFact, Group, QualifiedName, TableFacts, TypedColumn, UniqueKey};
 use tokio_postgres::Client;
 
 use crate::error::ControlError;
@@ -111,107 +113,229 @@ pub async fn validate(
     }
     let mut pairs = Vec::new();
     for (i, c) in spec.columns.iter().enumerate() {
-        let field = |f: &str| format!("columns[{i}].{f}");
-        let legacy_position = facts
-            .columns
-            .iter()
-            .position(|col| col.name == c.legacy)
-            .ok_or_else(|| {
-                ControlError::BadRequest(format!(
-                    "{}: {table} has no column {:?}",
-                    field("legacy"),
-                    c.legacy
-                ))
-            })?;
-        if facts.key.contains(&c.legacy) {
-            return Err(ControlError::BadRequest(format!(
-                "{}: {:?} is part of the key {:?} that the backfill walks; it cannot be migrated",
+        pairs.extend(entry(client, &facts, i, c).await?);
+    }
+    Ok((facts, pairs))
+}
+
+fn bad(field: String, message: impl std::fmt::Display) -> ControlError {
+    ControlError::BadRequest(format!("{field}: {message}"))
+}
+
+/// The first line of a PostgreSQL error.
+fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| e.to_string())
+}
+
+/// Resolves one `columns` entry into its pairs: one for a plain pair, one
+/// per new column of a split, one per legacy column of a merge.
+async fn entry(
+    client: &mut Client,
+    facts: &TableFacts,
+    i: usize,
+    c: &ColumnSpec,
+) -> Result<Vec<Pair>, ControlError> {
+    let field = |f: &str| format!("columns[{i}].{f}");
+    let table = &facts.name;
+    let mut legacy = Vec::new();
+    for name in c.legacy.list() {
+        let position = (facts.columns.iter())
+            .position(|col| col.name == name)
+            .ok_or_else(|| bad(field("legacy"), format!("{table} has no column {name:?}")))?;
+        if facts.key.iter().any(|k| k == name) {
+            return Err(bad(
                 field("legacy"),
-                c.legacy,
-                facts.key
-            )));
+                format!(
+                    "{name:?} is part of the key {:?} that the backfill walks; it cannot be migrated",
+                    facts.key
+                ),
+            ));
         }
-        let legacy_type = facts.columns[legacy_position].sql_type.clone();
-        let new_type = match &c.sql_type {
+        let ty = facts.columns[position].sql_type.clone();
+        legacy.push((TypedColumn::new(name, ty), position));
+    }
+    let mut new = Vec::new();
+    for name in c.new.list() {
+        let ty = match c.sql_type.as_ref().and_then(|t| t.of(name)) {
             Some(t) => canonical_type(client, t)
                 .await
-                .map_err(|e| ControlError::BadRequest(format!("{}: {e}", field("type"))))?,
-            None => legacy_type.clone(),
+                .map_err(|e| bad(field("type"), e))?,
+            None if legacy.iter().all(|(l, _)| l.sql_type == legacy[0].0.sql_type) => {
+                legacy[0].0.sql_type.clone()
+            }
+            None => return Err(bad(field("type"), format!("give the type of {name:?}"))),
         };
         // The migration adds its new column itself and drops it on
         // rollback; a column already there holds someone's data, which
         // dual-writes and the backfill would overwrite.
-        if let Some(existing) = facts.column(&c.new) {
-            return Err(ControlError::BadRequest(format!(
-                "{}: {table} already has a column {:?} ({}); a migration adds its new column itself, so name one that does not exist",
+        if let Some(existing) = facts.column(name) {
+            return Err(bad(
                 field("new"),
-                c.new,
-                existing.sql_type
-            )));
+                format!(
+                    "{table} already has a column {name:?} ({}); a migration adds its new column itself, so name one that does not exist",
+                    existing.sql_type
+                ),
+            ));
         }
-        let legacy_ident = switchyard_rules::ident::quote(&c.legacy);
-        let new_ident = switchyard_rules::ident::quote(&c.new);
-        let forward = c
-            .forward
-            .clone()
-            .unwrap_or_else(|| format!("{legacy_ident}::{new_type}"));
-        let backward = c
-            .backward
-            .clone()
-            .unwrap_or_else(|| format!("{new_ident}::{legacy_type}"));
-        let checks = [
-            ("forward", format!("SELECT ({forward})::{new_type} FROM {table}")),
-            (
-                "backward",
-                format!("SELECT ({backward})::{legacy_type} FROM (SELECT NULL::{new_type} AS {new_ident}) AS s"),
-            ),
-        ];
-        for (name, sql) in checks {
-            let tx = client.transaction().await?;
-            let result = tx.batch_execute(&format!("EXPLAIN {sql}")).await;
-            tx.rollback().await?;
-            if let Err(e) = result {
-                let msg = e
-                    .as_db_error()
-                    .map(|d| d.message().to_owned())
-                    .unwrap_or_else(|| e.to_string());
-                return Err(ControlError::BadRequest(format!("{}: {msg}", field(name))));
-            }
-        }
-        // The proxy needs each expression to read its own column.
-        use switchyard_rules::template::Template;
-        for (name, expr, column) in [
-            ("forward", &forward, &c.legacy),
-            ("backward", &backward, &c.new),
-        ] {
-            if let Err(e) = Template::compile(expr, column) {
-                return Err(ControlError::BadRequest(format!("{}: {e}", field(name))));
-            }
-        }
-        let default = match c.default.as_deref().map(str::trim) {
-            None => None,
-            Some(d) if d.eq_ignore_ascii_case("null") => None,
-            Some(d) => {
-                check_default(client, &new_type, d)
-                    .await
-                    .map_err(|e| ControlError::BadRequest(format!("{}: {e}", field("default"))))?;
-                Some(d.to_owned())
-            }
-        };
-        pairs.push(Pair {
-            legacy: c.legacy.clone(),
-            legacy_type,
-            new: c.new.clone(),
-            new_type,
-            forward,
-            backward,
-            not_null: c.not_null,
-            legacy_position,
-            default,
-        });
+        new.push(TypedColumn::new(name, ty));
     }
-    Ok((facts, pairs))
+    let legacy_cols: Vec<TypedColumn> = legacy.iter().map(|(l, _)| l.clone()).collect();
+    let forward = expressions(&c.forward, &new, &legacy_cols);
+    let backward = expressions(&c.backward, &legacy_cols, &new);
+    for (name, exprs, targets, sources) in [
+        ("forward", &forward, &new, &legacy_cols),
+        ("backward", &backward, &legacy_cols, &new),
+    ] {
+        check_expressions(client, facts, exprs, targets, sources)
+            .await
+            .map_err(|e| bad(field(name), e))?;
+    }
+    let default = match c.default.as_deref().map(str::trim) {
+        None => None,
+        Some(d) if d.eq_ignore_ascii_case("null") => None,
+        Some(d) => {
+            check_default(client, &new[0].sql_type, d)
+                .await
+                .map_err(|e| bad(field("default"), e))?;
+            Some(d.to_owned())
+        }
+    };
+    let group = c.is_group().then(|| Group {
+        legacy: legacy_cols.clone(),
+        new: new.clone(),
+    });
+    if group.is_some() && !c.lossy {
+        round_trip(client, facts, &forward, &backward, &legacy_cols, &new)
+            .await
+            .map_err(|e| bad(format!("columns[{i}]"), e))?;
+    }
+    // A split is one pair per new column, a merge one per legacy column.
+    let mut pairs = Vec::new();
+    for (n, new_col) in new.iter().enumerate() {
+        for (l, (legacy_col, position)) in legacy.iter().enumerate() {
+            if n > 0 && l > 0 {
+                continue;
+            }
+            pairs.push(Pair {
+                legacy: legacy_col.name.clone(),
+                legacy_type: legacy_col.sql_type.clone(),
+                new: new_col.name.clone(),
+                new_type: new_col.sql_type.clone(),
+                forward: forward[n].clone(),
+                backward: backward[l].clone(),
+                not_null: c.not_null,
+                legacy_position: *position,
+                default: default.clone(),
+                group: group.clone(),
+            });
+        }
+    }
+    Ok(pairs)
 }
+
+/// Each target column's expression as given, or for a plain pair the
+/// cast of its one source column.
+fn expressions(
+    given: &Option<PerColumn>,
+    targets: &[TypedColumn],
+    sources: &[TypedColumn],
+) -> Vec<String> {
+    targets
+        .iter()
+        .map(|t| match given.as_ref().and_then(|g| g.of(&t.name)) {
+            Some(e) => e.to_owned(),
+            None => format!("{}::{}", ident::quote(&sources[0].name), t.sql_type),
+        })
+        .collect()
+}
+
+/// Each expression type-checks against the table (or, for `backward`,
+/// against the new columns, which do not exist yet) and reads its sources
+/// the way the proxy can substitute them.
+async fn check_expressions(
+    client: &mut Client,
+    facts: &TableFacts,
+    exprs: &[String],
+    targets: &[TypedColumn],
+    sources: &[TypedColumn],
+) -> Result<(), String> {
+    let names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+    let row: Vec<String> = sources
+        .iter()
+        .map(|s| format!("NULL::{} AS {}", s.sql_type, ident::quote(&s.name)))
+        .collect();
+    let over_table = sources.iter().all(|s| facts.column(&s.name).is_some());
+    for (expr, target) in exprs.iter().zip(targets) {
+        let from = if over_table {
+            facts.name.to_string()
+        } else {
+            format!("(SELECT {}) AS s", row.join(", "))
+        };
+        let sql = format!("EXPLAIN SELECT ({expr})::{} FROM {from}", target.sql_type);
+        let tx = client.transaction().await.map_err(|e| db_message(&e))?;
+        let result = tx.batch_execute(&sql).await;
+        let _ = tx.rollback().await;
+        result.map_err(|e| db_message(&e))?;
+        Template::compile_over(expr, &names).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// A split or merge must give back the legacy values: a sample of rows is
+/// run through `forward` then `backward`, and mismatches are listed by key.
+async fn round_trip(
+    client: &mut Client,
+    facts: &TableFacts,
+    forward: &[String],
+    backward: &[String],
+    legacy: &[TypedColumn],
+    new: &[TypedColumn],
+) -> Result<(), String> {
+    let legacy_names: Vec<&str> = legacy.iter().map(|c| c.name.as_str()).collect();
+    let new_names: Vec<&str> = new.iter().map(|c| c.name.as_str()).collect();
+    let refs: Vec<String> = legacy
+        .iter()
+        .map(|c| format!("t.{}", ident::quote(&c.name)))
+        .collect();
+    let mut computed = Vec::new();
+    for (expr, column) in forward.iter().zip(new) {
+        let t = Template::compile_over(expr, &legacy_names).map_err(|e| e.to_string())?;
+        computed.push(format!("({})::{}", t.fill_each(&refs), column.sql_type));
+    }
+    let mut differs = Vec::new();
+    for ((expr, column), r) in backward.iter().zip(legacy).zip(&refs) {
+        let t = Template::compile_over(expr, &new_names).map_err(|e| e.to_string())?;
+        let back = format!("({})::{}", t.fill_each(&computed), column.sql_type);
+        differs.push(format!("{r} IS DISTINCT FROM {back}"));
+    }
+    let key = if facts.key.is_empty() {
+        "t.ctid::text".to_owned()
+    } else {
+        let cols: Vec<String> = (facts.key.iter())
+            .map(|k| format!("t.{}", ident::quote(k)))
+            .collect();
+        format!("ROW({})::text", cols.join(", "))
+    };
+    let sql = format!(
+        "SELECT {key} FROM (SELECT * FROM {table} LIMIT {ROUND_TRIP_SAMPLE}) AS t WHERE {differs} LIMIT 5",
+        table = facts.name,
+        differs = differs.join(" OR "),
+    );
+    let rows = client.query(&sql, &[]).await.map_err(|e| db_message(&e))?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    Err(format!(
+        "forward then backward does not give back the legacy values of the rows with keys {}; fix the expressions, or say \"lossy\": true if the loss is intended",
+        keys.join(", ")
+    ))
+}
+
+/// Rows that the round-trip check of a split or merge samples.
+const ROUND_TRIP_SAMPLE: u32 = 1000;
 
 /// Accepts a default only if adding a column with it is metadata-only
 /// (PostgreSQL stores it as the column's "missing" value instead of

@@ -2,23 +2,32 @@
 //! (composite keys too) or, for a table without one, `ctid` page ranges.
 //! Pure text building; the jobs run it.
 
-use crate::catalog::Pair;
 use crate::jobs::{Direction, Target};
 
-/// The written column, its type, and the expression computing it from the
-/// source column.
-fn copy_of(p: &Pair, direction: Direction) -> (&str, &str, &str, &str) {
-    match direction {
-        Direction::Forward => (&p.new, &p.new_type, &p.forward, &p.legacy),
-        Direction::Backward => (&p.legacy, &p.legacy_type, &p.backward, &p.new),
+/// Each written column once (the pairs of a split share their legacy
+/// column, those of a merge their new one), with its type, the expression
+/// computing it and the columns that expression reads.
+fn copies(t: &Target) -> Vec<(&str, &str, &str, Vec<String>)> {
+    let mut out: Vec<(&str, &str, &str, Vec<String>)> = Vec::new();
+    for p in &t.pairs {
+        let (forward_sources, backward_sources) = p.sources();
+        let (target, ty, expr, sources) = match t.direction {
+            Direction::Forward => (&p.new, &p.new_type, &p.forward, forward_sources),
+            Direction::Backward => (&p.legacy, &p.legacy_type, &p.backward, backward_sources),
+        };
+        if out.iter().any(|(written, ..)| written == target) {
+            continue;
+        }
+        let sources = sources.into_iter().map(|c| c.name).collect();
+        out.push((target, ty, expr, sources));
     }
+    out
 }
 
 fn set_clause(t: &Target) -> String {
-    t.pairs
+    copies(t)
         .iter()
-        .map(|p| {
-            let (target, ty, expr, _) = copy_of(p, t.direction);
+        .map(|(target, ty, expr, _)| {
             format!(
                 "{} = ({expr})::{ty}",
                 switchyard_rules::ident::quote(target)
@@ -29,11 +38,10 @@ fn set_clause(t: &Target) -> String {
 }
 
 fn mismatch(t: &Target, alias: &str) -> String {
-    t.pairs
+    copies(t)
         .iter()
-        .map(|p| {
-            let (target, ty, expr, source) = copy_of(p, t.direction);
-            let expr = qualify(expr, source, alias);
+        .map(|(target, ty, expr, sources)| {
+            let expr = qualify(expr, sources, alias);
             format!(
                 "{alias}.{} IS DISTINCT FROM ({expr})::{ty}",
                 switchyard_rules::ident::quote(target)
@@ -207,13 +215,16 @@ pub fn verify_sql(t: &Target) -> String {
     )
 }
 
-/// `forward` with its legacy column qualified by `alias`.
-fn qualify(expr: &str, column: &str, alias: &str) -> String {
-    match switchyard_rules::template::Template::compile(expr, column) {
-        Ok(t) => t.fill(&format!(
-            "{alias}.{}",
-            switchyard_rules::ident::quote(column)
-        )),
+/// An expression with its source columns qualified by `alias`.
+fn qualify(expr: &str, columns: &[String], alias: &str) -> String {
+    let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+    match switchyard_rules::template::Template::compile_over(expr, &names) {
+        Ok(t) => {
+            let refs: Vec<String> = (columns.iter())
+                .map(|c| format!("{alias}.{}", switchyard_rules::ident::quote(c)))
+                .collect();
+            t.fill_each(&refs)
+        }
         Err(_) => expr.to_owned(),
     }
 }
@@ -224,6 +235,13 @@ mod tests {
 
     #[test]
     fn mismatch_predicates_qualify_the_legacy_column() {
-        assert_eq!(qualify("lower(email)", "email", "t"), "(lower((t.email)))");
+        assert_eq!(
+            qualify("lower(email)", &["email".into()], "t"),
+            "(lower((t.email)))"
+        );
+        assert_eq!(
+            qualify("a || b", &["a".into(), "b".into()], "t"),
+            "((t.a) || (t.b))"
+        );
     }
 }

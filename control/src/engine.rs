@@ -109,14 +109,11 @@ impl Engine {
                 .iter()
                 .flat_map(|p| [p.legacy.as_str(), p.new.as_str()])
                 .collect();
-            if let Some(c) = spec
-                .columns
-                .iter()
-                .find(|c| taken.contains(&c.legacy.as_str()) || taken.contains(&c.new.as_str()))
-            {
+            let mine = pairs.iter().flat_map(|p| [&p.legacy, &p.new]);
+            if let Some(c) = mine.into_iter().find(|c| taken.contains(&c.as_str())) {
                 return Err(ControlError::Conflict(format!(
-                    "column {} is already being migrated by {}; complete or roll back that one first",
-                    c.legacy, m.name
+                    "column {c} is already being migrated by {}; complete or roll back that one first",
+                    m.name
                 )));
             }
         }

@@ -20,7 +20,8 @@
 //! The SQL here is pure text; the DDL runner applies it.
 
 use switchyard_rules::ident::quote;
-use switchyard_rules::migration::Pair;
+use switchyard_rules::migration::{distinct, Pair};
+use switchyard_rules::TypedColumn;
 use switchyard_rules::template::Template;
 
 use crate::error::ControlError;
@@ -72,14 +73,22 @@ struct PairSql {
 
 impl PairSql {
     fn of(p: &Pair) -> Result<Self, ControlError> {
-        let compile = |expr: &str, column: &str| {
-            Template::compile(expr, column).map_err(|e| ControlError::Internal(e.to_string()))
+        // A split's or merge's expressions read every column of its group.
+        let fill = |expr: &str, sources: &[TypedColumn]| {
+            let names: Vec<&str> = sources.iter().map(|c| c.name.as_str()).collect();
+            let refs: Vec<String> = (sources.iter())
+                .map(|c| format!("NEW.{}", quote(&c.name)))
+                .collect();
+            Template::compile_over(expr, &names)
+                .map(|t| t.fill_each(&refs))
+                .map_err(|e| ControlError::Internal(e.to_string()))
         };
         let (legacy_column, new_column) = (quote(&p.legacy), quote(&p.new));
         let legacy = format!("NEW.{legacy_column}");
         let new = format!("NEW.{new_column}");
-        let forward = compile(&p.forward, &p.legacy)?.fill(&legacy);
-        let backward = compile(&p.backward, &p.new)?.fill(&new);
+        let (forward_sources, backward_sources) = p.sources();
+        let forward = fill(&p.forward, &forward_sources)?;
+        let backward = fill(&p.backward, &backward_sources)?;
         for expr in [&forward, &backward] {
             if expr.contains(TAG) {
                 return Err(ControlError::BadRequest(format!(
@@ -153,11 +162,12 @@ pub(crate) fn install_sql(
         .join(" OR ");
     // Only UPDATEs that set a column of the mapping consider the trigger:
     // the others cost nothing.
-    let columns = pairs
-        .iter()
-        .flat_map(|p| [p.legacy_column.as_str(), p.new_column.as_str()])
-        .collect::<Vec<_>>()
-        .join(", ");
+    let columns = distinct(
+        pairs
+            .iter()
+            .flat_map(|p| [p.legacy_column.as_str(), p.new_column.as_str()]),
+    )
+    .join(", ");
     let GuardNames {
         function,
         on_insert: insert_trigger,

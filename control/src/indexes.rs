@@ -6,7 +6,9 @@
 
 use serde::Serialize;
 use switchyard_rules::ident;
+use switchyard_rules::migration::Pair;
 use switchyard_rules::template::Template;
+use switchyard_rules::Group;
 use tokio_postgres::Client;
 
 use crate::error::ControlError;
@@ -125,18 +127,126 @@ pub async fn rebuild(
     from: &str,
     to: &str,
 ) -> Result<Vec<IndexReport>, ControlError> {
+    let found = covering(client, table, from).await?;
+    build(client, found, to, |index| {
+        let sql = rebuild_statement(index, table, from, to)?;
+        Ok((renamed(&index.name, from, to), sql))
+    })
+    .await
+}
+
+/// A split's or merge's legacy column as the rebuilt index reads it:
+/// `backward` over the new columns, cast to the legacy type (the very
+/// expression reads of the legacy name are rewritten to, so that the
+/// planner uses the index for them).
+#[derive(Debug, Clone)]
+pub struct Derived {
+    /// The legacy column.
+    pub legacy: String,
+    /// `(backward)::legacy_type` over the new columns, unqualified.
+    pub expression: String,
+}
+
+/// Rebuilds every index covering a legacy column of a split or merge as an
+/// expression index over the new columns, concurrently; each index once,
+/// with every legacy column of the group in it replaced.
+pub async fn rebuild_group(
+    client: &Client,
+    table: &str,
+    derived: &[Derived],
+    label: &str,
+) -> Result<Vec<IndexReport>, ControlError> {
+    let mut found: Vec<CoveringIndex> = Vec::new();
+    for d in derived {
+        for index in covering(client, table, &d.legacy).await? {
+            if !found.iter().any(|f| f.name == index.name) {
+                found.push(index);
+            }
+        }
+    }
+    build(client, found, label, |index| {
+        let sql = derive_statement(index, table, derived, label)?;
+        Ok((derived_name(&index.name, derived, label), sql))
+    })
+    .await
+}
+
+/// Per split or merge among `pairs`: a label for index names (the new
+/// columns' names) and each legacy column's derived expression.
+pub(crate) fn derived_of(pairs: &[Pair]) -> Vec<(String, Vec<Derived>)> {
+    let mut out: Vec<(Option<&Group>, String, Vec<Derived>)> = Vec::new();
+    for p in pairs {
+        let Some(group) = &p.group else { continue };
+        let new: Vec<&str> = group.new.iter().map(|c| c.name.as_str()).collect();
+        let Ok(backward) = Template::compile_over(&p.backward, &new) else {
+            continue;
+        };
+        let quoted: Vec<String> = new.iter().map(|n| ident::quote(n)).collect();
+        let d = Derived {
+            legacy: p.legacy.clone(),
+            expression: format!("{}::{}", backward.fill_each(&quoted), p.legacy_type),
+        };
+        match out.iter_mut().find(|(g, ..)| *g == Some(group)) {
+            Some((_, _, ds)) if ds.iter().any(|x| x.legacy == d.legacy) => {}
+            Some((_, _, ds)) => ds.push(d),
+            None => out.push((Some(group), new.join("_"), vec![d])),
+        }
+    }
+    out.into_iter().map(|(_, label, ds)| (label, ds)).collect()
+}
+
+fn derived_name(index: &str, derived: &[Derived], label: &str) -> String {
+    let first = derived.first().map(|d| d.legacy.as_str()).unwrap_or("");
+    renamed(index, first, label)
+}
+
+/// `CREATE [UNIQUE] INDEX CONCURRENTLY` for `index` with the legacy
+/// columns of `derived` replaced by their expressions.
+pub fn derive_statement(
+    index: &CoveringIndex,
+    table: &str,
+    derived: &[Derived],
+    label: &str,
+) -> Result<String, String> {
+    let using = index
+        .definition
+        .find(" USING ")
+        .ok_or("unexpected index definition")?;
+    let tail = &index.definition[using + " USING ".len()..];
+    let names: Vec<&str> = derived.iter().map(|d| d.legacy.as_str()).collect();
+    let values: Vec<String> = derived
+        .iter()
+        .map(|d| format!("({})", d.expression))
+        .collect();
+    let tail = Template::compile_over(tail, &names)
+        .map_err(|e| e.to_string())?
+        .splice_each(&values);
+    Ok(format!(
+        "CREATE {}INDEX CONCURRENTLY IF NOT EXISTS {} ON {table} USING {tail}",
+        if index.unique { "UNIQUE " } else { "" },
+        ident::quote(&derived_name(&index.name, derived, label)),
+    ))
+}
+
+/// Builds `found`'s replacements, concurrently; `plan` gives each one's
+/// new name and statement, or why it is skipped.
+async fn build(
+    client: &Client,
+    found: Vec<CoveringIndex>,
+    to: &str,
+    plan: impl Fn(&CoveringIndex) -> Result<(String, String), String>,
+) -> Result<Vec<IndexReport>, ControlError> {
     // Concurrent builds only wait; they block no reads or writes.
     client
         .batch_execute("SET lock_timeout = 0; SET statement_timeout = 0")
         .await?;
     let mut reports = Vec::new();
-    for index in covering(client, table, from).await? {
+    for index in found {
         if !index.valid {
             continue;
         }
-        let new_name = renamed(&index.name, from, to);
-        let sql = match rebuild_statement(&index, table, from, to) {
-            Ok(sql) => sql,
+        let (new_name, sql) = match plan(&index) {
+            Ok(planned) => planned,
             Err(reason) => {
                 reports.push(IndexReport {
                     index: index.name,
@@ -219,6 +329,22 @@ mod tests {
         assert_eq!(
             rebuild_statement(&i, "public.users", "email", "email_address").unwrap(),
             "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS users_email_address_key ON public.users USING btree (lower(email_address), id DESC) INCLUDE (name) WHERE (email_address IS NOT NULL)"
+        );
+    }
+
+    #[test]
+    fn a_split_column_is_rebuilt_as_its_backward_expression() {
+        let i = index(
+            "CREATE UNIQUE INDEX people_full_name_key ON public.people USING btree (full_name)",
+            true,
+        );
+        let derived = [Derived {
+            legacy: "full_name".into(),
+            expression: "((first_name || ' ' || last_name))::text".into(),
+        }];
+        assert_eq!(
+            derive_statement(&i, "public.people", &derived, "first_name_last_name").unwrap(),
+            "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS people_first_name_last_name_key ON public.people USING btree ((((first_name || ' ' || last_name))::text))"
         );
     }
 

@@ -133,6 +133,7 @@ impl Publisher {
                 legacy_position: Some(p.legacy_position),
                 on_unsupported: Default::default(),
                 guarded: m.state.created.guard,
+                group: p.group.clone(),
             });
             let legacy: Vec<String> = m.state.pairs.iter().map(|p| p.legacy.clone()).collect();
             let views = crate::dependencies::views_using(client, &table, &legacy).await?;

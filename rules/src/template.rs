@@ -157,6 +157,18 @@ impl Template {
             .collect()
     }
 
+    /// The text with hole `i` replaced by `values[i]` verbatim (see
+    /// [`Template::splice`]); a hole without a value gets `NULL`.
+    pub fn splice_each<S: AsRef<str>>(&self, values: &[S]) -> String {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.as_str(),
+                Part::Hole(i) => values.get(*i).map(AsRef::as_ref).unwrap_or("NULL"),
+            })
+            .collect()
+    }
+
     /// For a template with exactly one hole: the text before and after the
     /// value, so that `fill(v) == before + v + after`.
     pub fn around(&self) -> Option<(String, String)> {

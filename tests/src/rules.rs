@@ -47,6 +47,7 @@ pub fn single_pair(
         legacy_position: facts.columns.iter().position(|c| c.name == legacy),
         on_unsupported: Default::default(),
         guarded: false,
+        group: None,
     };
     RuleSet {
         version,

@@ -698,6 +698,7 @@ async fn a_table_without_a_key_is_walked_by_tid_range_scans() {
         not_null: false,
         legacy_position: 1,
         default: None,
+        group: None,
     };
     let (chunk_sql, verify_sql) = switchyard_control::job_statements("public.loose", &[], &[pair]);
     let last: Option<Vec<String>> = Some(vec!["40".into()]);

@@ -149,12 +149,22 @@ impl Engine {
                 )
                 .await?;
                 let mut rebuilt = Vec::new();
-                for pair in &t.pairs {
+                // A split's or merge's indexes follow as expression indexes
+                // (restoring them on re-added legacy columns is left out).
+                for pair in t.pairs.iter().filter(|p| p.group.is_none()) {
                     let (from, to) = match direction {
                         Direction::Forward => (&pair.legacy, &pair.new),
                         Direction::Backward => (&pair.new, &pair.legacy),
                     };
                     rebuilt.extend(indexes::rebuild(&client, &t.table, from, to).await?);
+                }
+                if direction == Direction::Forward {
+                    for (label, derived) in indexes::derived_of(&t.pairs) {
+                        let table = &t.table;
+                        rebuilt.extend(
+                            indexes::rebuild_group(&client, table, &derived, &label).await?,
+                        );
+                    }
                 }
                 match job.kind {
                     JobKind::Restore => Finished::Restore {

@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchyard_rules::ident::quote;
-use switchyard_rules::migration::{events, Job, LegacyColumn, MigrationState, Stage, Verb};
+use switchyard_rules::migration::{
+    distinct, events, Job, LegacyColumn, MigrationState, Stage, Verb,
+};
 use tokio_postgres::Client;
 
 use crate::ddl::{Mode, Record, Step};
@@ -84,9 +86,10 @@ async fn prepare(
     let transaction = |sql: &str| (sql.to_owned(), Mode::Transaction);
     let mut checks = Vec::new();
     let mut last = Vec::new();
-    for p in m.state.pairs.iter().filter(|p| p.not_null) {
-        let new = quote(&p.new);
-        let check = quote(&check_name(&p.new));
+    let news = distinct(m.state.pairs.iter().filter(|p| p.not_null).map(|p| p.new.as_str()));
+    for name in news {
+        let new = quote(name);
+        let check = quote(&check_name(name));
         checks.push(transaction(&format!(
             "ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {check}; ALTER TABLE {t} ADD CONSTRAINT {check} CHECK ({new} IS NOT NULL) NOT VALID"
         )));
@@ -108,10 +111,10 @@ async fn prepare(
     }
     // Writes will name only the new column until the legacy one is dropped:
     // a NOT NULL on the legacy column must not refuse them.
-    for p in &m.state.pairs {
+    for legacy in legacy_columns(m) {
         last.push(format!(
             "ALTER TABLE {t} ALTER COLUMN {} DROP NOT NULL",
-            quote(&p.legacy)
+            quote(legacy)
         ));
     }
     let sql = last.join("; ");
@@ -147,9 +150,9 @@ async fn check_dependencies(
     let table = table_of(m)?.to_string();
     let client = engine.db.session().await?;
     let mut found = Vec::new();
-    for p in &m.state.pairs {
-        for d in dependencies::of_column(&client, &table, &p.legacy).await? {
-            found.push(format!("{d} (uses {})", p.legacy));
+    for legacy in legacy_columns(m) {
+        for d in dependencies::of_column(&client, &table, legacy).await? {
+            found.push(format!("{d} (uses {legacy})"));
         }
     }
     if found.is_empty() {
@@ -182,20 +185,24 @@ async fn finish(
     let table = table_of(m)?.to_string();
     let lock_timeout = Duration::from_millis(m.spec.backfill.lock_timeout_ms);
     let mut retired = Vec::new();
+    let mut seen = Vec::new();
     for p in &m.state.pairs {
+        if seen.contains(&&p.legacy) {
+            continue;
+        }
+        seen.push(&p.legacy);
         let r = Retire {
             table: &table,
             legacy: &p.legacy,
             new: &p.new,
+            split_or_merge: p.group.is_some(),
             lock_timeout,
         };
         retired.extend(retire_indexes(engine, ddl, r, m, job, reporter).await?);
     }
-    let drops: Vec<String> = m
-        .state
-        .pairs
-        .iter()
-        .map(|p| format!("DROP COLUMN IF EXISTS {}", quote(&p.legacy)))
+    let drops: Vec<String> = legacy_columns(m)
+        .into_iter()
+        .map(|legacy| format!("DROP COLUMN IF EXISTS {}", quote(legacy)))
         .collect();
     // The guard trigger's WHEN clause names the legacy column: it goes
     // first, in the same transaction.
@@ -233,7 +240,16 @@ struct Retire<'a> {
     table: &'a str,
     legacy: &'a str,
     new: &'a str,
+    /// Its indexes were rebuilt as expression indexes, which no
+    /// constraint can use: the column drop takes the constraint, and the
+    /// expression index keeps enforcing uniqueness.
+    split_or_merge: bool,
     lock_timeout: Duration,
+}
+
+/// Each legacy column once (a split's pairs share theirs).
+fn legacy_columns(m: &StoredMigration) -> Vec<&str> {
+    distinct(m.state.pairs.iter().map(|p| p.legacy.as_str()))
 }
 
 /// Drops the legacy column's indexes concurrently; a unique constraint
@@ -250,6 +266,18 @@ async fn retire_indexes(
     let mut reports = Vec::new();
     for index in indexes::covering(client, r.table, r.legacy).await? {
         let qualified = format!("{}.{}", quote(&index.schema), quote(&index.name));
+        if index.constraint.is_some() && r.split_or_merge {
+            reports.push(IndexReport {
+                index: index.name,
+                sql: None,
+                outcome: "skipped".into(),
+                reason: Some(
+                    "a split or merged column's constraint goes with the column; its expression index keeps the guarantee"
+                        .into(),
+                ),
+            });
+            continue;
+        }
         let (sql, mode) = match &index.constraint {
             Some(constraint) => {
                 let rebuilt = indexes::renamed(&index.name, r.legacy, r.new);
@@ -303,10 +331,11 @@ pub(crate) fn check_name(new: &str) -> String {
 /// rolled-back contract, writes must not meet a constraint nobody expects.
 pub(crate) async fn remove_checks(client: &mut Client, m: &StoredMigration) {
     let Ok(table) = table_of(m) else { return };
-    for p in m.state.pairs.iter().filter(|p| p.not_null) {
+    let news = distinct(m.state.pairs.iter().filter(|p| p.not_null).map(|p| p.new.as_str()));
+    for name in news {
         let sql = format!(
             "SET lock_timeout = 1000; ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {}; RESET lock_timeout",
-            quote(&check_name(&p.new))
+            quote(&check_name(name))
         );
         if let Err(e) = client.batch_execute(&sql).await {
             tracing::warn!(migration = %m.name, error = %e, "cannot remove contract's check constraint");

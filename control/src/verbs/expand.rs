@@ -24,9 +24,10 @@ pub(crate) async fn run(
     reporter: &Reporter,
 ) -> Result<(), ControlError> {
     let table = table_of(m)?.to_string();
-    let adds: Vec<String> = m
-        .state
-        .pairs
+    // A merge's pairs share their new column.
+    let mut pairs = m.state.pairs.clone();
+    pairs.dedup_by(|a, b| a.new == b.new);
+    let adds: Vec<String> = pairs
         .iter()
         .map(|p| {
             let default = p
@@ -44,7 +45,7 @@ pub(crate) async fn run(
         lock_timeout: Duration::from_millis(m.spec.backfill.lock_timeout_ms),
         mode: Mode::Transaction,
     };
-    let columns: Vec<String> = m.state.pairs.iter().map(|p| p.new.clone()).collect();
+    let columns: Vec<String> = pairs.iter().map(|p| p.new.clone()).collect();
     let change = |state: &MigrationState| {
         Ok(events::ddl_done(
             state,

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use switchyard_rules::ident::quote;
 use switchyard_rules::migration::{
+    distinct,
     decide, events, Effect, Job, JobKind, MigrationState, Stage, Verb,
 };
 
@@ -94,7 +95,7 @@ pub(crate) async fn run(
             ));
             let facts = crate::catalog::table_facts(&ddl, &table_of(m)?).await?;
             for p in &m.state.pairs {
-                if facts.column(&p.legacy).is_none() {
+                if facts.column(&p.legacy).is_none() && !re_added.contains(&p.legacy) {
                     statements.push(format!(
                         "ALTER TABLE {t} ADD COLUMN {} {} NULL",
                         quote(&p.legacy),
@@ -111,18 +112,19 @@ pub(crate) async fn run(
         (Effect::Route, Stage::DualWrite) => {
             statements.push(crate::guard::drop_sql(t, &m.name));
             guard = Some(false);
-            for p in &m.state.pairs {
+            for new in distinct(m.state.pairs.iter().map(|p| p.new.as_str())) {
                 statements.push(format!(
                     "ALTER TABLE {t} ALTER COLUMN {} DROP NOT NULL",
-                    quote(&p.new)
+                    quote(new)
                 ));
             }
         }
         (Effect::Route, Stage::ReadsSwitched { .. }) => {
-            for p in m.state.pairs.iter().filter(|p| p.not_null) {
+            let news = m.state.pairs.iter().filter(|p| p.not_null);
+            for new in distinct(news.map(|p| p.new.as_str())) {
                 statements.push(format!(
                     "ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {}",
-                    quote(&super::contract::check_name(&p.new))
+                    quote(&super::contract::check_name(new))
                 ));
             }
         }

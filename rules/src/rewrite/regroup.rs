@@ -41,15 +41,15 @@ impl Named<'_> {
 
     /// The group's new columns, quoted, as a list.
     pub(crate) fn new_list(&self) -> String {
-        let names: Vec<String> = self.new().iter().map(|c| quoted(&c.name)).collect();
+        let names: Vec<String> = self.new_columns().iter().map(|c| quoted(&c.name)).collect();
         names.join(", ")
     }
 
-    fn legacy(&self) -> &[TypedColumn] {
+    fn legacy_columns(&self) -> &[TypedColumn] {
         &self.pairs[0].forward_sources
     }
 
-    fn new(&self) -> &[TypedColumn] {
+    fn new_columns(&self) -> &[TypedColumn] {
         &self.pairs[0].backward_sources
     }
 
@@ -57,7 +57,7 @@ impl Named<'_> {
     /// expressions; `current` names the target row in a SET list.
     fn values(&self, texts: &[String], exprs: &[&Expr], current: Option<&str>) -> Vec<String> {
         let inputs: Vec<String> = self
-            .legacy()
+            .legacy_columns()
             .iter()
             .zip(&self.given)
             .map(|(column, given)| match (given, current) {
@@ -74,7 +74,7 @@ impl Named<'_> {
                 (None, None) => cast("NULL", &column.sql_type),
             })
             .collect();
-        self.new()
+        self.new_columns()
             .iter()
             .map(
                 |n| match self.pairs.iter().find(|p| p.mapping.new == n.name) {
@@ -111,7 +111,7 @@ pub(crate) fn named<'t>(
         }
     }
     for g in &mut groups {
-        g.given = (g.legacy().iter())
+        g.given = (g.legacy_columns().iter())
             .map(|l| columns.iter().position(|c| *c == l.name))
             .collect();
         g.at = g.given.iter().flatten().copied().collect();
@@ -119,7 +119,7 @@ pub(crate) fn named<'t>(
     }
     groups.retain(|g| !g.at.is_empty());
     for g in &groups {
-        if let Some(n) = g.new().iter().find(|n| columns.contains(&n.name)) {
+        if let Some(n) = g.new_columns().iter().find(|n| columns.contains(&n.name)) {
             return Err(format!(
                 "the statement writes both {} (dropped by migration {}) and {}",
                 columns[g.first()],
@@ -197,7 +197,7 @@ pub(crate) fn assignments(
             return Err("a multi-column SET of a split or merged column".into());
         }
         let values = g.values(set.texts, set.exprs, Some(current));
-        let list: Vec<String> = (g.new().iter())
+        let list: Vec<String> = (g.new_columns().iter())
             .zip(values)
             .map(|(n, v)| format!("{} = {v}", quoted(&n.name)))
             .collect();
