@@ -334,10 +334,11 @@ mod tests {
 
     #[test]
     fn a_split_column_is_rebuilt_as_its_backward_expression() {
-        let i = index(
+        let mut i = index(
             "CREATE UNIQUE INDEX people_full_name_key ON public.people USING btree (full_name)",
             true,
         );
+        i.name = "people_full_name_key".into();
         let derived = [Derived {
             legacy: "full_name".into(),
             expression: "((first_name || ' ' || last_name))::text".into(),
