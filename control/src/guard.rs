@@ -21,8 +21,8 @@
 
 use switchyard_rules::ident::quote;
 use switchyard_rules::migration::{distinct, Pair};
-use switchyard_rules::TypedColumn;
 use switchyard_rules::template::Template;
+use switchyard_rules::TypedColumn;
 
 use crate::error::ControlError;
 
@@ -69,6 +69,10 @@ struct PairSql {
     new: String,
     forward: String,
     backward: String,
+    /// No legacy column of the pair's group changed (UPDATE).
+    legacy_kept: String,
+    /// No legacy column of the pair's group was given (INSERT).
+    legacy_absent: String,
 }
 
 impl PairSql {
@@ -96,6 +100,16 @@ impl PairSql {
                 )));
             }
         }
+        // The side a write came from is the group's: a merge's city
+        // written alone is a legacy write for the street pair too.
+        let each = |f: &dyn Fn(&str) -> String| {
+            (forward_sources.iter())
+                .map(|c| f(&quote(&c.name)))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        let legacy_kept = each(&|c| format!("NEW.{c} IS NOT DISTINCT FROM OLD.{c}"));
+        let legacy_absent = each(&|c| format!("NEW.{c} IS NULL"));
         Ok(PairSql {
             legacy_column,
             new_column,
@@ -103,27 +117,44 @@ impl PairSql {
             new,
             forward,
             backward,
+            legacy_kept,
+            legacy_absent,
         })
     }
 
-    /// Heals the pair when it is inconsistent both ways: on UPDATE from
-    /// the side that changed, on INSERT from the legacy side unless only
-    /// the new one was given.
-    fn heal(&self) -> String {
+    /// Pair `i`'s decisions, taken on the row as written before any pair
+    /// is healed: whether it is inconsistent both ways, and whether the
+    /// write came from the new side (on UPDATE no legacy column of its
+    /// group changed; on INSERT none was given). A merge's pairs heal one
+    /// after the other, so deciding later would see the first one's work.
+    fn decide(&self, i: usize) -> String {
         let PairSql {
-            legacy_column,
+            legacy,
+            new,
+            forward,
+            backward,
+            legacy_kept,
+            legacy_absent,
+            ..
+        } = self;
+        format!(
+            "  heal_{i} boolean := {new} IS DISTINCT FROM {forward} AND {legacy} IS DISTINCT FROM {backward};\n\
+             \x20 from_new_{i} boolean := (TG_OP = 'UPDATE' AND {legacy_kept}) OR (TG_OP = 'INSERT' AND {legacy_absent});\n"
+        )
+    }
+
+    /// Heals pair `i` from the side that was written.
+    fn heal(&self, i: usize) -> String {
+        let PairSql {
             legacy,
             new,
             forward,
             backward,
             ..
         } = self;
-        let old_legacy = format!("OLD.{legacy_column}");
         [
-            format!("  IF {new} IS DISTINCT FROM {forward} AND {legacy} IS DISTINCT FROM {backward} THEN"),
-            format!("    IF TG_OP = 'UPDATE' AND {legacy} IS NOT DISTINCT FROM {old_legacy} THEN"),
-            format!("      {legacy} := {backward};"),
-            format!("    ELSIF TG_OP = 'INSERT' AND {legacy} IS NULL THEN"),
+            format!("  IF heal_{i} THEN"),
+            format!("    IF from_new_{i} THEN"),
             format!("      {legacy} := {backward};"),
             "    ELSE".to_string(),
             format!("      {new} := {forward};"),
@@ -144,7 +175,8 @@ pub(crate) fn install_sql(
 ) -> Result<String, ControlError> {
     let names = GuardNames::of(migration);
     let pairs: Vec<PairSql> = pairs.iter().map(PairSql::of).collect::<Result<_, _>>()?;
-    let body: String = pairs.iter().map(PairSql::heal).collect();
+    let declare: String = pairs.iter().enumerate().map(|(i, p)| p.decide(i)).collect();
+    let body: String = pairs.iter().enumerate().map(|(i, p)| p.heal(i)).collect();
     let on_insert = pairs
         .iter()
         .map(|p| format!("{} IS DISTINCT FROM {}", p.new, p.forward))
@@ -175,7 +207,7 @@ pub(crate) fn install_sql(
     } = names;
     Ok(format!(
         "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {TAG}\n\
-         BEGIN\n{body}  RETURN NEW;\nEND\n{TAG};\n\
+         DECLARE\n{declare}BEGIN\n{body}  RETURN NEW;\nEND\n{TAG};\n\
          DROP TRIGGER IF EXISTS {insert_trigger} ON {table};\n\
          DROP TRIGGER IF EXISTS {update_trigger} ON {table};\n\
          CREATE TRIGGER {insert_trigger} BEFORE INSERT ON {table} FOR EACH ROW \

@@ -86,7 +86,13 @@ async fn prepare(
     let transaction = |sql: &str| (sql.to_owned(), Mode::Transaction);
     let mut checks = Vec::new();
     let mut last = Vec::new();
-    let news = distinct(m.state.pairs.iter().filter(|p| p.not_null).map(|p| p.new.as_str()));
+    let news = distinct(
+        m.state
+            .pairs
+            .iter()
+            .filter(|p| p.not_null)
+            .map(|p| p.new.as_str()),
+    );
     for name in news {
         let new = quote(name);
         let check = quote(&check_name(name));
@@ -331,7 +337,13 @@ pub(crate) fn check_name(new: &str) -> String {
 /// rolled-back contract, writes must not meet a constraint nobody expects.
 pub(crate) async fn remove_checks(client: &mut Client, m: &StoredMigration) {
     let Ok(table) = table_of(m) else { return };
-    let news = distinct(m.state.pairs.iter().filter(|p| p.not_null).map(|p| p.new.as_str()));
+    let news = distinct(
+        m.state
+            .pairs
+            .iter()
+            .filter(|p| p.not_null)
+            .map(|p| p.new.as_str()),
+    );
     for name in news {
         let sql = format!(
             "SET lock_timeout = 1000; ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {}; RESET lock_timeout",

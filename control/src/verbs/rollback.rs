@@ -22,8 +22,7 @@ use std::time::Duration;
 
 use switchyard_rules::ident::quote;
 use switchyard_rules::migration::{
-    distinct,
-    decide, events, Effect, Job, JobKind, MigrationState, Stage, Verb,
+    decide, distinct, events, Effect, Job, JobKind, MigrationState, Stage, Verb,
 };
 
 use crate::ddl::{Mode, Record, Step};

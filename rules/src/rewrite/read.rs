@@ -481,9 +481,11 @@ impl<'c, 'a> Reads<'c, 'a> {
         // `(*)` is no select item PostgreSQL accepts, and `(t.*)` is one
         // composite value: a list in its place would not parse or would
         // change the shape (found by fuzzing).
-        let opened = self.ctx.map.offset(span.start).is_some_and(|at| {
-            self.ctx.map.text()[..at].trim_end().ends_with('(')
-        });
+        let opened = self
+            .ctx
+            .map
+            .offset(span.start)
+            .is_some_and(|at| self.ctx.map.text()[..at].trim_end().ends_with('('));
         if opened {
             return;
         }
