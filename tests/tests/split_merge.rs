@@ -341,3 +341,119 @@ async fn a_mapping_that_does_not_round_trip_is_refused_unless_lossy() {
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("columns[0].backward"), "{body}");
 }
+
+/// The table's columns, in order.
+async fn columns(db: &Client) -> Vec<String> {
+    db.query(
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = 'people'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[tokio::test]
+async fn rollback_brings_back_every_legacy_column_and_then_drops_every_new_one() {
+    let (cluster, serve, api) = start().await;
+    for spec in [split_spec(), merge_spec()] {
+        let (status, body) = api.call("POST", "/v1/migrations", Some(spec)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    for (verb, status) in [
+        ("expand", 200),
+        ("dual-write", 200),
+        ("backfill", 202),
+        ("verify", 202),
+        ("switch-reads", 200),
+        ("verify", 202),
+    ] {
+        both(&api, verb, status).await;
+    }
+    for m in [SPLIT, MERGE] {
+        let (status, body) = api.verb(m, "contract").await;
+        assert!(status == 200 || status == 202, "{body}");
+        api.wait(m, |d| d["stage"]["legacy"] == "dropped").await;
+    }
+    let db = switchyard_tests::proxy::connect(&cluster.conn_str("trust_user", "postgres"))
+        .await
+        .unwrap();
+    assert_eq!(
+        columns(&db).await,
+        ["id", "first_name", "last_name", "address"]
+    );
+    // Written by the new side only while the legacy columns are gone.
+    let app = connect(&serve).await;
+    app.execute(
+        "UPDATE people SET first_name = 'Zed', address = 'Elm, Rome' WHERE id = 7",
+        &[],
+    )
+    .await
+    .unwrap();
+    // contracted -> reads_switched: the legacy columns come back, refilled
+    // from backward over the new ones.
+    both(&api, "rollback", 202).await;
+    assert_eq!(
+        columns(&db).await,
+        [
+            "id",
+            "first_name",
+            "last_name",
+            "address",
+            "full_name",
+            "street",
+            "city"
+        ]
+    );
+    let row = db
+        .query_one(
+            "SELECT full_name, street, city FROM people WHERE id = 7",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<String> = (0..3).map(|i| row.get(i)).collect();
+    assert_eq!(got, ["Zed L7", "Elm", "Rome"]);
+    let off: i64 = db
+        .query_one(
+            "SELECT count(*) FROM people WHERE full_name IS DISTINCT FROM first_name || ' ' || last_name
+               OR address IS DISTINCT FROM street || ', ' || city",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(off, 0);
+    // Writes by the legacy names set every column again.
+    app.execute("UPDATE people SET city = 'Oslo' WHERE id = 8", &[])
+        .await
+        .unwrap();
+    let address: String = db
+        .query_one("SELECT address FROM people WHERE id = 8", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(address, "S8, Oslo");
+    // Down to planned: every column the migrations added is gone, the
+    // legacy ones keep their data.
+    for _ in 0..5 {
+        for m in [SPLIT, MERGE] {
+            let (status, body) = api.verb(m, "rollback").await;
+            assert!(status == 200 || status == 202, "{body}");
+            api.wait(m, |d| d["job"].is_null() || d["job"]["state"] != "running")
+                .await;
+        }
+    }
+    for m in [SPLIT, MERGE] {
+        assert_eq!(api.detail(m).await["phase"], "planned", "{m}");
+    }
+    assert_eq!(columns(&db).await, ["id", "full_name", "street", "city"]);
+    let row = db
+        .query_one("SELECT full_name, city FROM people WHERE id = 8", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "F8 L8");
+    assert_eq!(row.get::<_, String>(1), "Oslo");
+}
