@@ -160,6 +160,9 @@ pub struct ActiveRules {
     /// Tables whose migrations completed: statements prepared before keep
     /// their rewritten text (see [`RuleSet::retired`]).
     pub retired: TableFilter,
+    /// No name or expression of the rules looks like a literal placeholder
+    /// (see [`crate::normalize`]), so statements may be cached by shape.
+    pub normalizable: bool,
 }
 
 impl ActiveRules {
@@ -198,12 +201,26 @@ impl ActiveRules {
         };
         let (filter, pinned) = (names(true), names(false));
         let retired = TableFilter::new(set.retired.iter().map(|t| t.name.as_str()));
+        let normalizable = tables.iter().flat_map(|t| &t.mappings).all(|m| {
+            let m = &m.mapping;
+            [
+                &m.legacy,
+                &m.new,
+                &m.forward,
+                &m.backward,
+                &m.legacy_type,
+                &m.new_type,
+            ]
+            .iter()
+            .all(|s| crate::normalize::is_clean(s))
+        });
         Ok(ActiveRules {
             set: Arc::new(set),
             tables,
             filter,
             pinned,
             retired,
+            normalizable,
         })
     }
 

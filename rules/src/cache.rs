@@ -3,6 +3,11 @@
 //!
 //! Keyed by the statement text; an entry also records the rules version and
 //! search path it was computed for, and is recomputed when either differs.
+//! A text with inline literals is cached by its shape instead (see
+//! [`crate::normalize`]): a shape's first statement is rewritten both ways
+//! and the shape is trusted only if splicing its literals into the shape's
+//! rewrite gives exactly the statement's own rewrite; later statements of
+//! that shape are spliced, never parsed.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -39,7 +44,17 @@ impl SearchPath {
 struct Entry {
     version: u64,
     path: u64,
-    result: Arc<Rewrite>,
+    kind: EntryKind,
+}
+
+enum EntryKind {
+    /// The rewrite of this very text.
+    Text(Arc<Rewrite>),
+    /// The rewrite of a shape, into which a statement's literals splice.
+    Shape(Arc<Rewrite>),
+    /// A shape whose splice did not match a cold rewrite: rewrite each
+    /// statement of it (and cache none).
+    Cold,
 }
 
 /// A bounded, shared cache of rewrites: at most `capacity` texts and
@@ -68,31 +83,74 @@ impl RewriteCache {
     }
 
     /// The rewrite of `sql`, or `None` when it cannot touch a routed table
-    /// (the pre-filter's answer, which needs no cache). `compute` runs on
-    /// a miss (the caller chooses the thread it runs on).
+    /// (the pre-filter's answer, which needs no cache). `compute` rewrites
+    /// a text on a miss (the caller chooses the thread it runs on); it may
+    /// be called for the statement's shape too.
     pub fn rewrite_with(
         &self,
         rules: &ActiveRules,
         sql: &str,
         path: &SearchPath,
-        compute: impl FnOnce() -> Rewrite,
+        compute: impl Fn(&str) -> Rewrite,
     ) -> Option<Arc<Rewrite>> {
         if !rules.may_rewrite(sql) {
             return None;
         }
-        if let Some(e) = self.map.get(sql) {
-            if e.version == rules.version() && e.path == path.id {
-                return Some(e.result.clone());
+        let current = |e: &Entry| e.version == rules.version() && e.path == path.id;
+        if let Some(e) = self.map.get(sql).filter(|e| current(e)) {
+            if let EntryKind::Text(result) = &e.kind {
+                return Some(result.clone());
             }
         }
-        let result = Arc::new(compute());
         if sql.len() > Self::MAX_STATEMENT {
-            return Some(result);
+            return Some(Arc::new(compute(sql)));
         }
-        let size = sql.len()
-            + match &*result {
-                Rewrite::Rewritten(t, _) => t.len(),
-                _ => 0,
+        let normalized = rules
+            .normalizable
+            .then(|| crate::normalize::normalize(sql, &crate::rewrite::scan::scan(sql)))
+            .flatten();
+        let Some(n) = normalized else {
+            let result = Arc::new(compute(sql));
+            self.insert(rules, sql, path, EntryKind::Text(result.clone()));
+            return Some(result);
+        };
+        let cached = self
+            .map
+            .get(n.shape.as_str())
+            .filter(|e| current(e))
+            .map(|e| match &e.kind {
+                EntryKind::Shape(shape) => Some(shape.clone()),
+                _ => None,
+            });
+        match cached {
+            Some(Some(shape)) => {
+                if let Some(result) = splice(&n, sql, &shape) {
+                    return Some(Arc::new(result));
+                }
+                Some(Arc::new(compute(sql)))
+            }
+            Some(None) => Some(Arc::new(compute(sql))),
+            None => {
+                let cold = compute(sql);
+                let shape = Arc::new(compute(&n.shape));
+                let kind = match splice(&n, sql, &shape) {
+                    Some(spliced) if spliced == cold => EntryKind::Shape(shape),
+                    _ => EntryKind::Cold,
+                };
+                self.insert(rules, &n.shape, path, kind);
+                Some(Arc::new(cold))
+            }
+        }
+    }
+
+    fn insert(&self, rules: &ActiveRules, key: &str, path: &SearchPath, kind: EntryKind) {
+        let size = key.len()
+            + match &kind {
+                EntryKind::Text(r) | EntryKind::Shape(r) => match &**r {
+                    Rewrite::Rewritten(t, _) => t.len(),
+                    _ => 0,
+                },
+                EntryKind::Cold => 0,
             };
         use std::sync::atomic::Ordering::Relaxed;
         if self.map.len() >= self.capacity || self.bytes.load(Relaxed) + size > Self::MAX_BYTES {
@@ -102,14 +160,13 @@ impl RewriteCache {
         }
         self.bytes.fetch_add(size, Relaxed);
         self.map.insert(
-            sql.into(),
+            key.into(),
             Entry {
                 version: rules.version(),
                 path: path.id,
-                result: result.clone(),
+                kind,
             },
         );
-        Some(result)
     }
 
     /// [`RewriteCache::rewrite_with`], computing on this thread.
@@ -119,7 +176,7 @@ impl RewriteCache {
         sql: &str,
         path: &SearchPath,
     ) -> Option<Arc<Rewrite>> {
-        self.rewrite_with(rules, sql, path, || rules.rewrite(sql, path.schemas()))
+        self.rewrite_with(rules, sql, path, |text| rules.rewrite(text, path.schemas()))
     }
 
     /// Text held, in bytes.
@@ -136,6 +193,20 @@ impl RewriteCache {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+}
+
+/// A shape's rewrite with the statement's literals put back.
+fn splice(n: &crate::normalize::Normalized, sql: &str, shape: &Rewrite) -> Option<Rewrite> {
+    Some(match shape {
+        Rewrite::Unchanged => Rewrite::Unchanged,
+        Rewrite::Rewritten(text, legacy) => {
+            Rewrite::Rewritten(n.splice(sql, text)?, legacy.clone())
+        }
+        Rewrite::Unsupported(u) => Rewrite::Unsupported(crate::rewrite::Unsupported {
+            migrations: u.migrations.clone(),
+            reason: n.splice(sql, &u.reason)?,
+        }),
+    })
 }
 
 #[cfg(test)]
@@ -168,6 +239,26 @@ mod tests {
             *cache.rewrite(&v1, sql, &other).unwrap(),
             Rewrite::Unchanged
         );
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn statements_that_differ_in_literals_share_one_shape() {
+        let cache = RewriteCache::new(10);
+        let path = SearchPath::new(vec!["public".into()]);
+        let rules = ActiveRules::compile(users(Phase::DualWrite.routing().unwrap())).unwrap();
+        let parses = std::cell::Cell::new(0);
+        let compute = |text: &str| {
+            parses.set(parses.get() + 1);
+            rules.rewrite(text, path.schemas())
+        };
+        for i in 0..20 {
+            let sql = format!("update users set email = 'U{i}@X.io' where id = {i}");
+            let got = cache.rewrite_with(&rules, &sql, &path, compute).unwrap();
+            assert_eq!(*got, rules.rewrite(&sql, path.schemas()), "{sql}");
+        }
+        // The first statement is rewritten both ways; the others are spliced.
+        assert_eq!(parses.get(), 2);
         assert_eq!(cache.len(), 1);
     }
 }

@@ -8,6 +8,7 @@ pub mod fixtures;
 pub mod ident;
 pub mod migration;
 pub mod model;
+pub mod normalize;
 pub mod prefilter;
 pub mod rewrite;
 pub mod template;

@@ -479,7 +479,7 @@ impl SessionRouter {
         if rules.set.database != self.database {
             return Outcome::Same;
         }
-        let compute = || {
+        let compute = |sql: &str| {
             let scanned = switchyard_rules::rewrite::scan::scan(sql);
             let rewrite =
                 || switchyard_rules::rewrite::rewrite_scanned(rules, sql, &scanned, path.schemas());
