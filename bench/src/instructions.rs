@@ -21,11 +21,11 @@ use switchyard_tests::Cluster;
 
 use crate::Options;
 
-const CLIENTS: u64 = 4;
+pub(crate) const CLIENTS: u64 = 4;
 const SHORT: u64 = 250;
 const LONG: u64 = 1250;
 
-fn callgrind(out: &Path) -> Vec<String> {
+pub(crate) fn callgrind(out: &Path) -> Vec<String> {
     vec![
         "valgrind".into(),
         "--tool=callgrind".into(),
@@ -36,7 +36,7 @@ fn callgrind(out: &Path) -> Vec<String> {
 }
 
 /// The `switchyard` binary next to this one (or `SWITCHYARD_BIN`).
-fn binary() -> anyhow::Result<PathBuf> {
+pub(crate) fn binary() -> anyhow::Result<PathBuf> {
     if let Ok(bin) = std::env::var("SWITCHYARD_BIN") {
         return Ok(bin.into());
     }
@@ -50,7 +50,7 @@ fn binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-struct Killed(Child);
+pub(crate) struct Killed(pub Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -59,7 +59,7 @@ impl Drop for Killed {
     }
 }
 
-fn wait_for(port: u16) -> anyhow::Result<()> {
+pub(crate) fn wait_for(port: u16) -> anyhow::Result<()> {
     for _ in 0..600 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
@@ -69,19 +69,24 @@ fn wait_for(port: u16) -> anyhow::Result<()> {
     bail!("nothing listens on {port}")
 }
 
+/// What pgbench runs: `-S`, or `-f script`.
+pub(crate) type Workload<'a> = &'a [String];
+
 fn pgbench(port: u16, mode: &str, transactions: u64) -> anyhow::Result<()> {
+    pgbench_with(port, mode, transactions, &["-S".to_string()])
+}
+
+pub(crate) fn pgbench_with(
+    port: u16,
+    mode: &str,
+    transactions: u64,
+    workload: Workload<'_>,
+) -> anyhow::Result<()> {
     exec(
         Command::new("pgbench")
-            .args([
-                "-n",
-                "-S",
-                "-M",
-                mode,
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "trust_user",
-            ])
+            .arg("-n")
+            .args(workload)
+            .args(["-M", mode, "-h", "127.0.0.1", "-U", "trust_user"])
             .args([
                 "-p",
                 &port.to_string(),
@@ -99,7 +104,12 @@ fn pgbench(port: u16, mode: &str, transactions: u64) -> anyhow::Result<()> {
 /// Sends `command` to the callgrind of `pid`. Callgrind reads commands
 /// only while the program runs, so an idle proxy is woken by connections
 /// to `port` until the command is taken (the same few for every run).
-fn control(pid: u32, user: Option<&str>, port: u16, command: &str) -> anyhow::Result<()> {
+pub(crate) fn control(
+    pid: u32,
+    user: Option<&str>,
+    port: u16,
+    command: &str,
+) -> anyhow::Result<()> {
     let mut cmd = match user {
         Some(user) => {
             let mut c = Command::new("runuser");
@@ -126,7 +136,7 @@ fn control(pid: u32, user: Option<&str>, port: u16, command: &str) -> anyhow::Re
 }
 
 /// The newest dump's instruction total.
-fn last_dump(dir: &Path, pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn last_dump(dir: &Path, pid: u32) -> anyhow::Result<u64> {
     let prefix = format!("cg.{pid}.");
     let newest = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
@@ -144,31 +154,45 @@ fn last_dump(dir: &Path, pid: u32) -> anyhow::Result<u64> {
         .context("no summary line in the dump")
 }
 
+/// Instructions the proxy `pid` (dumps in `dir`) executes while `work`
+/// runs, and how long that took: the counters are zeroed before and dumped
+/// after.
+pub(crate) fn counted(
+    (pid, user): (u32, Option<&str>),
+    port: u16,
+    dir: &Path,
+    work: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<(u64, Duration)> {
+    let before = last_dump(dir, pid).ok();
+    control(pid, user, port, "--zero")?;
+    let started = std::time::Instant::now();
+    work()?;
+    let took = started.elapsed();
+    control(pid, user, port, "--dump")?;
+    // The dump is written by the proxy's own thread.
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Ok(t) = last_dump(dir, pid) {
+            if before != Some(t) {
+                return Ok((t, took));
+            }
+        }
+    }
+    bail!("the dump never came")
+}
+
 /// Instructions per transaction of the proxy `pid` on `port` (dumps in
 /// `dir`), for `mode`.
 fn per_transaction(
-    (pid, user): (u32, Option<&str>),
+    proxy: (u32, Option<&str>),
     port: u16,
     dir: &Path,
     mode: &str,
 ) -> anyhow::Result<f64> {
     let mut totals = Vec::new();
     for n in [SHORT, LONG] {
-        control(pid, user, port, "--zero")?;
-        pgbench(port, mode, n)?;
-        control(pid, user, port, "--dump")?;
-        // The dump is written by the proxy's own thread.
-        let mut total = None;
-        for _ in 0..100 {
-            std::thread::sleep(Duration::from_millis(100));
-            if let Ok(t) = last_dump(dir, pid) {
-                if totals.last() != Some(&t) {
-                    total = Some(t);
-                    break;
-                }
-            }
-        }
-        totals.push(total.context("the dump never came")?);
+        let (total, _) = counted(proxy, port, dir, || pgbench(port, mode, n))?;
+        totals.push(total);
     }
     Ok((totals[1] as f64 - totals[0] as f64) / ((LONG - SHORT) * CLIENTS) as f64)
 }

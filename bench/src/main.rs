@@ -9,12 +9,15 @@
 //! - `idle`: the CPU an idle `serve` uses with its control plane on.
 //! - `instructions`: instructions per transaction, Switchyard vs PgBouncer,
 //!   counted by callgrind.
+//! - `literals`: inline-literal statements on a routed table vs an
+//!   identical unrouted one, instructions per transaction by callgrind.
 
 mod backfill;
 mod dualwrite;
 mod flip;
 mod idle;
 mod instructions;
+mod literals;
 mod pgbench;
 mod report;
 mod wire;
@@ -34,7 +37,7 @@ pub struct Options {
 }
 
 const USAGE: &str =
-    "usage: switchyard-bench wire|dualwrite|backfill|flip|idle|instructions [--seconds N] [--rounds N] [--scale N] [--out FILE]";
+    "usage: switchyard-bench wire|dualwrite|backfill|flip|idle|instructions|literals [--seconds N] [--rounds N] [--scale N] [--out FILE]";
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -64,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         "backfill" => backfill::run(o),
         "idle" => idle::run(o),
         "instructions" => instructions::run(o),
+        "literals" => literals::run(o),
         _ => bail!(USAGE),
     }
 }

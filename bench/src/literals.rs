@@ -1,0 +1,130 @@
+//! `literals`: what inline-literal statements cost the proxy on a routed
+//! table against the same statements on an identical table no rule
+//! concerns, in instructions per transaction counted by callgrind.
+//!
+//! `serve` runs with its control plane under callgrind; `users` is
+//! migrated (`email → email_address`, dual-write), `plain` is its twin.
+//! pgbench sends, in the simple protocol, an UPDATE, a SELECT by key and an
+//! upsert per transaction, with its values inlined: every text is new.
+//! The control plane's own work (heartbeats) is measured idle and taken
+//! out of each run, pro rata of its wall time.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+use switchyard_tests::api::Api;
+use switchyard_tests::Cluster;
+
+use crate::instructions::{binary, callgrind, counted, pgbench_with, wait_for, Killed, CLIENTS};
+use crate::Options;
+
+const SHORT: u64 = 100;
+const LONG: u64 = 500;
+const TOKEN: &str = "bench-token";
+
+const SETUP: &str = "
+    create table users(id int primary key, email text, name text);
+    insert into users select g, 'User' || g || '@Example.com', 'n' || g from generate_series(1, 1000) g;
+    create table plain (like users including all);
+    insert into plain select * from users;";
+
+fn script(table: &str) -> String {
+    format!(
+        "\\set id random(1, 1000)\n\
+         UPDATE {table} SET email = 'U' || :id || '@X.io' WHERE id = :id;\n\
+         SELECT email, name FROM {table} WHERE id = :id;\n\
+         INSERT INTO {table} (id, email, name) VALUES (:id, 'N' || :id || '@X.io', 'n') \
+         ON CONFLICT (id) DO UPDATE SET email = excluded.email;\n"
+    )
+}
+
+/// Runs the comparison.
+pub fn run(options: Options) -> anyhow::Result<()> {
+    let runtime = crate::runtime()?;
+    let cluster = Cluster::start()?;
+    cluster.psql_admin(SETUP)?;
+    let dir = cluster.scratch().join("callgrind-literals");
+    std::fs::create_dir_all(&dir)?;
+    let port = switchyard::pgcluster::free_port()?;
+    let control_port = switchyard::pgcluster::free_port()?;
+    let wrapper = callgrind(&dir);
+    let serve = Killed(
+        Command::new(&wrapper[0])
+            .args(&wrapper[1..])
+            .arg(binary()?)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--upstream", &format!("127.0.0.1:{}", cluster.port)])
+            .args(["--upstream-tls", "disable"])
+            .args(["--control-listen", &format!("127.0.0.1:{control_port}")])
+            .args([
+                "--database-url",
+                &cluster.conn_str("trust_user", "postgres"),
+            ])
+            .env("SWITCHYARD_CONTROL_TOKEN", TOKEN)
+            .env("SWITCHYARD_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_for(port)?;
+    wait_for(control_port)?;
+    let api = Api::new(format!("127.0.0.1:{control_port}").parse()?, TOKEN);
+    runtime.block_on(async {
+        let spec = json!({"name": "users-email", "table": "users", "guard_trigger": false,
+            "columns": [{"legacy": "email", "new": "email_address",
+                         "forward": "lower(email)", "backward": "email_address"}]});
+        let (status, body) = api.call("POST", "/v1/migrations", Some(spec)).await;
+        anyhow::ensure!(status == 201, "create: {body}");
+        for verb in ["expand", "dual-write"] {
+            let (status, body) = api.verb("users-email", verb).await;
+            anyhow::ensure!(status == 200, "{verb}: {body}");
+        }
+        anyhow::Ok(())
+    })?;
+    let proxy = (serve.0.id(), None);
+    // The control plane's own rate, idle.
+    let idle = Duration::from_secs(options.seconds.max(5) as u64);
+    let (background, took) = counted(proxy, port, &dir, || {
+        std::thread::sleep(idle);
+        Ok(())
+    })?;
+    let per_second = background as f64 / took.as_secs_f64();
+    eprintln!("control plane idle: {per_second:.0} instructions per second");
+    let scripts = cluster.scratch().join("scripts");
+    std::fs::create_dir_all(&scripts)?;
+    let mut results = Vec::new();
+    for table in ["users", "plain"] {
+        let path = scripts.join(format!("{table}.sql"));
+        std::fs::write(&path, script(table))?;
+        let workload = ["-f".to_string(), path.display().to_string()];
+        pgbench_with(port, "simple", 20, &workload)?;
+        let mut totals = Vec::new();
+        for n in [SHORT, LONG] {
+            let (total, took) = counted(proxy, port, &dir, || {
+                pgbench_with(port, "simple", n, &workload)
+            })?;
+            totals.push(total as f64 - per_second * took.as_secs_f64());
+        }
+        let per_txn = (totals[1] - totals[0]) / ((LONG - SHORT) * CLIENTS) as f64;
+        eprintln!("{table:>6}: {per_txn:.0} instructions per transaction");
+        results.push(per_txn);
+    }
+    let ratio = results[0] / results[1];
+    println!("| table | instructions per transaction (3 statements) |");
+    println!("| --- | --- |");
+    println!("| users (routed, dual-write) | {:.0} |", results[0]);
+    println!("| plain (no rule) | {:.0} |", results[1]);
+    println!("| ratio | {ratio:.2} |");
+    if let Some(parent) = std::path::Path::new(&options.out).parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(
+        &options.out,
+        serde_json::to_string_pretty(
+            &json!({"routed": results[0], "plain": results[1], "ratio": ratio}),
+        )?,
+    )?;
+    drop(serve);
+    Ok(())
+}
