@@ -54,6 +54,11 @@ pub fn now_unix_ms() -> i64 {
 
 /// The first [`STATEMENT_CHARS`] characters, and whether that cut some.
 fn prefix(sql: &str) -> (&str, bool) {
+    // No more bytes than the limit: no more characters either (the common
+    // case, on every statement that names a legacy column).
+    if sql.len() <= STATEMENT_CHARS {
+        return (sql, false);
+    }
     match sql.char_indices().nth(STATEMENT_CHARS) {
         Some((at, _)) => (&sql[..at], true),
         None => (sql, false),

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use crate::active::ActiveRules;
-use crate::rewrite::Rewrite;
+use crate::normalize::{Normalized, Spliceable};
+use crate::rewrite::{Rewrite, Unsupported};
 
 /// A session's schema search path, with a cheap identity for cache keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +42,41 @@ impl SearchPath {
     }
 }
 
+/// A shape's rewrite, cut at its literals.
+enum Shaped {
+    Unchanged,
+    Rewritten(Spliceable, Vec<String>),
+    Unsupported(Vec<String>, Spliceable),
+}
+
+impl Shaped {
+    fn of(rewrite: &Rewrite, literals: usize) -> Option<Self> {
+        Some(match rewrite {
+            Rewrite::Unchanged => Shaped::Unchanged,
+            Rewrite::Rewritten(text, legacy) => {
+                Shaped::Rewritten(Spliceable::compile(text, literals)?, legacy.clone())
+            }
+            Rewrite::Unsupported(u) => Shaped::Unsupported(
+                u.migrations.clone(),
+                Spliceable::compile(&u.reason, literals)?,
+            ),
+        })
+    }
+
+    fn fill(&self, n: &Normalized, sql: &str) -> Rewrite {
+        match self {
+            Shaped::Unchanged => Rewrite::Unchanged,
+            Shaped::Rewritten(text, legacy) => {
+                Rewrite::Rewritten(text.fill(n, sql), legacy.clone())
+            }
+            Shaped::Unsupported(migrations, reason) => Rewrite::Unsupported(Unsupported {
+                migrations: migrations.clone(),
+                reason: reason.fill(n, sql),
+            }),
+        }
+    }
+}
+
 struct Entry {
     version: u64,
     path: u64,
@@ -51,7 +87,7 @@ enum EntryKind {
     /// The rewrite of this very text.
     Text(Arc<Rewrite>),
     /// The rewrite of a shape, into which a statement's literals splice.
-    Shape(Arc<Rewrite>),
+    Shape(Arc<Shaped>),
     /// A shape whose splice did not match a cold rewrite: rewrite each
     /// statement of it (and cache none).
     Cold,
@@ -97,21 +133,19 @@ impl RewriteCache {
             return None;
         }
         let current = |e: &Entry| e.version == rules.version() && e.path == path.id;
-        if let Some(e) = self.map.get(sql).filter(|e| current(e)) {
-            if let EntryKind::Text(result) = &e.kind {
-                return Some(result.clone());
-            }
-        }
-        if sql.len() > Self::MAX_STATEMENT {
-            return Some(Arc::new(compute(sql)));
-        }
-        let normalized = rules
-            .normalizable
-            .then(|| crate::normalize::normalize(sql, &crate::rewrite::scan::scan(sql)))
+        let normalized = (rules.normalizable && sql.len() <= Self::MAX_STATEMENT)
+            .then(|| crate::normalize::normalize(sql))
             .flatten();
         let Some(n) = normalized else {
+            if let Some(e) = self.map.get(sql).filter(|e| current(e)) {
+                if let EntryKind::Text(result) = &e.kind {
+                    return Some(result.clone());
+                }
+            }
             let result = Arc::new(compute(sql));
-            self.insert(rules, sql, path, EntryKind::Text(result.clone()));
+            if sql.len() <= Self::MAX_STATEMENT {
+                self.insert(rules, sql, path, EntryKind::Text(result.clone()));
+            }
             return Some(result);
         };
         let cached = self
@@ -123,18 +157,13 @@ impl RewriteCache {
                 _ => None,
             });
         match cached {
-            Some(Some(shape)) => {
-                if let Some(result) = splice(&n, sql, &shape) {
-                    return Some(Arc::new(result));
-                }
-                Some(Arc::new(compute(sql)))
-            }
+            Some(Some(shape)) => Some(Arc::new(shape.fill(&n, sql))),
             Some(None) => Some(Arc::new(compute(sql))),
             None => {
                 let cold = compute(sql);
-                let shape = Arc::new(compute(&n.shape));
-                let kind = match splice(&n, sql, &shape) {
-                    Some(spliced) if spliced == cold => EntryKind::Shape(shape),
+                let shaped = Shaped::of(&compute(&n.shape), n.literals());
+                let kind = match shaped {
+                    Some(shape) if shape.fill(&n, sql) == cold => EntryKind::Shape(Arc::new(shape)),
                     _ => EntryKind::Cold,
                 };
                 self.insert(rules, &n.shape, path, kind);
@@ -146,10 +175,12 @@ impl RewriteCache {
     fn insert(&self, rules: &ActiveRules, key: &str, path: &SearchPath, kind: EntryKind) {
         let size = key.len()
             + match &kind {
-                EntryKind::Text(r) | EntryKind::Shape(r) => match &**r {
+                EntryKind::Text(r) => match &**r {
                     Rewrite::Rewritten(t, _) => t.len(),
                     _ => 0,
                 },
+                // About the rewrite's length.
+                EntryKind::Shape(_) => key.len(),
                 EntryKind::Cold => 0,
             };
         use std::sync::atomic::Ordering::Relaxed;
@@ -193,20 +224,6 @@ impl RewriteCache {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
-}
-
-/// A shape's rewrite with the statement's literals put back.
-fn splice(n: &crate::normalize::Normalized, sql: &str, shape: &Rewrite) -> Option<Rewrite> {
-    Some(match shape {
-        Rewrite::Unchanged => Rewrite::Unchanged,
-        Rewrite::Rewritten(text, legacy) => {
-            Rewrite::Rewritten(n.splice(sql, text)?, legacy.clone())
-        }
-        Rewrite::Unsupported(u) => Rewrite::Unsupported(crate::rewrite::Unsupported {
-            migrations: u.migrations.clone(),
-            reason: n.splice(sql, &u.reason)?,
-        }),
-    })
 }
 
 #[cfg(test)]

@@ -8,12 +8,13 @@
 //! rewriter copies text verbatim and never looks at a literal's value, so
 //! the rewrite of the shape with the placeholders put back is the rewrite
 //! of the statement. Literals go back as their original text, never as
-//! parameters. A text that already contains a placeholder's prefix, uses
-//! `UESCAPE`, or has too many literals is not normalised.
+//! parameters. A text that already contains a placeholder's prefix, has a
+//! `U&` string (its `UESCAPE` must stay one character), or has too many
+//! literals is not normalised.
 
 use std::ops::Range;
 
-use crate::rewrite::scan::{Kind, Scan};
+use crate::rewrite::scan::{block_comment, dollar, quoted};
 
 const STRING_PREFIX: &str = "'zzsy";
 const NUMBER_PREFIX: &str = "907213";
@@ -36,65 +37,170 @@ pub fn is_clean(text: &str) -> bool {
     !text.contains(STRING_PREFIX) && !text.contains(NUMBER_PREFIX)
 }
 
-/// The shape of `sql` (scanned as `scan`), or `None` when it has no
-/// literal to lift or cannot be normalised safely.
-pub fn normalize(sql: &str, scan: &Scan) -> Option<Normalized> {
-    if !is_clean(sql) || contains_ignore_case(sql, "uescape") {
-        return None;
+/// Bytes that continue an identifier, by table (the lexer's inner loop).
+static IDENT: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
+        c += 1;
     }
+    t
+};
+
+fn ident_byte(c: u8) -> bool {
+    IDENT[c as usize]
+}
+
+/// Text the lexer passes over (comments, quoted names, dollar strings,
+/// prefixed strings, words) must not look like a placeholder: the splice
+/// would take it for one. Only regions that can hold one are looked at.
+fn looks_placeholder(region: &[u8]) -> bool {
+    region.len() >= NUMBER_PREFIX.len()
+        && region.contains(&b'9')
+        && region
+            .windows(NUMBER_PREFIX.len())
+            .any(|w| w == NUMBER_PREFIX.as_bytes())
+        || region.len() >= STRING_PREFIX.len()
+            && region.contains(&b'\'')
+            && region
+                .windows(STRING_PREFIX.len())
+                .any(|w| w == STRING_PREFIX.as_bytes())
+}
+
+/// The shape of `sql`, or `None` when it has no literal to lift or cannot
+/// be normalised safely. One pass over the bytes, with the scanner's rules
+/// for comments, quoted identifiers and dollar quoting (a hot path: every
+/// inline-literal statement on a routed table goes through it).
+pub fn normalize(sql: &str) -> Option<Normalized> {
     let b = sql.as_bytes();
-    let mut shape = String::with_capacity(sql.len() + 16);
-    let mut literals = Vec::new();
-    let mut at = 0;
-    for t in scan.tokens.iter().filter(|t| t.kind == Kind::Literal) {
-        let first = b[t.start];
-        let string = first == b'\'' || (first | 0x20 == b'e' && b.get(t.start + 1) == Some(&b'\''));
-        let number = first.is_ascii_digit();
-        // `B'..'`, `X'..'`, `U&'..'`: a prefix glued to the string.
-        let prefixed = string
-            && first == b'\''
-            && t.start > 0
-            && (b[t.start - 1].is_ascii_alphanumeric() || b[t.start - 1] == b'&');
-        if !(string || number) || prefixed || !closed(&sql[t.start..t.end], string) {
+    let mut shape = String::with_capacity(sql.len() + 64);
+    let mut literals: Vec<Range<usize>> = Vec::new();
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b' ' {
+            i += 1;
             continue;
+        }
+        let after_ident = i > 0 && ident_byte(b[i - 1]);
+        // A region passed over, checked, then skipped.
+        let skip = |end: usize| -> Option<usize> {
+            let end = end.min(b.len());
+            (!looks_placeholder(&b[i..end])).then_some(end)
+        };
+        let (end, string) = match c {
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = skip(
+                    b[i..]
+                        .iter()
+                        .position(|&x| x == b'\n')
+                        .map_or(b.len(), |p| i + p + 1),
+                )?;
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = skip(block_comment(b, i))?;
+                continue;
+            }
+            b'\'' | b'"' if i > 0 && b[i - 1] == b'&' => return None, // U&'..' UESCAPE
+            b'"' => {
+                i = skip(quoted(b, i + 1, b'"', false))?;
+                continue;
+            }
+            b'\'' if after_ident => {
+                // `B'..'`, `X'..'`, `N'..'`: a prefix glued to the string.
+                i = skip(quoted(b, i + 1, b'\'', false))?;
+                continue;
+            }
+            b'\'' => (quoted(b, i + 1, b'\'', false), true),
+            b'e' | b'E' if !after_ident && b.get(i + 1) == Some(&b'\'') => {
+                (quoted(b, i + 2, b'\'', true), true)
+            }
+            b'$' => {
+                i = skip(dollar(b, i).unwrap_or(i + 1))?;
+                continue;
+            }
+            b'0'..=b'9' if !after_ident => {
+                let mut j = i + 1;
+                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'.' || b[j] == b'_')
+                {
+                    j += 1;
+                }
+                (j, false)
+            }
+            c if ident_byte(c) => {
+                let mut j = i + 1;
+                let mut nine = c == b'9';
+                while j < b.len() && ident_byte(b[j]) {
+                    nine |= b[j] == b'9';
+                    j += 1;
+                }
+                // Only a word with a 9 in it can hold the number prefix.
+                i = if nine { skip(j)? } else { j };
+                continue;
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        if string && (end > b.len() || end < i + 2 || b[end - 1] != b'\'') {
+            return None; // unterminated: the parser's to refuse
         }
         if literals.len() == MAX_LITERALS {
             return None;
         }
-        shape.push_str(&sql[at..t.start]);
+        shape.push_str(&sql[copied..i]);
+        shape.push_str(if string { STRING_PREFIX } else { NUMBER_PREFIX });
+        push_index(&mut shape, literals.len());
         if string {
-            shape.push_str(&format!("{STRING_PREFIX}{:0DIGITS$}'", literals.len()));
-        } else {
-            shape.push_str(&format!("{NUMBER_PREFIX}{:0DIGITS$}", literals.len()));
+            shape.push('\'');
         }
-        literals.push(t.start..t.end);
-        at = t.end;
+        literals.push(i..end);
+        copied = end;
+        i = end;
     }
     if literals.is_empty() {
         return None;
     }
-    shape.push_str(&sql[at..]);
+    shape.push_str(&sql[copied..]);
     Some(Normalized { shape, literals })
 }
 
-/// A string token that the scan ended at the text's end without its
-/// closing quote is left alone (the parser refuses it anyway).
-fn closed(token: &str, string: bool) -> bool {
-    !string || (token.len() >= 2 && token.ends_with('\''))
+fn push_index(out: &mut String, index: usize) {
+    let mut digits = [b'0'; DIGITS];
+    let mut n = index;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend(digits.iter().map(|&d| d as char));
 }
 
-fn contains_ignore_case(text: &str, word: &str) -> bool {
-    text.as_bytes()
-        .windows(word.len())
-        .any(|w| w.eq_ignore_ascii_case(word.as_bytes()))
+/// A rewrite of a shape, cut at its placeholders, ready to take a
+/// statement's literals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spliceable {
+    pieces: Vec<Piece>,
+    /// Bytes of text besides the literals.
+    fixed: usize,
 }
 
-impl Normalized {
-    /// `rewritten` (a rewrite of the shape) with every placeholder
-    /// replaced by its literal from `sql`, the text this was made from.
-    /// `None` if a placeholder is malformed or out of range.
-    pub fn splice(&self, sql: &str, rewritten: &str) -> Option<String> {
-        let mut out = String::with_capacity(rewritten.len() + sql.len() / 2);
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(Box<str>),
+    Literal(usize),
+}
+
+impl Spliceable {
+    /// Cuts `rewritten` at its placeholders; `None` if one is malformed or
+    /// names a literal beyond `literals`.
+    pub fn compile(rewritten: &str, literals: usize) -> Option<Self> {
+        let mut pieces = Vec::new();
+        let mut fixed = 0;
         let mut rest = rewritten;
         loop {
             let next = [STRING_PREFIX, NUMBER_PREFIX]
@@ -102,14 +208,15 @@ impl Normalized {
                 .filter_map(|p| rest.find(p).map(|i| (i, *p)))
                 .min();
             let Some((i, prefix)) = next else {
-                out.push_str(rest);
-                return Some(out);
+                fixed += rest.len();
+                pieces.push(Piece::Text(rest.into()));
+                return Some(Spliceable { pieces, fixed });
             };
-            out.push_str(&rest[..i]);
+            fixed += i;
+            pieces.push(Piece::Text(rest[..i].into()));
             let digits = rest.get(i + prefix.len()..i + prefix.len() + DIGITS)?;
-            let index: usize = digits.parse().ok()?;
-            let literal = self.literals.get(index)?;
-            out.push_str(&sql[literal.clone()]);
+            let index: usize = digits.parse().ok().filter(|&n| n < literals)?;
+            pieces.push(Piece::Literal(index));
             let mut end = i + prefix.len() + DIGITS;
             if prefix == STRING_PREFIX {
                 rest.get(end..end + 1).filter(|q| *q == "'")?;
@@ -118,15 +225,40 @@ impl Normalized {
             rest = &rest[end..];
         }
     }
+
+    /// The text with `n`'s literals (from `sql`) in their places.
+    pub fn fill(&self, n: &Normalized, sql: &str) -> String {
+        let literal_bytes: usize = n.literals.iter().map(|r| r.len()).sum();
+        let mut out = String::with_capacity(self.fixed + literal_bytes * 2);
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Literal(i) => out.push_str(&sql[n.literals[*i].clone()]),
+            }
+        }
+        out
+    }
+}
+
+impl Normalized {
+    /// How many literals were lifted.
+    pub fn literals(&self) -> usize {
+        self.literals.len()
+    }
+
+    /// `rewritten` (a rewrite of the shape) with every placeholder
+    /// replaced by its literal from `sql`, the text this was made from.
+    pub fn splice(&self, sql: &str, rewritten: &str) -> Option<String> {
+        Some(Spliceable::compile(rewritten, self.literals.len())?.fill(self, sql))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rewrite::scan::scan;
 
     fn shape(sql: &str) -> Option<String> {
-        normalize(sql, &scan(sql)).map(|n| n.shape)
+        normalize(sql).map(|n| n.shape)
     }
 
     #[test]
@@ -141,13 +273,17 @@ mod tests {
         );
         assert_eq!(shape("select $1"), None);
         assert_eq!(shape("select U&'d!0061t' UESCAPE '!'"), None);
-        assert_eq!(shape("select 90721300001 /* looks like one */ , 1"), None);
+        assert_eq!(shape("select 1 /* 90721300001 looks like one */"), None);
+        assert_eq!(shape("select \"'zzsy00000'\", 1"), None);
+        assert_eq!(shape("select c90721300000 from t where x = 1"), None);
+        // A literal that looks like one is lifted like any other.
+        assert_eq!(shape("select 90721300001").unwrap(), "select 90721300000");
     }
 
     #[test]
     fn splice_puts_every_copy_back() {
         let sql = "update users set email = 'X@Y' where id = 7";
-        let n = normalize(sql, &scan(sql)).unwrap();
+        let n = normalize(sql).unwrap();
         let rewritten = n.shape.replace(
             "email = 'zzsy00000'",
             "email_address = lower(('zzsy00000')::text), email = 'zzsy00000'",

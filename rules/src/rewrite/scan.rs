@@ -292,7 +292,7 @@ fn memchr(c: u8, b: &[u8], from: usize) -> Option<usize> {
 }
 
 /// The end of a `/* ... */` comment starting at `i` (comments nest).
-fn block_comment(b: &[u8], mut i: usize) -> usize {
+pub(crate) fn block_comment(b: &[u8], mut i: usize) -> usize {
     let mut depth = 0usize;
     while i < b.len() {
         if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
@@ -313,7 +313,7 @@ fn block_comment(b: &[u8], mut i: usize) -> usize {
 
 /// The end of a quoted run opened just before `i`, the quote doubled
 /// inside; with `backslash`, `\x` escapes a character too.
-fn quoted(b: &[u8], mut i: usize, q: u8, backslash: bool) -> usize {
+pub(crate) fn quoted(b: &[u8], mut i: usize, q: u8, backslash: bool) -> usize {
     while i < b.len() {
         if backslash && b[i] == b'\\' {
             i += 2;
@@ -331,7 +331,7 @@ fn quoted(b: &[u8], mut i: usize, q: u8, backslash: bool) -> usize {
 }
 
 /// The end of a dollar-quoted string starting at `i`, if `$tag$` opens one.
-fn dollar(b: &[u8], i: usize) -> Option<usize> {
+pub(crate) fn dollar(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
     if j < b.len() && b[j].is_ascii_digit() {
         return None;
