@@ -9,6 +9,8 @@
 //! - `idle`: the CPU an idle `serve` uses with its control plane on.
 //! - `instructions`: instructions per transaction, Switchyard vs PgBouncer,
 //!   counted by callgrind.
+//! - `inserts`: multi-row INSERTs through Switchyard vs direct, with
+//!   another session's worst round trip meanwhile.
 //! - `literals`: inline-literal statements on a routed table vs an
 //!   identical unrouted one, instructions per transaction by callgrind.
 
@@ -16,6 +18,7 @@ mod backfill;
 mod dualwrite;
 mod flip;
 mod idle;
+mod inserts;
 mod instructions;
 mod literals;
 mod pgbench;
@@ -37,7 +40,7 @@ pub struct Options {
 }
 
 const USAGE: &str =
-    "usage: switchyard-bench wire|dualwrite|backfill|flip|idle|instructions|literals [--seconds N] [--rounds N] [--scale N] [--out FILE]";
+    "usage: switchyard-bench wire|dualwrite|backfill|flip|idle|instructions|literals|inserts [--seconds N] [--rounds N] [--scale N] [--out FILE]";
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -68,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         "idle" => idle::run(o),
         "instructions" => instructions::run(o),
         "literals" => literals::run(o),
+        "inserts" => inserts::run(o),
         _ => bail!(USAGE),
     }
 }
