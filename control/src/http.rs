@@ -112,6 +112,27 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>, mut stop: watch:
 /// The API described in OpenAPI 3, served at `GET /openapi.json`.
 pub const OPENAPI: &str = include_str!("../api/openapi.json");
 
+/// The console's files, embedded: they hold no data (the page asks the
+/// API for everything, with the operator's token), so they need none.
+const DASHBOARD: [(&str, &str, &str); 3] = [
+    ("/", "text/html; charset=utf-8", include_str!("../assets/dashboard.html")),
+    ("/dashboard.css", "text/css; charset=utf-8", include_str!("../assets/dashboard.css")),
+    ("/dashboard.js", "text/javascript; charset=utf-8", include_str!("../assets/dashboard.js")),
+];
+
+fn asset(content_type: &str, body: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .header("content-type", content_type)
+        .header("cache-control", "no-store")
+        .header("x-content-type-options", "nosniff")
+        .header(
+            "content-security-policy",
+            "default-src 'self'; frame-ancestors 'none'; form-action 'none'",
+        )
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap_or_default()
+}
+
 async fn handle(
     state: Arc<ApiState>,
     req: Request<Incoming>,
@@ -131,6 +152,10 @@ async fn handle(
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from_static(OPENAPI.as_bytes())))
             .unwrap_or_default(),
+        (&Method::GET, p) if DASHBOARD.iter().any(|(path, ..)| *path == p) => {
+            let (_, ty, body) = DASHBOARD.iter().find(|(path, ..)| *path == p).copied().unwrap_or_default();
+            asset(ty, body)
+        }
         (_, p) if p.starts_with("/v1/") => match v1(&state, req).await {
             Ok((status, body)) => json(status, body),
             Err(e) => error(e.status(), e.code(), &e.to_string()),

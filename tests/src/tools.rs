@@ -169,25 +169,39 @@ async fn raw_http(
 }
 
 static NODE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+static BROWSER: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
 /// A directory with node-postgres installed (`npm install pg` once, under
 /// the target directory), for `NODE_PATH`.
 pub fn node_modules() -> anyhow::Result<PathBuf> {
-    NODE.get_or_init(|| make_node().map_err(|e| format!("{e:#}")))
+    NODE.get_or_init(|| npm_install("e2e-node", "pg@8", "pg").map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(|e| anyhow::anyhow!(e))
 }
 
-fn make_node() -> anyhow::Result<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-node");
+/// A directory with `playwright-core` installed (it drives Debian's
+/// chromium; it downloads no browser), for `NODE_PATH`.
+pub fn playwright_modules() -> anyhow::Result<PathBuf> {
+    BROWSER
+        .get_or_init(|| {
+            npm_install("e2e-browser", "playwright-core@1", "playwright-core")
+                .map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// `npm install spec` once into `target/<dir>`; answers its node_modules.
+fn npm_install(dir: &str, spec: &str, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target").join(dir);
     let modules = dir.join("node_modules");
-    if modules.join("pg/package.json").exists() {
+    if modules.join(name).join("package.json").exists() {
         return Ok(modules);
     }
     std::fs::create_dir_all(&dir)?;
     run(Command::new("npm")
         .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
         .arg(&dir)
-        .arg("pg@8"))?;
+        .arg(spec))?;
     Ok(modules)
 }
