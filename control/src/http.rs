@@ -115,9 +115,21 @@ pub const OPENAPI: &str = include_str!("../api/openapi.json");
 /// The console's files, embedded: they hold no data (the page asks the
 /// API for everything, with the operator's token), so they need none.
 const DASHBOARD: [(&str, &str, &str); 3] = [
-    ("/", "text/html; charset=utf-8", include_str!("../assets/dashboard.html")),
-    ("/dashboard.css", "text/css; charset=utf-8", include_str!("../assets/dashboard.css")),
-    ("/dashboard.js", "text/javascript; charset=utf-8", include_str!("../assets/dashboard.js")),
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("../assets/dashboard.html"),
+    ),
+    (
+        "/dashboard.css",
+        "text/css; charset=utf-8",
+        include_str!("../assets/dashboard.css"),
+    ),
+    (
+        "/dashboard.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/dashboard.js"),
+    ),
 ];
 
 fn asset(content_type: &str, body: &'static str) -> Response<Full<Bytes>> {
@@ -153,7 +165,11 @@ async fn handle(
             .body(Full::new(Bytes::from_static(OPENAPI.as_bytes())))
             .unwrap_or_default(),
         (&Method::GET, p) if DASHBOARD.iter().any(|(path, ..)| *path == p) => {
-            let (_, ty, body) = DASHBOARD.iter().find(|(path, ..)| *path == p).copied().unwrap_or_default();
+            let (_, ty, body) = DASHBOARD
+                .iter()
+                .find(|(path, ..)| *path == p)
+                .copied()
+                .unwrap_or_default();
             asset(ty, body)
         }
         (_, p) if p.starts_with("/v1/") => match v1(&state, req).await {

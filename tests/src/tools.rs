@@ -193,7 +193,9 @@ pub fn playwright_modules() -> anyhow::Result<PathBuf> {
 
 /// `npm install spec` once into `target/<dir>`; answers its node_modules.
 fn npm_install(dir: &str, spec: &str, name: &str) -> anyhow::Result<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target").join(dir);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target")
+        .join(dir);
     let modules = dir.join("node_modules");
     if modules.join(name).join("package.json").exists() {
         return Ok(modules);

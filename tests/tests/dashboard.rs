@@ -51,7 +51,11 @@ async fn the_dashboard_shows_the_migration_and_its_revert_button_reverts() {
             .unwrap();
         row.get::<_, String>(0)
     };
-    assert_eq!(read().await, "user1@example.com", "reads come from the new column");
+    assert_eq!(
+        read().await,
+        "user1@example.com",
+        "reads come from the new column"
+    );
     // The page is public; the API behind it is not.
     let unauthorized = Api::new(serve.control_addr, "");
     assert_eq!(unauthorized.call("GET", "/v1/status", None).await.0, 401);
@@ -88,12 +92,17 @@ async fn the_dashboard_shows_the_migration_and_its_revert_button_reverts() {
 
     let d = api.detail(M).await;
     assert_eq!(d["state"]["stage"]["reads"], "reverted", "{d}");
-    assert_eq!(read().await, "User1@Example.com", "reads are back on the legacy column");
+    assert_eq!(
+        read().await,
+        "User1@Example.com",
+        "reads are back on the legacy column"
+    );
     let events = api.call("GET", "/v1/events", None).await.1;
-    let by_dashboard = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["actor"] == "dashboard" && e["action"].as_str().unwrap_or("").contains("revert"));
-    assert!(by_dashboard, "the revert is audited as the dashboard's: {events}");
+    let by_dashboard = events.as_array().unwrap().iter().any(|e| {
+        e["actor"] == "dashboard" && e["action"].as_str().unwrap_or("").contains("revert")
+    });
+    assert!(
+        by_dashboard,
+        "the revert is audited as the dashboard's: {events}"
+    );
 }
