@@ -30,20 +30,30 @@ enum Command {
 /// Parses the command line and runs it.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // The demo narrates on stdout: only warnings and errors go to stderr
-    // beside it unless SWITCHYARD_LOG asks for more.
-    let default = match cli.command {
-        Command::Demo(_) => "warn",
-        _ => "info",
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    // The demo narrates on stdout; its logs go to a file it names at the
+    // end (or to stderr with --verbose), never between its lines.
+    let log_file = match &cli.command {
+        Command::Demo(args) if !args.verbose => {
+            Some(std::env::temp_dir().join(format!("switchyard-demo-{}.log", std::process::id())))
+        }
+        _ => None,
+    };
+    match &log_file {
+        Some(path) => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(std::fs::File::create(path)?))
+            .init(),
+        None => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init(),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -54,7 +64,11 @@ pub fn main() -> anyhow::Result<()> {
             std::process::exit(code)
         }
         Command::Demo(args) => {
-            let summary = runtime.block_on(demo(args))?;
+            let result = runtime.block_on(demo(args));
+            if let Some(path) = &log_file {
+                println!("Logs: {}", path.display());
+            }
+            let summary = result?;
             if summary.client_errors > 0 {
                 anyhow::bail!(
                     "the application saw {} errors during the demo",

@@ -8,6 +8,7 @@ async fn the_demo_walks_every_phase_without_a_client_error() {
         rows: 20_000,
         duration: 1,
         sessions: 2,
+        verbose: false,
     })
     .await
     .expect("the demo completes");
@@ -129,5 +130,88 @@ fn without_a_terminal_the_demo_still_reports_its_jobs() {
     assert!(
         stdout.contains("final catalog       users.state NOT NULL (users.status dropped)"),
         "{stdout}"
+    );
+    // No log line in the narrative: the logs are in the file it names.
+    let logged = stdout.lines().find(|l| {
+        [" WARN ", " INFO ", " ERROR ", " DEBUG "]
+            .iter()
+            .any(|k| l.contains(k))
+    });
+    assert_eq!(logged, None, "{stdout}");
+    let log = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Logs: "))
+        .unwrap_or_else(|| panic!("no Logs: line:\n{stdout}"));
+    // SWITCHYARD_LOG=warn here: the file holds what was logged, if anything.
+    assert!(std::path::Path::new(log).exists(), "{log} is missing");
+    let _ = std::fs::remove_file(log);
+}
+
+#[test]
+fn a_cluster_left_by_a_killed_demo_is_removed_at_the_next_start() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(binary())
+        .args([
+            "demo",
+            "--rows",
+            "20000",
+            "--duration",
+            "30",
+            "--sessions",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let port: u16 = loop {
+        let line = lines.next().expect("the demo printed its cluster").unwrap();
+        if let Some(rest) = line.trim().strip_prefix("PostgreSQL on ") {
+            let addr = rest.split_whitespace().next().unwrap();
+            break addr.rsplit(':').next().unwrap().parse().unwrap();
+        }
+    };
+    loop {
+        let line = lines.next().expect("the demo went on").unwrap();
+        if line.starts_with("3/4") {
+            break;
+        }
+    }
+    let killed = child.id();
+    child.kill().unwrap(); // SIGKILL: no cleanup at all
+    child.wait().unwrap();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "the killed demo's PostgreSQL should still run until the next demo"
+    );
+    let leftover = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|d| {
+            std::fs::read_to_string(d.join("demo.pid")).ok().as_deref() == Some(&killed.to_string())
+        })
+        .expect("the killed demo's directory carries its pid");
+
+    let out = Command::new(binary())
+        .args([
+            "demo",
+            "--rows",
+            "2000",
+            "--duration",
+            "1",
+            "--sessions",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!leftover.exists(), "{} is still there", leftover.display());
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the leftover PostgreSQL on {port} still runs"
     );
 }

@@ -3,6 +3,7 @@
 //! type-changing migration (`status int` → `state text`) walked through
 //! every phase with live progress, a revert drill, and a summary.
 
+mod leftovers;
 pub mod load;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +32,9 @@ pub struct DemoArgs {
     /// Concurrent application sessions.
     #[arg(long, default_value_t = 4)]
     pub sessions: usize,
+    /// Logs to stderr instead of a file.
+    #[arg(long)]
+    pub verbose: bool,
 }
 
 const PHASES: [&str; 10] = [
@@ -84,9 +88,18 @@ pub struct Summary {
 
 /// Runs the demo end to end; prints as it goes.
 pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
+    for dir in tokio::task::spawn_blocking(leftovers::reap).await? {
+        println!(
+            "     Removed a cluster left by a killed demo: {}",
+            dir.display()
+        );
+    }
     println!("1/4  Starting a throwaway PostgreSQL cluster from the local server binaries…");
     let cluster = tokio::task::spawn_blocking(|| {
-        Cluster::start(ClusterOptions::default(), |_| Ok(ClusterOptions::default()))
+        Cluster::start(ClusterOptions::default(), |dir| {
+            leftovers::claim(dir).map_err(|e| crate::pgcluster::ClusterError(e.to_string()))?;
+            Ok(ClusterOptions::default())
+        })
     })
     .await??;
     println!(
