@@ -246,6 +246,20 @@ impl Normalized {
         self.literals.len()
     }
 
+    /// `sql` (the text this was made from) with literal `i` replaced by
+    /// `f(i, its text)`: a statement of the same shape, for tests.
+    pub fn relabel(&self, sql: &str, mut f: impl FnMut(usize, &str) -> String) -> String {
+        let mut out = String::with_capacity(sql.len());
+        let mut at = 0;
+        for (i, r) in self.literals.iter().enumerate() {
+            out.push_str(&sql[at..r.start]);
+            out.push_str(&f(i, &sql[r.clone()]));
+            at = r.end;
+        }
+        out.push_str(&sql[at..]);
+        out
+    }
+
     /// `rewritten` (a rewrite of the shape) with every placeholder
     /// replaced by its literal from `sql`, the text this was made from.
     pub fn splice(&self, sql: &str, rewritten: &str) -> Option<String> {
