@@ -76,7 +76,7 @@ fn looks_placeholder(region: &[u8]) -> bool {
 pub fn normalize(sql: &str) -> Option<Normalized> {
     let b = sql.as_bytes();
     let mut shape = String::with_capacity(sql.len() + 64);
-    let mut literals: Vec<Range<usize>> = Vec::new();
+    let mut literals: Vec<Range<usize>> = Vec::with_capacity(16);
     let mut copied = 0;
     let mut i = 0;
     while i < b.len() {

@@ -39,7 +39,8 @@ pub struct RulesHub {
     next_session: AtomicU64,
     logged: DashMap<String, ()>,
     resync: DashMap<String, u64>,
-    legacy: DashMap<String, LegacyUse>,
+    /// Touched by every statement that names a legacy column: foldhash.
+    legacy: DashMap<String, LegacyUse, foldhash::fast::RandomState>,
     /// Round trips of every session, for the backfill's latency guard.
     pub latency: LatencyRecorder,
 }
@@ -54,7 +55,7 @@ impl Default for RulesHub {
             next_session: AtomicU64::new(1),
             logged: DashMap::new(),
             resync: DashMap::new(),
-            legacy: DashMap::new(),
+            legacy: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             latency: LatencyRecorder::default(),
         }
     }
