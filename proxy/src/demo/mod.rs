@@ -239,10 +239,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     );
     println!("  DDL lock waits      {} retries", summary.ddl_retries);
     println!("  revert swap         {} µs", summary.revert_swap_micros);
-    println!("  latency per phase   (phase: statements, p50, p99)");
+    println!("  latency per phase");
+    println!(
+        "    {:<15} {:>10} {:>9} {:>9}",
+        "phase", "statements", "p50 ms", "p99 ms"
+    );
     for (phase, n, p50, p99) in stats.per_phase(&PHASES) {
         println!(
-            "    {phase:<15} {n:>7}  p50 {:>7.2} ms  p99 {:>7.2} ms",
+            "    {phase:<15} {n:>10} {:>9.2} {:>9.2}",
             p50 as f64 / 1000.0,
             p99 as f64 / 1000.0
         );

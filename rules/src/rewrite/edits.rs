@@ -64,11 +64,6 @@ impl<'a> SourceMap<'a> {
         (start <= end).then_some(start..end)
     }
 
-    /// The source text of a span.
-    pub fn slice(&self, span: Span) -> Option<&'a str> {
-        self.range(span).map(|r| &self.text[r])
-    }
-
     /// The whole text.
     pub fn text(&self) -> &'a str {
         self.text
