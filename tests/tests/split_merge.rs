@@ -273,21 +273,14 @@ async fn a_split_and_a_merge_run_from_expand_to_complete_under_load_without_an_e
         assert!(status == 200 || status == 202, "{body}");
         api.wait(m, |d| d["stage"]["legacy"] == "dropped").await;
     }
-    let columns: Vec<String> = admin
-        .query(
-            "SELECT attname::text FROM pg_attribute WHERE attrelid = 'people'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(columns, ["id", "first_name", "last_name", "address"]);
+    assert_eq!(
+        columns(&admin).await,
+        ["id", "first_name", "last_name", "address"]
+    );
     // The old version keeps working on the contracted table a while, then
     // retires before complete.
-    let old_runs_at_contract = errors.lock().unwrap().len();
-    assert_eq!(old_runs_at_contract, 0, "{:?}", errors.lock().unwrap());
+    let errors_at_contract = errors.lock().unwrap().len();
+    assert_eq!(errors_at_contract, 0, "{:?}", errors.lock().unwrap());
     let client = connect(&serve).await;
     old_app(&client, 3_000_000, &errors).await.unwrap();
     stop_old.send(true).unwrap();
