@@ -163,6 +163,21 @@ async fn bypassing_writes(env: &Env, round: i64) {
     d.execute("update users set name = 'touched' where id = 5", &[])
         .await
         .unwrap();
+    // So does one that sets a column to what it was (an ORM saving every
+    // field): neither side changed, so neither side is taken from the other.
+    let before: Option<String> = d
+        .query_one("select email from users where id = 6", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let row = d
+        .query_one(
+            "update users set email = email, email_address = email_address where id = 6 returning email",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<String>>(0), before);
     copy_rows(d, b"Copied@Direct.io\tc\nCopied2@Direct.io\tc\n").await;
     let app = env.proxy.connect("trust_user").await.unwrap();
     copy_rows(&app, b"Copied@Proxy.io\tc\n").await;
