@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use switchyard::app::App;
-use switchyard::ProxyConfig;
 use switchyard_tests::tools::http;
 use switchyard_tests::Cluster;
 
@@ -47,14 +46,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let single_rate = rows as f64 / single.as_secs_f64();
     eprintln!("single UPDATE: {single:?}, {single_rate:.0} rows/s");
 
-    let app = runtime.block_on(App::start(ProxyConfig {
-        listen: "127.0.0.1:0".into(),
-        control_listen: "127.0.0.1:0".into(),
-        upstream: cluster.addr(),
-        upstream_tls: switchyard::tls::UpstreamTlsMode::Disable,
-        database_url: Some(cluster.conn_str("trust_user", "postgres")),
-        ..ProxyConfig::default()
-    }))?;
+    let app = runtime.block_on(App::start(crate::serve::local(
+        cluster.addr(),
+        Some(cluster.conn_str("trust_user", "postgres")),
+    )))?;
     let scripts = cluster.scratch().join("scripts");
     std::fs::create_dir_all(&scripts)?;
     let script = scripts.join("workload.sql");

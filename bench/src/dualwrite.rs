@@ -10,7 +10,6 @@
 use std::time::Duration;
 
 use switchyard::app::App;
-use switchyard::ProxyConfig;
 use switchyard_rules::Phase;
 use switchyard_tests::rules::{install, single_pair, table_facts};
 use switchyard_tests::Cluster;
@@ -40,18 +39,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let rows = options.scale * 10_000;
     cluster.psql_admin(&SETUP.replace(":rows", &rows.to_string()))?;
     cluster.psql_admin("vacuum analyze")?;
-    let config = ProxyConfig {
-        listen: "127.0.0.1:0".into(),
-        control_listen: "127.0.0.1:0".into(),
-        upstream: cluster.addr(),
-        upstream_tls: switchyard::tls::UpstreamTlsMode::Disable,
-        ..ProxyConfig::default()
-    };
+    let config = crate::serve::local(cluster.addr(), None);
     // The same proxy reaching the server through its Unix socket.
-    let unix_config = ProxyConfig {
-        upstream: cluster.socket_path().display().to_string(),
-        ..config.clone()
-    };
+    let unix_config = crate::serve::local(cluster.socket_path().display().to_string(), None);
     let app = runtime.block_on(App::start(config))?;
     let unix_app = runtime.block_on(App::start(unix_config))?;
     runtime.block_on(async {

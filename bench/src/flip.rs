@@ -13,21 +13,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use switchyard::app::App;
-use switchyard::ProxyConfig;
 use switchyard_tests::tools::http;
 use switchyard_tests::Cluster;
 
 use crate::Options;
 
 async fn start(cluster: &Cluster) -> anyhow::Result<App> {
-    App::start(ProxyConfig {
-        listen: "127.0.0.1:0".into(),
-        control_listen: "127.0.0.1:0".into(),
-        upstream: cluster.addr(),
-        upstream_tls: switchyard::tls::UpstreamTlsMode::Disable,
-        database_url: Some(cluster.conn_str("trust_user", "postgres")),
-        ..ProxyConfig::default()
-    })
+    App::start(crate::serve::local(
+        cluster.addr(),
+        Some(cluster.conn_str("trust_user", "postgres")),
+    ))
     .await
 }
 

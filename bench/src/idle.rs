@@ -61,8 +61,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         "create table users(id bigserial primary key, email text not null);
          insert into users(email) select 'U' || g || '@X' from generate_series(1, 1000) g;",
     )?;
-    let port = switchyard::pgcluster::free_port()?;
-    let control = switchyard::pgcluster::free_port()?;
+    let port = switchyard_testkit::free_port()?;
+    let control = switchyard_testkit::free_port()?;
     let child = Command::new(binary()?)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--upstream", &cluster.addr(), "--upstream-tls", "disable"])

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use switchyard::app::App;
-use switchyard::ProxyConfig;
 use switchyard_rules::Phase;
 use switchyard_tests::rules::{install, single_pair, table_facts};
 use switchyard_tests::Cluster;
@@ -69,13 +68,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     cluster.psql_admin(
         "create table users(id int primary key, email varchar(320), name text, email_address varchar(320))",
     )?;
-    let config = ProxyConfig {
-        listen: "127.0.0.1:0".into(),
-        control_listen: "127.0.0.1:0".into(),
-        upstream: cluster.addr(),
-        upstream_tls: switchyard::tls::UpstreamTlsMode::Disable,
-        ..ProxyConfig::default()
-    };
+    let config = crate::serve::local(cluster.addr(), None);
     let app = runtime.block_on(App::start(config))?;
     let rounds = options.rounds.max(3);
     let rows = runtime.block_on(async {

@@ -219,8 +219,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
 
     let dir = cluster.scratch().join("callgrind");
     std::fs::create_dir_all(&dir)?;
-    let port = switchyard::pgcluster::free_port()?;
-    let control_port = switchyard::pgcluster::free_port()?;
+    let port = switchyard_testkit::free_port()?;
+    let control_port = switchyard_testkit::free_port()?;
     let wrapper = callgrind(&dir);
     let switchyard = Killed(
         Command::new(&wrapper[0])

@@ -46,8 +46,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     cluster.psql_admin(SETUP)?;
     let dir = cluster.scratch().join("callgrind-literals");
     std::fs::create_dir_all(&dir)?;
-    let port = switchyard::pgcluster::free_port()?;
-    let control_port = switchyard::pgcluster::free_port()?;
+    let port = switchyard_testkit::free_port()?;
+    let control_port = switchyard_testkit::free_port()?;
     let wrapper = callgrind(&dir);
     let serve = Killed(
         Command::new(&wrapper[0])

@@ -23,6 +23,7 @@ mod instructions;
 mod literals;
 mod pgbench;
 mod report;
+mod serve;
 mod wire;
 
 use anyhow::{bail, Context};

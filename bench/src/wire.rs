@@ -9,7 +9,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use switchyard::app::App;
-use switchyard::ProxyConfig;
 use switchyard_tests::tools::run as run_cmd;
 use switchyard_tests::Cluster;
 
@@ -35,19 +34,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         "postgres",
     ]))?;
 
-    let config = ProxyConfig {
-        listen: "127.0.0.1:0".into(),
-        control_listen: "127.0.0.1:0".into(),
-        upstream: cluster.addr(),
-        upstream_tls: switchyard::tls::UpstreamTlsMode::Disable,
-        ..ProxyConfig::default()
-    };
+    let config = crate::serve::local(cluster.addr(), None);
     // The same two proxies again, reaching the server through its Unix
     // socket, as a proxy on the database host would.
-    let unix_config = ProxyConfig {
-        upstream: cluster.socket_path().display().to_string(),
-        ..config.clone()
-    };
+    let unix_config = crate::serve::local(cluster.socket_path().display().to_string(), None);
     let app = runtime.block_on(App::start(config))?;
     let unix_app = runtime.block_on(App::start(unix_config))?;
     let bouncer = switchyard_tests::pgbouncer::PgBouncer::start(&cluster)?;

@@ -33,7 +33,7 @@ pub trait RulesSink: Send + Sync {
     /// need another backfill pass.
     fn unrewritten_writes(&self) -> Vec<(String, u64)>;
     /// Statements that still depend on each migration's legacy side.
-    fn legacy_uses(&self) -> Vec<(String, crate::legacy_use::LegacyUse)> {
+    fn legacy_uses(&self) -> Vec<(String, switchyard_rules::legacy_use::LegacyUse)> {
         Vec::new()
     }
     /// Application round trips through this instance so far.

@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::engine::Engine;
 use crate::error::ControlError;
-use crate::legacy_use::LegacyUse;
+use switchyard_rules::legacy_use::LegacyUse;
 use crate::store;
 
 /// One live instance's statements that depend on a migration's legacy side.
@@ -322,7 +322,7 @@ impl Engine {
         let ack = self.sink.acknowledged() as i64;
         let me = &self.fleet.instance;
         let uses = self.sink.legacy_uses();
-        let now = crate::legacy_use::now_unix_ms();
+        let now = switchyard_rules::legacy_use::now_unix_ms();
         for (m, u) in &uses {
             let age = (now - u.last_seen_unix_ms).max(0) as f64 / 1000.0;
             self.metrics.set_legacy(m, u.count, age);
@@ -438,7 +438,7 @@ impl Engine {
         migration: &str,
     ) -> Result<Vec<InstanceUse>, ControlError> {
         let me = &self.fleet.instance.id;
-        let now = crate::legacy_use::now_unix_ms();
+        let now = switchyard_rules::legacy_use::now_unix_ms();
         let mut uses: Vec<(String, LegacyUse)> = self
             .sink
             .legacy_uses()

@@ -31,6 +31,8 @@ pub struct ApiState {
     pub engine: Option<Arc<Engine>>,
     /// The bearer token every `/v1` call must carry, if set.
     pub token: Option<String>,
+    /// Static files served as they are (the console).
+    pub assets: &'static [Asset],
 }
 
 /// Why the API could not start.
@@ -112,25 +114,16 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>, mut stop: watch:
 /// The API described in OpenAPI 3, served at `GET /openapi.json`.
 pub const OPENAPI: &str = include_str!("../api/openapi.json");
 
-/// The console's files, embedded: they hold no data (the page asks the
-/// API for everything, with the operator's token), so they need none.
-const DASHBOARD: [(&str, &str, &str); 3] = [
-    (
-        "/",
-        "text/html; charset=utf-8",
-        include_str!("../assets/dashboard.html"),
-    ),
-    (
-        "/dashboard.css",
-        "text/css; charset=utf-8",
-        include_str!("../assets/dashboard.css"),
-    ),
-    (
-        "/dashboard.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../assets/dashboard.js"),
-    ),
-];
+/// A static file the API serves without a token (the console's).
+#[derive(Debug, Clone, Copy)]
+pub struct Asset {
+    /// The path it is served at.
+    pub path: &'static str,
+    /// Its `content-type`.
+    pub content_type: &'static str,
+    /// Its text.
+    pub body: &'static str,
+}
 
 fn asset(content_type: &str, body: &'static str) -> Response<Full<Bytes>> {
     Response::builder()
@@ -164,13 +157,11 @@ async fn handle(
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from_static(OPENAPI.as_bytes())))
             .unwrap_or_default(),
-        (&Method::GET, p) if DASHBOARD.iter().any(|(path, ..)| *path == p) => {
-            let (_, ty, body) = DASHBOARD
-                .iter()
-                .find(|(path, ..)| *path == p)
-                .copied()
-                .unwrap_or_default();
-            asset(ty, body)
+        (&Method::GET, p) if state.assets.iter().any(|a| a.path == p) => {
+            match state.assets.iter().find(|a| a.path == p) {
+                Some(a) => asset(a.content_type, a.body),
+                None => error(StatusCode::NOT_FOUND, "not_found", "no such file"),
+            }
         }
         (_, p) if p.starts_with("/v1/") => match v1(&state, req).await {
             Ok((status, body)) => json(status, body),

@@ -259,7 +259,7 @@ mod tests {
 
     #[test]
     fn the_latency_guard_paces_while_the_application_is_slow() {
-        use crate::latency::LatencyRecorder;
+        use switchyard_rules::latency::LatencyRecorder;
         let before = LatencyRecorder::default();
         for _ in 0..1000 {
             before.record(Duration::from_millis(1));

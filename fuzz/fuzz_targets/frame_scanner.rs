@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchyard::frame::{take_frame, FrameScanner, Scan};
+use switchyard_proxy::frame::{take_frame, FrameScanner, Scan};
 
 fuzz_target!(|data: &[u8]| {
     let scanner = FrameScanner {

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use switchyard::relay::Action;
-use switchyard::routing::{RulesHub, SessionRouter};
+use switchyard_proxy::relay::Action;
+use switchyard_proxy::routing::{RulesHub, SessionRouter};
 use switchyard_rules::fixtures::users;
 use switchyard_rules::{ActiveRules, Phase, Rewrite, RuleSet};
 

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchyard::startup::{packet_len, parse, MAX_STARTUP_PACKET};
+use switchyard_proxy::startup::{packet_len, parse, MAX_STARTUP_PACKET};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Some(len)) = packet_len(data) {

@@ -6,7 +6,7 @@
 //! our certificate, not the server's), and a TLS client that supports channel
 //! binding says so with the gs2 flag `y`, which a TLS server must reject.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 
 use crate::frame::{BodyReader, Frame};
 
@@ -69,31 +69,31 @@ pub fn claims_channel_binding_support(frame: &Frame) -> bool {
     }
 }
 
-/// An `AuthenticationSASL` request body listing `mechanisms` (for tests).
-pub fn sasl_request(mechanisms: &[&str]) -> Frame {
-    let mut body = BytesMut::new();
-    body.put_i32(10);
-    for m in mechanisms {
-        body.put_slice(m.as_bytes());
-        body.put_u8(0);
-    }
-    body.put_u8(0);
-    Frame::new(b'R', body.freeze())
-}
-
-/// A `SASLInitialResponse` with `data` (for tests).
-pub fn sasl_initial_response(mechanism: &str, data: &[u8]) -> Frame {
-    let mut body = BytesMut::new();
-    body.put_slice(mechanism.as_bytes());
-    body.put_u8(0);
-    body.put_i32(data.len() as i32);
-    body.put_slice(data);
-    Frame::new(b'p', Bytes::from(body))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An `AuthenticationSASL` request body listing `mechanisms`.
+    fn sasl_request(mechanisms: &[&str]) -> Frame {
+        let mut body = BytesMut::new();
+        body.put_i32(10);
+        for m in mechanisms {
+            body.put_slice(m.as_bytes());
+            body.put_u8(0);
+        }
+        body.put_u8(0);
+        Frame::new(b'R', body.freeze())
+    }
+
+    /// A `SASLInitialResponse` with `data`.
+    fn sasl_initial_response(mechanism: &str, data: &[u8]) -> Frame {
+        let mut body = BytesMut::new();
+        body.put_slice(mechanism.as_bytes());
+        body.put_u8(0);
+        body.put_i32(data.len() as i32);
+        body.put_slice(data);
+        Frame::new(b'p', bytes::Bytes::from(body))
+    }
 
     #[test]
     fn strips_plus_and_keeps_the_rest() {

@@ -1,25 +1,21 @@
 //! Switchyard's wire path: a PostgreSQL protocol proxy that forwards frames
-//! untouched unless a routing rule applies.
+//! untouched unless a routing rule applies. It knows nothing of the control
+//! plane, the command line or tests: the `switchyard` binary composes them.
 
-pub mod app;
-pub mod auth;
-pub mod cli;
-pub mod config;
-pub mod ctl;
-pub mod demo;
-pub mod error;
-pub mod filters;
+mod auth;
+mod config;
+mod error;
+mod filters;
 pub mod frame;
 pub mod metrics;
-pub mod pgcluster;
 pub mod relay;
 pub mod routing;
 pub mod server;
-pub mod session;
+mod session;
 pub mod startup;
-pub mod stream;
+mod stream;
 pub mod tls;
-pub mod upstream;
+mod upstream;
 
-pub use config::{ProxyConfig, ServeArgs};
+pub use config::ProxyConfig;
 pub use server::{Proxy, ProxyHandle};

@@ -4,6 +4,7 @@
 //!
 //! `cargo run --release --example stack_probe -p switchyard-rules -- SHAPE DEPTH STACK_BYTES`
 //! prints `ok` or aborts with a stack overflow; bisect DEPTH in a shell.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use switchyard_rules::fixtures::users;
 use switchyard_rules::{ActiveRules, Phase};

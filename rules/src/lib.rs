@@ -6,10 +6,12 @@ pub mod active;
 pub mod cache;
 pub mod fixtures;
 pub mod ident;
+pub mod latency;
+pub mod legacy_use;
 pub mod migration;
-pub mod model;
+mod model;
 pub mod normalize;
-pub mod prefilter;
+mod prefilter;
 pub mod rewrite;
 pub mod template;
 

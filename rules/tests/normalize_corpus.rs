@@ -3,6 +3,7 @@
 //! routing, with its literals changed at random, the cache's answer (the
 //! shape's cached rewrite with the literals spliced back) is exactly the
 //! cold rewrite of that text.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use proptest::prelude::*;
 use switchyard_rules::cache::{RewriteCache, SearchPath};

@@ -2,6 +2,7 @@
 //! address`): every column of a group is written whichever side a
 //! statement names, and reads of a legacy name after the switch come from
 //! the new columns. The real-PostgreSQL check is `tests/tests/split_merge.rs`.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use switchyard_rules::fixtures::people;
 use switchyard_rules::{ActiveRules, Phase, Rewrite};

@@ -1,3 +1,6 @@
+//! The rewriter on reads under each phase's rules, text in and text out.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use switchyard_rules::fixtures::users;
 use switchyard_rules::{ActiveRules, Phase, Rewrite};
 

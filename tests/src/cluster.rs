@@ -1,14 +1,14 @@
-//! The test cluster: Switchyard's throwaway cluster (`switchyard::pgcluster`)
+//! The test cluster: Switchyard's throwaway cluster (`switchyard_testkit`)
 //! with TLS on, certificates generated at test time, and one login role per
 //! authentication method.
 
 use std::ops::Deref;
 
-use switchyard::pgcluster::{self, ClusterOptions};
+use switchyard_testkit::ClusterOptions;
 
 use crate::certs::TestCerts;
 
-pub use pgcluster::{free_port, is_root};
+pub use switchyard_testkit::{free_port, is_root};
 
 /// Roles the cluster creates, one per authentication method.
 pub const USERS: [(&str, &str, &str); 3] = [
@@ -19,13 +19,13 @@ pub const USERS: [(&str, &str, &str); 3] = [
 
 /// A running throwaway cluster for tests, stopped and removed on drop.
 pub struct Cluster {
-    inner: pgcluster::Cluster,
+    inner: switchyard_testkit::Cluster,
     /// The server's TLS files.
     pub certs: TestCerts,
 }
 
 impl Deref for Cluster {
-    type Target = pgcluster::Cluster;
+    type Target = switchyard_testkit::Cluster;
     fn deref(&self) -> &Self::Target {
         &self.inner
     }
@@ -35,7 +35,7 @@ impl Cluster {
     /// Starts a cluster with TLS and the test roles.
     pub fn start() -> anyhow::Result<Self> {
         let mut certs = None;
-        let inner = pgcluster::Cluster::start(
+        let inner = switchyard_testkit::Cluster::start(
             ClusterOptions {
                 hba: USERS
                     .iter()
@@ -50,7 +50,7 @@ impl Cluster {
             },
             |dir| {
                 let c = TestCerts::generate(dir, "server")
-                    .map_err(|e| pgcluster::ClusterError(e.to_string()))?;
+                    .map_err(|e| switchyard_testkit::ClusterError(e.to_string()))?;
                 let tls = Some((c.cert.clone(), c.key.clone()));
                 certs = Some(c);
                 Ok(ClusterOptions {

@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use switchyard::app::App;
-use switchyard::metrics::ProxyMetrics;
-use switchyard::tls::UpstreamTlsMode;
-use switchyard::ProxyConfig;
+use switchyard_proxy::metrics::ProxyMetrics;
+use switchyard_proxy::tls::UpstreamTlsMode;
+use switchyard::ServeConfig;
+use switchyard_proxy::ProxyConfig;
 
 use crate::certs::TestCerts;
 use crate::cluster::Cluster;
@@ -73,7 +74,7 @@ pub struct TestProxy {
 impl TestProxy {
     /// Starts a proxy on a free port in front of `cluster`.
     pub async fn start(cluster: &Cluster, options: TestProxyOptions) -> anyhow::Result<Self> {
-        let config = ProxyConfig {
+        let proxy = ProxyConfig {
             listen: "127.0.0.1:0".into(),
             upstream: if options.unix_upstream {
                 cluster.socket_path().display().to_string()
@@ -93,13 +94,16 @@ impl TestProxy {
             tls: options.client_tls.map(|c| (c.cert, c.key)),
             max_message_bytes: options.max_message_bytes,
             drain_timeout: options.drain_timeout,
+            ..ProxyConfig::default()
+        };
+        let config = ServeConfig {
+            proxy,
             control_listen: "127.0.0.1:0".into(),
             database_url: options
                 .control_database
                 .as_ref()
                 .map(|(user, db)| cluster.conn_str(user, db)),
             control_token: options.control_token.clone(),
-            ..ProxyConfig::default()
         };
         let app = App::start(config).await?;
         Ok(TestProxy {
@@ -132,7 +136,7 @@ impl TestProxy {
     }
 
     /// The proxy's routing rules.
-    pub fn rules(&self) -> std::sync::Arc<switchyard::routing::RulesHub> {
+    pub fn rules(&self) -> std::sync::Arc<switchyard_proxy::routing::RulesHub> {
         self.app.as_ref().expect("running").rules.clone()
     }
 

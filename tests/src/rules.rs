@@ -1,7 +1,7 @@
 //! Building rule sets from a live catalog for tests that install rules
 //! directly, without the control plane.
 
-use switchyard::routing::RulesHub;
+use switchyard_proxy::routing::RulesHub;
 use switchyard_rules::{ColumnMapping, Phase, QualifiedName, RuleSet, TableFacts, TableRules};
 
 /// Reads a table's columns (in order, with types and defaults) and key,

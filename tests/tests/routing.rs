@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use switchyard::routing::RulesHub;
+use switchyard_proxy::routing::RulesHub;
 use switchyard_rules::Phase;
 use switchyard_tests::rules::{install, single_pair, table_facts};
 use switchyard_tests::{Cluster, TestProxy, TestProxyOptions};

@@ -1,6 +1,6 @@
 //! TLS at both hops: terminated at the proxy, and to the upstream server.
 
-use switchyard::tls::UpstreamTlsMode;
+use switchyard_proxy::tls::UpstreamTlsMode;
 use switchyard_tests::tools::psql;
 use switchyard_tests::{Cluster, TestCerts, TestProxy, TestProxyOptions};
 
@@ -154,14 +154,17 @@ async fn upstream_tls_verify_full_checks_the_server_certificate() {
 
     // A CA that did not sign the server's certificate is refused.
     let other = TestCerts::generate(cluster.scratch(), "other").unwrap();
-    let mut bad = switchyard::ProxyConfig {
-        listen: "127.0.0.1:0".into(),
+    let bad = switchyard::ServeConfig {
+        proxy: switchyard_proxy::ProxyConfig {
+            listen: "127.0.0.1:0".into(),
+            upstream: format!("localhost:{}", cluster.port),
+            upstream_tls: UpstreamTlsMode::VerifyFull,
+            upstream_ca: Some(other.ca.clone()),
+            ..Default::default()
+        },
         control_listen: "127.0.0.1:0".into(),
-        upstream: format!("localhost:{}", cluster.port),
-        upstream_tls: UpstreamTlsMode::VerifyFull,
         ..Default::default()
     };
-    bad.upstream_ca = Some(other.ca.clone());
     let app = switchyard::app::App::start(bad).await.unwrap();
     let err = switchyard_tests::proxy::connect(&format!(
         "host=127.0.0.1 port={} user=trust_user dbname=postgres",

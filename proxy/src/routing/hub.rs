@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use switchyard_control::latency::{Histogram, LatencyRecorder};
-use switchyard_control::legacy_use::LegacyUse;
+use switchyard_rules::latency::LatencyRecorder;
+use switchyard_rules::legacy_use::LegacyUse;
 use switchyard_rules::active::RuleError;
 use switchyard_rules::cache::RewriteCache;
 use switchyard_rules::{ActiveRules, RuleSet};
@@ -178,31 +178,5 @@ impl RulesHub {
         if self.logged.len() < 10_000 && self.logged.insert(sql.to_owned(), ()).is_none() {
             warn!(statement = %sql, reason, "statement touches a routed table but cannot be rewritten");
         }
-    }
-}
-
-impl switchyard_control::RulesSink for RulesHub {
-    fn install(&self, set: RuleSet) -> Result<Duration, String> {
-        RulesHub::install(self, set).map_err(|e| e.to_string())
-    }
-
-    fn acknowledged(&self) -> u64 {
-        RulesHub::acknowledged(self)
-    }
-
-    fn watch_acknowledged(&self) -> tokio::sync::watch::Receiver<u64> {
-        RulesHub::watch_acknowledged(self)
-    }
-
-    fn unrewritten_writes(&self) -> Vec<(String, u64)> {
-        self.resync_needed()
-    }
-
-    fn legacy_uses(&self) -> Vec<(String, LegacyUse)> {
-        RulesHub::legacy_uses(self)
-    }
-
-    fn latency(&self) -> Histogram {
-        self.latency.snapshot()
     }
 }

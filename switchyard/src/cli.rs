@@ -3,8 +3,8 @@
 //! entry point as a separate process (and `kill -9` it).
 
 use crate::app::App;
-use crate::server::State;
-use crate::{ProxyConfig, ServeArgs};
+use crate::{ServeArgs, ServeConfig};
+use switchyard_proxy::server::State;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
@@ -96,7 +96,7 @@ async fn demo(args: crate::demo::DemoArgs) -> anyhow::Result<crate::demo::Summar
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = ProxyConfig::resolve(&args, std::env::var("SWITCHYARD_CONTROL_TOKEN").ok())?;
+    let config = ServeConfig::resolve(&args, std::env::var("SWITCHYARD_CONTROL_TOKEN").ok())?;
     let app = App::start(config).await?;
     let drainer = app.drainer();
     tokio::spawn(async move {

@@ -16,9 +16,10 @@ use switchyard_control::Engine;
 use switchyard_rules::migration::{MigrationSpec, Verb};
 
 use crate::app::App;
-use crate::pgcluster::{Cluster, ClusterOptions};
-use crate::tls::UpstreamTlsMode;
-use crate::ProxyConfig;
+use crate::ServeConfig;
+use switchyard_proxy::tls::UpstreamTlsMode;
+use switchyard_proxy::ProxyConfig;
+use switchyard_testkit::{Cluster, ClusterOptions};
 
 /// Demo settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -97,7 +98,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     println!("1/4  Starting a throwaway PostgreSQL cluster from the local server binaries…");
     let cluster = tokio::task::spawn_blocking(|| {
         Cluster::start(ClusterOptions::default(), |dir| {
-            leftovers::claim(dir).map_err(|e| crate::pgcluster::ClusterError(e.to_string()))?;
+            leftovers::claim(dir).map_err(|e| switchyard_testkit::ClusterError(e.to_string()))?;
             Ok(ClusterOptions::default())
         })
     })
@@ -116,13 +117,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     ))?;
     cluster.psql_admin("VACUUM ANALYZE users")?;
 
-    let config = ProxyConfig {
-        listen: "127.0.0.1:0".into(),
+    let config = ServeConfig {
+        proxy: ProxyConfig {
+            listen: "127.0.0.1:0".into(),
+            upstream: cluster.addr(),
+            upstream_tls: UpstreamTlsMode::Disable,
+            ..ProxyConfig::default()
+        },
         control_listen: "127.0.0.1:0".into(),
-        upstream: cluster.addr(),
-        upstream_tls: UpstreamTlsMode::Disable,
         database_url: Some(cluster.url("postgres", "", "postgres")),
-        ..ProxyConfig::default()
+        ..ServeConfig::default()
     };
     let app = App::start(config).await?;
     let engine = app

@@ -8,10 +8,12 @@ use prometheus_client::registry::Registry;
 use switchyard_control::http;
 use tokio::sync::watch;
 
-use crate::metrics::ProxyMetrics;
-use crate::routing::RulesHub;
-use crate::server::{Proxy, ProxyHandle, State};
-use crate::ProxyConfig;
+use switchyard_proxy::metrics::ProxyMetrics;
+use switchyard_proxy::routing::RulesHub;
+use switchyard_proxy::server::{Proxy, ProxyHandle, State};
+
+use crate::sink::HubSink;
+use crate::ServeConfig;
 
 /// A running `serve`.
 pub struct App {
@@ -32,7 +34,7 @@ pub struct App {
 
 impl App {
     /// Binds both listeners and starts serving.
-    pub async fn start(config: ProxyConfig) -> anyhow::Result<Self> {
+    pub async fn start(config: ServeConfig) -> anyhow::Result<Self> {
         let mut registry = Registry::default();
         let metrics = ProxyMetrics::new(&mut registry);
         let control = http::bind(&config.control_listen, config.control_token.is_some()).await?;
@@ -41,10 +43,10 @@ impl App {
         let database_url = config.database_url.clone();
         // Bound, but not accepting until the stored rules are installed: a
         // session served before that would not dual-write.
-        let proxy = Proxy::bind(config, metrics.clone()).await?;
+        let proxy = Proxy::bind(config.proxy, metrics.clone()).await?;
         let engine = match database_url {
             Some(url) => {
-                let sink: Arc<dyn switchyard_control::RulesSink> = proxy.rules();
+                let sink: Arc<dyn switchyard_control::RulesSink> = Arc::new(HubSink(proxy.rules()));
                 let control_metrics =
                     switchyard_control::metrics::ControlMetrics::new(&mut registry);
                 let instance = switchyard_control::fleet::Instance::new(
@@ -70,6 +72,7 @@ impl App {
             registry: Mutex::new(registry),
             engine: engine.clone(),
             token,
+            assets: crate::console::ASSETS,
         });
         let api_task = tokio::spawn(http::serve(control, api, stop_rx));
         Ok(App {
