@@ -83,7 +83,7 @@ fn key_order(t: &Target, alias: &str, desc: bool) -> String {
 /// started: later rows were dual-written from their first write), updated
 /// where they differ; answers the last key, the rows visited and the rows
 /// changed.
-pub fn chunk_sql(t: &Target) -> String {
+pub(crate) fn chunk_sql(t: &Target) -> String {
     if t.key.is_empty() {
         return ctid_chunk_sql(t);
     }
@@ -176,7 +176,7 @@ fn ctid_verify_sql(t: &Target) -> String {
 }
 
 /// Where a backfill started now ends (answers a text array or NULL).
-pub fn end_sql(t: &Target) -> String {
+pub(crate) fn end_sql(t: &Target) -> String {
     if t.key.is_empty() {
         let table = t.table.replace('\'', "''");
         return format!(
@@ -194,7 +194,7 @@ pub fn end_sql(t: &Target) -> String {
 
 /// One parity chunk: the last key, rows seen, mismatches and up to five
 /// sample keys.
-pub fn verify_sql(t: &Target) -> String {
+pub(crate) fn verify_sql(t: &Target) -> String {
     if t.key.is_empty() {
         return ctid_verify_sql(t);
     }

@@ -16,7 +16,7 @@ pub(crate) struct Db {
 
 impl Db {
     /// Connects the shared session.
-    pub async fn connect(url: &str) -> Result<Self, ControlError> {
+    pub(crate) async fn connect(url: &str) -> Result<Self, ControlError> {
         Ok(Db {
             url: url.to_owned(),
             shared: Mutex::new(connect(url).await?),
@@ -24,7 +24,7 @@ impl Db {
     }
 
     /// The shared session, reconnected if the database restarted.
-    pub async fn session(&self) -> Result<MutexGuard<'_, Client>, ControlError> {
+    pub(crate) async fn session(&self) -> Result<MutexGuard<'_, Client>, ControlError> {
         let mut client = self.shared.lock().await;
         if client.is_closed() {
             *client = connect(&self.url).await?;
@@ -34,12 +34,12 @@ impl Db {
     }
 
     /// A dedicated session (DDL, a job).
-    pub async fn dedicated(&self) -> Result<Client, ControlError> {
+    pub(crate) async fn dedicated(&self) -> Result<Client, ControlError> {
         connect(&self.url).await
     }
 
     /// The connection string.
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.url
     }
 }

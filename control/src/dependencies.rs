@@ -11,7 +11,7 @@ use crate::error::ControlError;
 /// human-readable line each. Constraints, indexes and triggers that
 /// Switchyard itself manages (`switchyard_*` checks, the guard trigger,
 /// indexes) are not listed.
-pub async fn of_column(
+pub(crate) async fn of_column(
     client: &Client,
     table: &str,
     column: &str,

@@ -43,7 +43,7 @@ pub trait RulesSink: Send + Sync {
 }
 
 /// How long a step waits for every instance to acknowledge a version.
-pub const ACK_DEADLINE: Duration = Duration::from_secs(300);
+pub(crate) const ACK_DEADLINE: Duration = Duration::from_secs(300);
 
 /// The control plane of one `serve` process.
 pub struct Engine {

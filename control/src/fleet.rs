@@ -22,8 +22,8 @@ use tracing::{info, warn};
 
 use crate::engine::Engine;
 use crate::error::ControlError;
-use switchyard_rules::legacy_use::LegacyUse;
 use crate::store;
+use switchyard_rules::legacy_use::LegacyUse;
 
 /// One live instance's statements that depend on a migration's legacy side.
 #[derive(Debug, Clone, Serialize)]
@@ -114,7 +114,7 @@ pub(crate) struct Fleet {
 }
 
 impl Fleet {
-    pub fn new(instance: Instance) -> Self {
+    pub(crate) fn new(instance: Instance) -> Self {
         Fleet {
             instance,
             holder: AtomicBool::new(false),
@@ -126,7 +126,7 @@ impl Fleet {
     }
 
     /// Whether this instance holds the job lock.
-    pub fn is_holder(&self) -> bool {
+    pub(crate) fn is_holder(&self) -> bool {
         self.holder.load(Ordering::SeqCst)
     }
 

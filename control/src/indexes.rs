@@ -15,7 +15,7 @@ use crate::error::ControlError;
 
 /// An index whose definition references a column.
 #[derive(Debug, Clone, Serialize)]
-pub struct CoveringIndex {
+pub(crate) struct CoveringIndex {
     /// Index name (unqualified; it lives in the table's schema).
     pub name: String,
     /// The table's schema.
@@ -35,7 +35,7 @@ pub struct CoveringIndex {
 pub(crate) use switchyard_rules::migration::IndexReport;
 
 /// Indexes of `table` (quoted, qualified) that depend on `column`.
-pub async fn covering(
+pub(crate) async fn covering(
     client: &Client,
     table: &str,
     column: &str,
@@ -79,7 +79,7 @@ pub(crate) use switchyard_rules::ident::renamed;
 
 /// `CREATE [UNIQUE] INDEX CONCURRENTLY` for `index` with column `from`
 /// replaced by `to`, or why it cannot be rebuilt.
-pub fn rebuild_statement(
+pub(crate) fn rebuild_statement(
     index: &CoveringIndex,
     table: &str,
     from: &str,
@@ -121,7 +121,7 @@ fn qualified(schema: &str, name: &str) -> String {
 /// index left by an earlier failed try is dropped first. A build that
 /// fails (a unique index over values that collide after `forward`) is
 /// cleaned up and reported as an error naming the index.
-pub async fn rebuild(
+pub(crate) async fn rebuild(
     client: &Client,
     table: &str,
     from: &str,
@@ -140,7 +140,7 @@ pub async fn rebuild(
 /// expression reads of the legacy name are rewritten to, so that the
 /// planner uses the index for them).
 #[derive(Debug, Clone)]
-pub struct Derived {
+pub(crate) struct Derived {
     /// The legacy column.
     pub legacy: String,
     /// `(backward)::legacy_type` over the new columns, unqualified.
@@ -150,7 +150,7 @@ pub struct Derived {
 /// Rebuilds every index covering a legacy column of a split or merge as an
 /// expression index over the new columns, concurrently; each index once,
 /// with every legacy column of the group in it replaced.
-pub async fn rebuild_group(
+pub(crate) async fn rebuild_group(
     client: &Client,
     table: &str,
     derived: &[Derived],
@@ -202,7 +202,7 @@ fn derived_name(index: &str, derived: &[Derived], label: &str) -> String {
 
 /// `CREATE [UNIQUE] INDEX CONCURRENTLY` for `index` with the legacy
 /// columns of `derived` replaced by their expressions.
-pub fn derive_statement(
+pub(crate) fn derive_statement(
     index: &CoveringIndex,
     table: &str,
     derived: &[Derived],

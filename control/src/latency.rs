@@ -7,11 +7,11 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-pub use switchyard_rules::latency::Histogram;
+pub(crate) use switchyard_rules::latency::Histogram;
 
 /// Snapshots taken about once a second, newest last, kept for a minute.
 #[derive(Debug, Default)]
-pub struct History {
+pub(crate) struct History {
     samples: VecDeque<(Instant, Histogram)>,
 }
 
@@ -19,7 +19,7 @@ impl History {
     const KEEP: usize = 64;
 
     /// Adds a snapshot taken at `at`.
-    pub fn push(&mut self, at: Instant, snapshot: Histogram) {
+    pub(crate) fn push(&mut self, at: Instant, snapshot: Histogram) {
         if self.samples.len() == Self::KEEP {
             self.samples.pop_front();
         }
@@ -28,7 +28,7 @@ impl History {
 
     /// The round trips from about `span` before `now` up to `current` (the
     /// snapshot at `now`); shorter when the history is.
-    pub fn window(&self, now: Instant, current: &Histogram, span: Duration) -> Histogram {
+    pub(crate) fn window(&self, now: Instant, current: &Histogram, span: Duration) -> Histogram {
         let start = now.checked_sub(span);
         let base = self
             .samples
@@ -51,7 +51,7 @@ pub(crate) struct Recent(std::sync::Mutex<History>);
 
 impl Recent {
     /// Adds a snapshot taken now.
-    pub fn sample(&self, snapshot: Histogram) {
+    pub(crate) fn sample(&self, snapshot: Histogram) {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -59,7 +59,7 @@ impl Recent {
     }
 
     /// The round trips of about the last `span`, up to `current`.
-    pub fn window(&self, current: &Histogram, span: Duration) -> Histogram {
+    pub(crate) fn window(&self, current: &Histogram, span: Duration) -> Histogram {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -49,7 +49,7 @@ pub(crate) struct LocalRevert {
 }
 
 impl Publisher {
-    pub fn new(sink: Arc<dyn RulesSink>, database: String, metrics: ControlMetrics) -> Self {
+    pub(crate) fn new(sink: Arc<dyn RulesSink>, database: String, metrics: ControlMetrics) -> Self {
         Publisher {
             sink,
             database,
@@ -66,18 +66,18 @@ impl Publisher {
     }
 
     /// The version this instance runs.
-    pub fn installed_version(&self) -> u64 {
+    pub(crate) fn installed_version(&self) -> u64 {
         self.lock().set.version
     }
 
     /// The published version this instance's rules stand for.
-    pub fn installed_acknowledges(&self) -> u64 {
+    pub(crate) fn installed_acknowledges(&self) -> u64 {
         self.lock().set.acknowledges()
     }
 
     /// Installs the published version if it is newer than ours (or replaces
     /// a local revert of the same number).
-    pub async fn sync(&self, client: &impl GenericClient) -> Result<u64, ControlError> {
+    pub(crate) async fn sync(&self, client: &impl GenericClient) -> Result<u64, ControlError> {
         let version = store::rules_version(client).await?;
         let (current, local) = {
             let i = self.lock();
@@ -180,7 +180,7 @@ impl Publisher {
 
     /// Swaps in a local set with the reads of `name` (or of every migration)
     /// back on the legacy column, where the published state allows it.
-    pub fn revert_locally(&self, name: Option<&str>) -> Result<LocalRevert, ControlError> {
+    pub(crate) fn revert_locally(&self, name: Option<&str>) -> Result<LocalRevert, ControlError> {
         let mut installed = self.lock();
         let mut set = installed.set.clone();
         set.local_base = Some(set.acknowledges());

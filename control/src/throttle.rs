@@ -11,7 +11,7 @@ use crate::latency::Histogram;
 
 /// What the database looks like before a chunk: the throttles' inputs.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Load {
+pub(crate) struct Load {
     /// The largest `replay_lag` among replicas, in milliseconds.
     pub replica_lag_ms: f64,
     /// Active client sessions other than the backfill's.
@@ -22,7 +22,7 @@ pub struct Load {
 
 /// The limits in force for one chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Replica lag at most.
     pub max_replica_lag_ms: Option<u64>,
     /// Active sessions at most.
@@ -33,7 +33,7 @@ pub struct Limits {
 
 /// Why the next chunk must wait, if it must. Lock waiters always hold it:
 /// a backfill chunk must never make an application (or DDL) queue longer.
-pub fn throttle_reason(load: &Load, limits: &Limits) -> Option<String> {
+pub(crate) fn throttle_reason(load: &Load, limits: &Limits) -> Option<String> {
     if load.lock_waiters > 0 {
         return Some(format!(
             "{} session(s) waiting for a lock on the table",
@@ -89,7 +89,7 @@ pub(crate) async fn load(client: &Client, table: &str) -> Result<Load, ControlEr
 /// application meets the backfill in small slices; below, the pause halves
 /// until it is gone.
 #[derive(Debug, Clone, Default)]
-pub struct LatencyGuard {
+pub(crate) struct LatencyGuard {
     baseline: Option<Duration>,
     /// The pause per chunk as a multiple of the chunk's time.
     factor: f64,
@@ -100,7 +100,7 @@ pub struct LatencyGuard {
 
 impl LatencyGuard {
     /// How far back the baseline looks.
-    pub const BASELINE_SPAN: Duration = Duration::from_secs(30);
+    pub(crate) const BASELINE_SPAN: Duration = Duration::from_secs(30);
     const DECIDE_EVERY: Duration = Duration::from_millis(500);
     const MIN_BASELINE: u64 = 100;
     const MIN_RECENT: u64 = 20;
@@ -109,7 +109,7 @@ impl LatencyGuard {
 
     /// A guard whose baseline is the p99 of `before` (none with too few
     /// round trips: the guard then stays off).
-    pub fn new(before: &Histogram) -> Self {
+    pub(crate) fn new(before: &Histogram) -> Self {
         LatencyGuard {
             baseline: (before.count() >= Self::MIN_BASELINE)
                 .then(|| before.quantile(0.99))
@@ -125,7 +125,7 @@ impl LatencyGuard {
     }
 
     /// The chunk time to aim at instead of `target` while pacing.
-    pub fn chunk_target(&self, target: Duration) -> Duration {
+    pub(crate) fn chunk_target(&self, target: Duration) -> Duration {
         if self.factor > 0.0 {
             target.div_f64(1.0 + self.factor).max(Self::MIN_CHUNK)
         } else {
@@ -135,7 +135,7 @@ impl LatencyGuard {
 
     /// The pause after a chunk that took `took`, and why; `total` holds the
     /// application's round trips so far.
-    pub fn pause(
+    pub(crate) fn pause(
         &mut self,
         now: std::time::Instant,
         total: &Histogram,
@@ -190,7 +190,7 @@ impl LatencyGuard {
 /// the target, grow at most ×1.5, cut hard (÷4) when the last chunk took
 /// five times the target, within [100, 100 000].
 #[derive(Debug, Clone, Default)]
-pub struct ChunkSizer {
+pub(crate) struct ChunkSizer {
     /// Seconds per row of the last chunks, oldest first.
     recent: std::collections::VecDeque<f64>,
 }
@@ -199,7 +199,7 @@ impl ChunkSizer {
     const WINDOW: usize = 10;
 
     /// The size after a chunk of `size` rows took `took`.
-    pub fn next(&mut self, size: u64, took: Duration, target: Duration) -> u64 {
+    pub(crate) fn next(&mut self, size: u64, took: Duration, target: Duration) -> u64 {
         let took = took.as_secs_f64().max(0.000_1);
         let target = target.as_secs_f64();
         if self.recent.len() == Self::WINDOW {

@@ -11,19 +11,19 @@ use bytes::{BufMut, BytesMut};
 use crate::frame::{BodyReader, Frame};
 
 /// The authentication request codes that expect an answer from the client.
-pub fn expects_client_reply(code: i32) -> bool {
+pub(crate) fn expects_client_reply(code: i32) -> bool {
     !matches!(code, 0 | 12)
 }
 
 /// The request code of an `Authentication` ('R') message.
-pub fn request_code(frame: &Frame) -> Option<i32> {
+pub(crate) fn request_code(frame: &Frame) -> Option<i32> {
     BodyReader::new(&frame.body).i32()
 }
 
 /// Removes `SCRAM-SHA-256-PLUS` from an `AuthenticationSASL` body.
 ///
 /// Returns `None` when the body is not a SASL request or nothing changed.
-pub fn strip_channel_binding(frame: &Frame) -> Option<Frame> {
+pub(crate) fn strip_channel_binding(frame: &Frame) -> Option<Frame> {
     let mut reader = BodyReader::new(&frame.body);
     if reader.i32()? != 10 {
         return None;
@@ -55,7 +55,7 @@ pub fn strip_channel_binding(frame: &Frame) -> Option<Frame> {
 
 /// Whether a `SASLInitialResponse` carries the gs2 flag `y` ("client supports
 /// channel binding but thinks the server does not").
-pub fn claims_channel_binding_support(frame: &Frame) -> bool {
+pub(crate) fn claims_channel_binding_support(frame: &Frame) -> bool {
     let mut reader = BodyReader::new(&frame.body);
     let Some(mechanism) = reader.cstr() else {
         return false;

@@ -9,7 +9,7 @@ use crate::startup::StartupError;
 
 /// An error that ends a session, with the SQLSTATE the client receives.
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
+pub(crate) enum SessionError {
     /// The client broke the protocol (bad frame, bad startup packet).
     #[error("{0}")]
     Protocol(String),
@@ -32,7 +32,7 @@ pub enum SessionError {
 
 impl SessionError {
     /// The SQLSTATE for this error.
-    pub fn sqlstate(&self) -> &'static str {
+    pub(crate) fn sqlstate(&self) -> &'static str {
         match self {
             SessionError::Protocol(_) => "08P01",
             SessionError::UpstreamConnect(_) => "08001",
@@ -44,7 +44,7 @@ impl SessionError {
     }
 
     /// The `ErrorResponse` frame telling the client about this error.
-    pub fn to_frame(&self) -> Bytes {
+    pub(crate) fn to_frame(&self) -> Bytes {
         fatal(self.sqlstate(), &self.to_string())
     }
 }
@@ -62,12 +62,12 @@ impl From<StartupError> for SessionError {
 }
 
 /// Encodes a FATAL `ErrorResponse`.
-pub fn fatal(sqlstate: &str, message: &str) -> Bytes {
+pub(crate) fn fatal(sqlstate: &str, message: &str) -> Bytes {
     error_response("FATAL", sqlstate, message)
 }
 
 /// Encodes an `ErrorResponse` with the given severity.
-pub fn error_response(severity: &str, sqlstate: &str, message: &str) -> Bytes {
+pub(crate) fn error_response(severity: &str, sqlstate: &str, message: &str) -> Bytes {
     let msg = ErrorResponse::new(vec![
         (b'S', severity.to_owned()),
         (b'V', severity.to_owned()),
@@ -83,7 +83,7 @@ pub fn error_response(severity: &str, sqlstate: &str, message: &str) -> Bytes {
 }
 
 /// Reads the severity and SQLSTATE of an `ErrorResponse` body.
-pub fn error_fields(body: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
+pub(crate) fn error_fields(body: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
     let mut severity = None;
     let mut code = None;
     let mut reader = crate::frame::BodyReader::new(body);

@@ -9,7 +9,7 @@ use crate::routing::SessionRouter;
 use crate::session::is_fatal;
 
 /// Frames from the application.
-pub struct ClientFilter {
+pub(crate) struct ClientFilter {
     /// Routing of this session.
     pub router: Arc<SessionRouter>,
 }
@@ -26,7 +26,7 @@ impl FrameFilter for ClientFilter {
 }
 
 /// Frames from the server.
-pub struct ServerFilter {
+pub(crate) struct ServerFilter {
     /// The server sent a FATAL error, so it will close the connection itself.
     pub fatal_seen: bool,
     /// Routing of this session.

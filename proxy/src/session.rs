@@ -30,7 +30,7 @@ struct Summary {
 }
 
 /// Serves one accepted connection to the end, logging open and close.
-pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     shared.metrics.sessions_total.inc();
     shared.metrics.sessions_active.inc();
@@ -482,7 +482,7 @@ async fn write_final<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io:
 }
 
 /// Whether an `ErrorResponse` body is FATAL or PANIC (the server closes next).
-pub fn is_fatal(body: &[u8]) -> bool {
+pub(crate) fn is_fatal(body: &[u8]) -> bool {
     matches!(error_fields(body).0, Some(b"FATAL") | Some(b"PANIC"))
 }
 

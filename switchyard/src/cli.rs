@@ -4,8 +4,8 @@
 
 use crate::app::App;
 use crate::{ServeArgs, ServeConfig};
-use switchyard_proxy::server::State;
 use clap::{Parser, Subcommand};
+use switchyard_proxy::server::State;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 

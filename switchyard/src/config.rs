@@ -278,7 +278,10 @@ mod tests {
         };
         let c = ServeConfig::resolve(&args(UpstreamTlsMode::Prefer), None).unwrap();
         assert!(c.proxy.upstream_is_unix());
-        assert_eq!(c.proxy.upstream, dir.join(".s.PGSQL.5432").display().to_string());
+        assert_eq!(
+            c.proxy.upstream,
+            dir.join(".s.PGSQL.5432").display().to_string()
+        );
         let err = ServeConfig::resolve(&args(UpstreamTlsMode::VerifyFull), None).unwrap_err();
         assert!(err.to_string().contains("carries no TLS"), "{err}");
     }

@@ -5,7 +5,7 @@
 use switchyard_control::http::Asset;
 
 /// The console's files.
-pub const ASSETS: &[Asset] = &[
+pub(crate) const ASSETS: &[Asset] = &[
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",

@@ -31,8 +31,7 @@ impl ServeProcess {
         token: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
-        let addr: SocketAddr =
-            format!("127.0.0.1:{}", switchyard_testkit::free_port()?).parse()?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", switchyard_testkit::free_port()?).parse()?;
         let control_addr: SocketAddr =
             format!("127.0.0.1:{}", switchyard_testkit::free_port()?).parse()?;
         Self::start_at(cluster, token, addr, control_addr, extra).await

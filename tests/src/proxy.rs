@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use switchyard::app::App;
+use switchyard::ServeConfig;
 use switchyard_proxy::metrics::ProxyMetrics;
 use switchyard_proxy::tls::UpstreamTlsMode;
-use switchyard::ServeConfig;
 use switchyard_proxy::ProxyConfig;
 
 use crate::certs::TestCerts;

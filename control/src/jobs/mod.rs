@@ -37,14 +37,14 @@ pub(crate) struct Reporter(Arc<Mutex<Shown>>);
 
 impl Reporter {
     /// Progress, and whether the operator holds the job.
-    pub fn report(&self, progress: &Progress, paused: bool) {
+    pub(crate) fn report(&self, progress: &Progress, paused: bool) {
         let mut shown = self.0.lock().unwrap_or_else(|e| e.into_inner());
         shown.progress = progress.clone();
         shown.paused = paused;
     }
 
     /// What the job waits for (`None`: nothing).
-    pub fn waiting(&self, why: Option<String>) {
+    pub(crate) fn waiting(&self, why: Option<String>) {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -52,7 +52,7 @@ impl Reporter {
             .throttled = why;
     }
 
-    pub fn shown(&self) -> Shown {
+    pub(crate) fn shown(&self) -> Shown {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
@@ -82,7 +82,7 @@ impl JobRunner {
     /// A task of an earlier job is left to finish (it may be recording its
     /// end); one that must stop is stopped with [`JobRunner::abort`] first.
     /// Returns how the job ends.
-    pub fn start(
+    pub(crate) fn start(
         &self,
         migration: &str,
         id: u64,
@@ -113,7 +113,7 @@ impl JobRunner {
     }
 
     /// The job running here for `migration`: its id and kind.
-    pub fn running(&self, migration: &str) -> Option<(u64, JobKind)> {
+    pub(crate) fn running(&self, migration: &str) -> Option<(u64, JobKind)> {
         self.tasks()
             .get(migration)
             .filter(|t| !t.handle.is_finished())
@@ -121,7 +121,7 @@ impl JobRunner {
     }
 
     /// What the job of `migration` shows here, if it runs here.
-    pub fn shown(&self, migration: &str) -> Option<(u64, Shown)> {
+    pub(crate) fn shown(&self, migration: &str) -> Option<(u64, Shown)> {
         self.tasks()
             .get(migration)
             .filter(|t| !t.handle.is_finished())
@@ -129,7 +129,7 @@ impl JobRunner {
     }
 
     /// Every running job's id and what it shows.
-    pub fn all_shown(&self) -> Vec<(String, u64, Shown)> {
+    pub(crate) fn all_shown(&self) -> Vec<(String, u64, Shown)> {
         self.tasks()
             .iter()
             .filter(|(_, t)| !t.handle.is_finished())
@@ -138,7 +138,7 @@ impl JobRunner {
     }
 
     /// Stops the job task of `migration` (a rollback cancels it).
-    pub fn abort(&self, migration: &str) {
+    pub(crate) fn abort(&self, migration: &str) {
         if let Some(t) = self.tasks().remove(migration) {
             t.handle.abort();
         }
@@ -146,14 +146,14 @@ impl JobRunner {
 
     /// Stops every job (shutdown, or the job lock lost); the next holder
     /// resumes them from their records.
-    pub fn stop_all(&self) {
+    pub(crate) fn stop_all(&self) {
         for (_, t) in self.tasks().drain() {
             t.handle.abort();
         }
     }
 
     /// The operator settings of `migration`'s backfill.
-    pub fn settings(&self, migration: &str) -> Settings {
+    pub(crate) fn settings(&self, migration: &str) -> Settings {
         self.settings
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -162,7 +162,7 @@ impl JobRunner {
             .unwrap_or_default()
     }
 
-    pub fn set_settings(&self, migration: &str, settings: Settings) {
+    pub(crate) fn set_settings(&self, migration: &str, settings: Settings) {
         self.settings
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -37,7 +37,7 @@ pub(crate) struct StoredMigration {
 }
 
 impl StoredMigration {
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         self.state.stage.phase()
     }
 }

@@ -33,7 +33,7 @@ pub(crate) use expand::run as run_expand;
 pub(crate) use rollback::run as run_rollback;
 
 /// How long a DDL verb may take before the call answers 202.
-pub const ANSWER_WITHIN: Duration = Duration::from_secs(1);
+pub(crate) const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 
 impl Engine {
     /// Runs `verb` on migration `name`. Routing verbs answer when the new

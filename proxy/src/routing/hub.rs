@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use switchyard_rules::latency::LatencyRecorder;
-use switchyard_rules::legacy_use::LegacyUse;
 use switchyard_rules::active::RuleError;
 use switchyard_rules::cache::RewriteCache;
+use switchyard_rules::latency::LatencyRecorder;
+use switchyard_rules::legacy_use::LegacyUse;
 use switchyard_rules::{ActiveRules, RuleSet};
 use tracing::{info, warn};
 

@@ -117,11 +117,6 @@ impl SessionRouter {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The rules version the session runs under now.
-    pub fn version(&self) -> u64 {
-        self.lock().rules.version()
-    }
-
     /// Handles one frame from the client.
     pub fn on_client(&self, tag: u8, frame: &[u8]) -> Action {
         let body = &frame[5..];

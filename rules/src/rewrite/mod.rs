@@ -57,7 +57,7 @@ pub(crate) struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     /// The routed table an object name resolves to.
-    pub fn resolve(&self, name: &ObjectName) -> Option<&'a CompiledTable> {
+    pub(crate) fn resolve(&self, name: &ObjectName) -> Option<&'a CompiledTable> {
         let parts: Vec<String> = name
             .0
             .iter()
@@ -74,7 +74,7 @@ impl<'a> Ctx<'a> {
 
     /// The migrated table (and the view's name) a view name resolves to,
     /// when the view uses a migrated column.
-    pub fn view(&self, name: &ObjectName) -> Option<(&'a CompiledTable, String)> {
+    pub(crate) fn view(&self, name: &ObjectName) -> Option<(&'a CompiledTable, String)> {
         let parts: Vec<String> = name
             .0
             .iter()
@@ -105,12 +105,12 @@ impl<'a> Ctx<'a> {
     /// short (a call's closing parenthesis, `CASE`'s `END`), so the
     /// expression is parsed again from its start and the range ends at the
     /// last token that parse consumed; `None` if that parse disagrees.
-    pub fn range(&self, expr: &Expr) -> Option<std::ops::Range<usize>> {
+    pub(crate) fn range(&self, expr: &Expr) -> Option<std::ops::Range<usize>> {
         self.reparse(expr.span(), expr, |p| p.parse_expr())
     }
 
     /// The exact source range of a query, found the same way.
-    pub fn query_range(&self, query: &Query) -> Option<std::ops::Range<usize>> {
+    pub(crate) fn query_range(&self, query: &Query) -> Option<std::ops::Range<usize>> {
         self.reparse(query.span(), query, |p| p.parse_query().map(|q| *q))
     }
 
@@ -175,7 +175,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// The source text of an expression (re-printed if its range is unknown).
-    pub fn text(&self, expr: &Expr) -> String {
+    pub(crate) fn text(&self, expr: &Expr) -> String {
         match self.range(expr) {
             Some(r) => self.map.text()[r].to_owned(),
             None => expr.to_string(),
@@ -183,12 +183,12 @@ impl<'a> Ctx<'a> {
     }
 
     /// Marks the whole string as not rewritable, for `table`'s migrations.
-    pub fn refuse(&mut self, table: &CompiledTable, reason: impl Into<String>) {
+    pub(crate) fn refuse(&mut self, table: &CompiledTable, reason: impl Into<String>) {
         self.refuse_migrations(migrations_of(table), reason);
     }
 
     /// Marks the whole string as not rewritable, for `migrations`.
-    pub fn refuse_migrations(&mut self, migrations: Vec<String>, reason: impl Into<String>) {
+    pub(crate) fn refuse_migrations(&mut self, migrations: Vec<String>, reason: impl Into<String>) {
         if self.unsupported.is_none() {
             self.unsupported = Some(Unsupported {
                 migrations,

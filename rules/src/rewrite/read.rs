@@ -67,7 +67,7 @@ fn switched(m: &CompiledMapping) -> bool {
 
 impl<'c, 'a> Reads<'c, 'a> {
     /// A walker, or `None` when no table's reads are switched.
-    pub fn new(ctx: &'c mut Ctx<'a>) -> Option<Self> {
+    pub(super) fn new(ctx: &'c mut Ctx<'a>) -> Option<Self> {
         let names: Vec<&str> = ctx
             .rules
             .tables
@@ -122,7 +122,7 @@ impl<'c, 'a> Reads<'c, 'a> {
         self.ctx.refuse(table, reason);
     }
 
-    pub fn query(&mut self, q: &Query) {
+    pub(super) fn query(&mut self, q: &Query) {
         let mut names = HashSet::new();
         if let Some(with) = &q.with {
             for cte in &with.cte_tables {
@@ -156,7 +156,7 @@ impl<'c, 'a> Reads<'c, 'a> {
     }
 
     /// Reads inside a data-modifying statement.
-    pub fn statement(&mut self, s: &sqlparser::ast::Statement) {
+    pub(super) fn statement(&mut self, s: &sqlparser::ast::Statement) {
         use sqlparser::ast::Statement;
         match s {
             Statement::Query(q) => self.query(q),
