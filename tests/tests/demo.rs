@@ -9,6 +9,7 @@ async fn the_demo_walks_every_phase_without_a_client_error() {
         duration: 1,
         sessions: 2,
         verbose: false,
+        panic_under_load: false,
     })
     .await
     .expect("the demo completes");
@@ -214,4 +215,51 @@ fn a_cluster_left_by_a_killed_demo_is_removed_at_the_next_start() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "the leftover PostgreSQL on {port} still runs"
     );
+}
+
+#[test]
+fn a_panicking_demo_stops_its_postgresql_and_removes_its_files() {
+    let child = std::process::Command::new(binary())
+        .args([
+            "demo",
+            "--rows",
+            "20000",
+            "--duration",
+            "1",
+            "--sessions",
+            "1",
+            "--panic-under-load",
+        ])
+        .env("SWITCHYARD_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(101), "{stdout}\n{stderr}");
+    assert!(stderr.contains("--panic-under-load"), "{stderr}");
+    let port: u16 = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("PostgreSQL on "))
+        .and_then(|rest| {
+            rest.split_whitespace()
+                .next()?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no cluster line:\n{stdout}"));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the panicked demo's PostgreSQL on port {port} still runs"
+    );
+    let left = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::read_to_string(e.path().join("demo.pid")).ok() == Some(pid.clone()));
+    assert!(!left, "the panicked demo's directory is still there");
 }

@@ -36,6 +36,10 @@ pub struct DemoArgs {
     /// Logs to stderr instead of a file.
     #[arg(long)]
     pub verbose: bool,
+    /// Panics once the load runs: how the tests check that a panicking
+    /// demo still stops its PostgreSQL and removes its files.
+    #[arg(long, hide = true)]
+    pub panic_under_load: bool,
 }
 
 const PHASES: [&str; 10] = [
@@ -154,6 +158,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Summary> {
     ));
     let hold = Duration::from_secs(args.duration);
     tokio::time::sleep(hold).await;
+    if args.panic_under_load {
+        panic!("--panic-under-load");
+    }
 
     println!("4/4  Migrating users.status (int) → users.state (text), under load:");
     let name = "users-status";
