@@ -146,20 +146,22 @@ impl SessionRouter {
                 drop(st);
                 let outcome = self.rewrite(&path, &rules, sql);
                 let mut st = self.lock();
+                // What was sent is kept only for an SQL-level PREPARE.
                 let (sent, action) = match outcome {
-                    Outcome::Same => (sql.to_owned(), Action::Forward),
+                    Outcome::Same => (None, Action::Forward),
                     Outcome::Text(text) => {
                         let frame = messages::query(&text);
-                        (text, Action::Replace(frame))
+                        (Some(text), Action::Replace(frame))
                     }
                     Outcome::Refuse(message) => {
                         let text = refusal(&message);
                         let frame = messages::query(&text);
-                        (text, Action::Replace(frame))
+                        (Some(text), Action::Replace(frame))
                     }
                 };
                 if let [SessionCommand::Prepare(name)] = commands.as_slice() {
                     if !sql.trim().trim_end_matches(';').contains(';') {
+                        let sent = sent.unwrap_or_else(|| sql.to_owned());
                         let version = st.rules.version();
                         st.sql_prepared.insert(
                             name.clone(),

@@ -40,10 +40,31 @@ fn name(word: Option<&str>) -> Option<String> {
 
 /// The commands of every statement in a query string.
 pub fn classify_all(sql: &str) -> Vec<SessionCommand> {
+    if !may_command(sql.as_bytes()) {
+        return Vec::new();
+    }
     split_statements(sql)
         .into_iter()
         .filter_map(classify)
         .collect()
+}
+
+/// Whether `sql` contains, in any case, a word every command above has
+/// (`set` of SET, RESET and set_config; `prepare`; `execute`;
+/// `deallocate`; `discard`). One pass, no allocation: most statements an
+/// application sends have none, and this runs on every simple query.
+fn may_command(sql: &[u8]) -> bool {
+    let has = |at: usize, rest: &[u8]| {
+        sql.get(at + 1..at + 1 + rest.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(rest))
+    };
+    sql.iter().enumerate().any(|(i, b)| match b | 0x20 {
+        b's' => has(i, b"et"),
+        b'p' => has(i, b"repare"),
+        b'e' => has(i, b"xecute"),
+        b'd' => has(i, b"eallocate") || has(i, b"iscard"),
+        _ => false,
+    })
 }
 
 /// Splits at `;` outside quotes; a string with dollar quoting is taken whole.
@@ -170,6 +191,29 @@ fn set_config(sql: &str) -> Option<SessionCommand> {
 mod tests {
     use super::*;
     use SessionCommand as C;
+
+    #[test]
+    fn the_prefilter_passes_every_command_and_skips_plain_statements() {
+        for sql in [
+            "SET search_path TO a",
+            "reSet all",
+            "select SET_CONFIG('search_path', 'a', false)",
+            "PREPARE p AS select 1",
+            "execute p",
+            "DEALLOCATE ALL",
+            "discard all",
+        ] {
+            assert!(may_command(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            "",
+            "s",
+            "pre",
+        ] {
+            assert!(!may_command(sql.as_bytes()), "{sql}");
+        }
+    }
 
     #[test]
     fn follows_search_path_changes() {
