@@ -422,7 +422,11 @@ async fn relay(
     };
     let mut state = shared.state.clone();
 
+    // `biased`: polled in this order, without drawing a random number on
+    // every wake-up (the pumps cannot starve the shutdown branch: it only
+    // matters once they wait).
     let outcome = tokio::select! {
+        biased;
         r = c2s.run(&mut cr, &mut sw, &mut client_filter) => Outcome::Client(r),
         r = s2c.run(&mut sr, &mut cw, &mut server_filter) => Outcome::Server(r),
         _ = wait_until(&mut state, |s| s == State::Closing) => Outcome::Shutdown,

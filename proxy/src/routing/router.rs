@@ -3,7 +3,10 @@
 //! and keeps the queue of replies the server owes so that replies to
 //! injected messages are swallowed without desynchronising the client.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+// Looked up on every Bind and Execute: foldhash, seeded per process.
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -101,10 +104,10 @@ impl SessionRouter {
                 rules: hub.current(),
                 at_rest: true,
                 pending: VecDeque::new(),
-                statements: HashMap::new(),
+                statements: HashMap::default(),
                 copy_in: false,
                 path: SearchPathState::new(default_path),
-                sql_prepared: HashMap::new(),
+                sql_prepared: HashMap::default(),
                 busy_since: None,
             }),
             hub,
@@ -115,6 +118,12 @@ impl SessionRouter {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The rules version the session runs under now (the session-router
+    /// fuzz target checks every Execute against it).
+    pub fn version(&self) -> u64 {
+        self.lock().rules.version()
     }
 
     /// Handles one frame from the client.
