@@ -411,8 +411,9 @@ async fn relay(
     let s2c_traffic = shared.metrics.traffic("server_to_client");
     let mut c2s = Pump::new(client_buf, client_scanner, c2s_traffic);
     let mut s2c = Pump::new(server_buf, server_scanner, s2c_traffic);
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut sr, mut sw) = tokio::io::split(server);
+    let (mut client, mut server) = (client, server);
+    let (mut cr, mut cw) = client.halves();
+    let (mut sr, mut sw) = server.halves();
     let mut client_filter = ClientFilter {
         router: router.clone(),
     };
