@@ -10,6 +10,9 @@ use anyhow::{bail, Context};
 /// A running PgBouncer, stopped on drop.
 pub struct PgBouncer {
     child: Child,
+    /// Its pid file: under `runuser`, the child is runuser, and PgBouncer
+    /// is runuser's child, which killing runuser leaves running.
+    pidfile: std::path::PathBuf,
     /// Its listen port.
     pub port: u16,
 }
@@ -134,7 +137,12 @@ impl PgBouncer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        let bouncer = PgBouncer { child, port };
+        let pidfile = dir.join("pgbouncer.pid");
+        let bouncer = PgBouncer {
+            child,
+            pidfile,
+            port,
+        };
         // Under valgrind start-up takes seconds.
         for _ in 0..600 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -151,6 +159,14 @@ impl PgBouncer {
 
 impl Drop for PgBouncer {
     fn drop(&mut self) {
+        // PgBouncer itself first (it writes its pid file once it runs), so
+        // that no wrapped one outlives the test or benchmark.
+        if let Ok(pid) = std::fs::read_to_string(&self.pidfile) {
+            let _ = Command::new("kill")
+                .args(["-KILL", pid.trim()])
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
