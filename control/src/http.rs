@@ -150,6 +150,7 @@ async fn handle(
             &format!("{} is not served; use GET, POST or PATCH", req.method()),
         ));
     }
+    let file = state.assets.iter().find(|a| a.path == path);
     let response = match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         (&Method::GET, "/metrics") => metrics(&state),
@@ -157,12 +158,9 @@ async fn handle(
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from_static(OPENAPI.as_bytes())))
             .unwrap_or_default(),
-        (&Method::GET, p) if state.assets.iter().any(|a| a.path == p) => {
-            match state.assets.iter().find(|a| a.path == p) {
-                Some(a) => asset(a.content_type, a.body),
-                None => error(StatusCode::NOT_FOUND, "not_found", "no such file"),
-            }
-        }
+        (&Method::GET, _) if file.is_some() => file
+            .map(|a| asset(a.content_type, a.body))
+            .unwrap_or_default(),
         (_, p) if p.starts_with("/v1/") => match v1(&state, req).await {
             Ok((status, body)) => json(status, body),
             Err(e) => error(e.status(), e.code(), &e.to_string()),

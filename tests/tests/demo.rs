@@ -27,6 +27,22 @@ async fn the_demo_walks_every_phase_without_a_client_error() {
 }
 
 /// The `switchyard` command line built for the tests.
+/// `switchyard demo` on a small table with one application session,
+/// holding the load `duration` seconds around each step.
+fn demo(duration: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(binary());
+    command.args([
+        "demo",
+        "--rows",
+        "20000",
+        "--duration",
+        duration,
+        "--sessions",
+        "1",
+    ]);
+    command
+}
+
 fn binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent()
@@ -42,16 +58,7 @@ fn an_interrupted_demo_stops_its_postgresql_and_exits() {
     use std::time::{Duration, Instant};
 
     for signal in ["INT", "TERM"] {
-        let mut child = Command::new(binary())
-            .args([
-                "demo",
-                "--rows",
-                "20000",
-                "--duration",
-                "30",
-                "--sessions",
-                "1",
-            ])
+        let mut child = demo("30")
             .env("SWITCHYARD_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -99,19 +106,7 @@ fn an_interrupted_demo_stops_its_postgresql_and_exits() {
 
 #[test]
 fn without_a_terminal_the_demo_still_reports_its_jobs() {
-    let out = std::process::Command::new(binary())
-        .args([
-            "demo",
-            "--rows",
-            "20000",
-            "--duration",
-            "1",
-            "--sessions",
-            "1",
-        ])
-        .env("SWITCHYARD_LOG", "warn")
-        .output()
-        .unwrap();
+    let out = demo("1").env("SWITCHYARD_LOG", "warn").output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     for job in ["backfill", "verify"] {
@@ -153,16 +148,7 @@ fn a_cluster_left_by_a_killed_demo_is_removed_at_the_next_start() {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
 
-    let mut child = Command::new(binary())
-        .args([
-            "demo",
-            "--rows",
-            "20000",
-            "--duration",
-            "30",
-            "--sessions",
-            "1",
-        ])
+    let mut child = demo("30")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -219,17 +205,8 @@ fn a_cluster_left_by_a_killed_demo_is_removed_at_the_next_start() {
 
 #[test]
 fn a_panicking_demo_stops_its_postgresql_and_removes_its_files() {
-    let child = std::process::Command::new(binary())
-        .args([
-            "demo",
-            "--rows",
-            "20000",
-            "--duration",
-            "1",
-            "--sessions",
-            "1",
-            "--panic-under-load",
-        ])
+    let child = demo("1")
+        .arg("--panic-under-load")
         .env("SWITCHYARD_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
