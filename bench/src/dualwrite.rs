@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use switchyard::app::App;
-use switchyard_rules::Phase;
+use switchyard_rules::{Phase, RuleSet};
 use switchyard_tests::rules::{install, single_pair, table_facts};
 use switchyard_tests::Cluster;
 
@@ -30,21 +30,34 @@ const SETUP: &str = "
     create function users_trg_sync() returns trigger language plpgsql as $$
       begin new.email_address := lower(new.email); return new; end $$;
     create trigger users_trg_sync before insert or update on users_trg
-      for each row execute function users_trg_sync();";
+      for each row execute function users_trg_sync();
+    create table users_floor (like users including all);
+    insert into users_floor select * from users;
+    create function users_floor_noop() returns trigger language plpgsql as $$
+      begin return new; end $$;
+    create trigger users_floor_noop before update of email, email_address on users_floor
+      for each row when (false) execute function users_floor_noop();";
 
-/// Runs the comparison.
-pub fn run(options: Options) -> anyhow::Result<()> {
-    let runtime = crate::runtime()?;
+/// The routed tables (`users`; `users_guard` with the guard trigger;
+/// `users_floor` with the least a row trigger costs, one whose WHEN is
+/// `false`) and the rule set that routes them, on a fresh cluster.
+pub(crate) struct Tables {
+    /// The throwaway cluster.
+    pub cluster: Cluster,
+    /// Rows per table.
+    pub rows: u32,
+    /// Dual-write rules for `users`, `users_guard` and `users_floor`.
+    pub rules: RuleSet,
+}
+
+/// Creates the tables, installs the guard on `users_guard` and builds the
+/// rules that dual-write them.
+pub(crate) fn tables(runtime: &tokio::runtime::Runtime, scale: u32) -> anyhow::Result<Tables> {
     let cluster = Cluster::start()?;
-    let rows = options.scale * 10_000;
+    let rows = scale * 10_000;
     cluster.psql_admin(&SETUP.replace(":rows", &rows.to_string()))?;
     cluster.psql_admin("vacuum analyze")?;
-    let config = crate::serve::local(cluster.addr(), None);
-    // The same proxy reaching the server through its Unix socket.
-    let unix_config = crate::serve::local(cluster.socket_path().display().to_string(), None);
-    let app = runtime.block_on(App::start(config))?;
-    let unix_app = runtime.block_on(App::start(unix_config))?;
-    runtime.block_on(async {
+    let rules = runtime.block_on(async {
         let direct =
             switchyard_tests::proxy::connect(&cluster.conn_str("trust_user", "postgres")).await?;
         let pair = |facts| {
@@ -63,6 +76,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         let mut guarded = pair(table_facts(&direct, "public", "users_guard").await?);
         guarded.tables[0].mappings[0].guarded = true;
         set.tables.append(&mut guarded.tables);
+        let mut floor = pair(table_facts(&direct, "public", "users_floor").await?);
+        set.tables.append(&mut floor.tables);
         let guard = switchyard_control::guard_statements(
             "public.users_guard",
             "users_guard-email",
@@ -80,31 +95,57 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             }],
         )?;
         direct.batch_execute(&guard).await?;
-        install(&app.rules, set.clone());
-        install(&unix_app.rules, set);
-        anyhow::Ok(())
+        anyhow::Ok(set)
     })?;
+    Ok(Tables {
+        cluster,
+        rows,
+        rules,
+    })
+}
 
-    let scripts = cluster.scratch().join("scripts");
-    std::fs::create_dir_all(&scripts)?;
-    let random = format!("\\set id random(1, {rows})\n");
-    let write = |name: &str, sql: &str| -> anyhow::Result<Vec<String>> {
-        let path = scripts.join(name);
-        std::fs::write(&path, format!("{random}{sql}\n"))?;
-        Ok(vec!["-f".to_string(), path.display().to_string()])
-    };
-    let routed = write(
-        "routed.sql",
-        "UPDATE users SET email = 'U' || :id || '@X.io' WHERE id = :id;",
-    )?;
+/// A pgbench script file: a random key, then `sql`.
+pub(crate) fn script(
+    cluster: &Cluster,
+    rows: u32,
+    name: &str,
+    sql: &str,
+) -> anyhow::Result<Vec<String>> {
+    let dir = cluster.scratch().join("scripts");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("\\set id random(1, {rows})\n{sql}\n"))?;
+    Ok(vec!["-f".to_string(), path.display().to_string()])
+}
+
+/// The routed UPDATE of the legacy column (the proxy dual-writes it).
+pub(crate) fn routed_update(table: &str) -> String {
+    format!("UPDATE {table} SET email = 'U' || :id || '@X.io' WHERE id = :id;")
+}
+
+/// Runs the comparison.
+pub fn run(options: Options) -> anyhow::Result<()> {
+    let runtime = crate::runtime()?;
+    let Tables {
+        cluster,
+        rows,
+        rules,
+    } = tables(&runtime, options.scale)?;
+    let config = crate::serve::local(cluster.addr(), None);
+    // The same proxy reaching the server through its Unix socket.
+    let unix_config = crate::serve::local(cluster.socket_path().display().to_string(), None);
+    let app = runtime.block_on(App::start(config))?;
+    let unix_app = runtime.block_on(App::start(unix_config))?;
+    install(&app.rules, rules.clone());
+    install(&unix_app.rules, rules);
+
+    let write = |name: &str, sql: &str| script(&cluster, rows, name, sql);
+    let routed = write("routed.sql", &routed_update("users"))?;
     let hand = write(
         "hand.sql",
         "UPDATE users SET email = 'U' || :id || '@X.io', email_address = lower('U' || :id || '@X.io') WHERE id = :id;",
     )?;
-    let guarded = write(
-        "guarded.sql",
-        "UPDATE users_guard SET email = 'U' || :id || '@X.io' WHERE id = :id;",
-    )?;
+    let guarded = write("guarded.sql", &routed_update("users_guard"))?;
     let trigger = write(
         "trigger.sql",
         "UPDATE users_trg SET email = 'U' || :id || '@X.io' WHERE id = :id;",

@@ -9,6 +9,8 @@
 //! - `idle`: the CPU an idle `serve` uses with its control plane on.
 //! - `instructions`: instructions per transaction, Switchyard vs PgBouncer,
 //!   counted by callgrind.
+//! - `guardcpu`: CPU per proxied dual-write at a fixed rate, with and
+//!   without the guard trigger, the whole machine counted.
 //! - `inserts`: multi-row INSERTs through Switchyard vs direct, with
 //!   another session's worst round trip meanwhile.
 //! - `literals`: inline-literal statements on a routed table vs an
@@ -17,6 +19,7 @@
 mod backfill;
 mod dualwrite;
 mod flip;
+mod guardcpu;
 mod idle;
 mod inserts;
 mod instructions;
@@ -38,10 +41,12 @@ pub struct Options {
     pub scale: u32,
     /// Where raw numbers go.
     pub out: String,
+    /// Transactions per second of a fixed-rate run (guardcpu).
+    pub rate: u32,
 }
 
 const USAGE: &str =
-    "usage: switchyard-bench wire|dualwrite|backfill|flip|idle|instructions|literals|inserts [--seconds N] [--rounds N] [--scale N] [--out FILE]";
+    "usage: switchyard-bench wire|dualwrite|guardcpu|backfill|flip|idle|instructions|literals|inserts [--seconds N] [--rounds N] [--scale N] [--rate N] [--out FILE]";
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -51,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         rounds: 3,
         scale: 10,
         out: format!("bench/out/{which}.json"),
+        rate: 4000,
     };
     while let Some(flag) = args.next() {
         let value = args
@@ -61,12 +67,14 @@ fn main() -> anyhow::Result<()> {
             "--rounds" => o.rounds = value.parse()?,
             "--scale" => o.scale = value.parse()?,
             "--out" => o.out = value,
+            "--rate" => o.rate = value.parse()?,
             other => bail!("unknown flag {other}\n{USAGE}"),
         }
     }
     match which.as_str() {
         "wire" => wire::run(o),
         "dualwrite" => dualwrite::run(o),
+        "guardcpu" => guardcpu::run(o),
         "flip" => flip::run(o),
         "backfill" => backfill::run(o),
         "idle" => idle::run(o),
