@@ -25,6 +25,14 @@ pub(crate) const CLIENTS: u64 = 4;
 const SHORT: u64 = 250;
 const LONG: u64 = 1250;
 
+/// Where a proxy's dumps go: `CALLGRIND_DIR/name` when set (kept for
+/// `callgrind_annotate`), else `scratch/name`, gone with the cluster.
+pub(crate) fn dump_dir(scratch: &Path, name: &str) -> PathBuf {
+    std::env::var_os("CALLGRIND_DIR")
+        .map_or_else(|| scratch.to_path_buf(), PathBuf::from)
+        .join(name)
+}
+
 pub(crate) fn callgrind(out: &Path) -> Vec<String> {
     vec![
         "valgrind".into(),
@@ -217,7 +225,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             .env("PGSSLMODE", "disable"),
     )?;
 
-    let dir = cluster.scratch().join("callgrind");
+    let dir = dump_dir(cluster.scratch(), "callgrind");
     std::fs::create_dir_all(&dir)?;
     let port = switchyard_testkit::free_port()?;
     let control_port = switchyard_testkit::free_port()?;
@@ -236,7 +244,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             .spawn()?,
     );
     wait_for(port)?;
-    let bouncer_out = cluster.scratch().join("pgbouncer-callgrind");
+    let bouncer_out = dump_dir(cluster.scratch(), "pgbouncer-callgrind");
     std::fs::create_dir_all(&bouncer_out)?;
     // PgBouncer drops to `postgres` when started as root.
     exec(Command::new("chown").arg("postgres").arg(&bouncer_out))?;

@@ -44,7 +44,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let runtime = crate::runtime()?;
     let cluster = Cluster::start()?;
     cluster.psql_admin(SETUP)?;
-    let dir = cluster.scratch().join("callgrind-literals");
+    let dir = crate::instructions::dump_dir(cluster.scratch(), "callgrind-literals");
     std::fs::create_dir_all(&dir)?;
     let port = switchyard_testkit::free_port()?;
     let control_port = switchyard_testkit::free_port()?;

@@ -39,7 +39,13 @@ impl LegacyUse {
             false => self.statement == prefix,
         };
         if !same {
-            self.statement = truncate(sql);
+            // Texts with inline literals differ every time: refill the
+            // buffer rather than allocate another.
+            self.statement.clear();
+            self.statement.push_str(prefix);
+            if cut {
+                self.statement.push('…');
+            }
         }
     }
 }

@@ -499,14 +499,21 @@ impl SessionRouter {
             return Outcome::Same;
         };
         match &*result {
-            Rewrite::Unchanged => Outcome::Same,
-            Rewrite::Rewritten(text, legacy) => {
-                if !legacy.is_empty() {
-                    self.hub.note_legacy(legacy, sql);
-                }
-                Outcome::Text(text.clone())
+            Rewrite::Unchanged => return Outcome::Same,
+            Rewrite::Rewritten(_, legacy) if !legacy.is_empty() => {
+                self.hub.note_legacy(legacy, sql);
             }
-            Rewrite::Unsupported(u) => self.unsupported(rules, sql, u),
+            Rewrite::Rewritten(..) => {}
+            Rewrite::Unsupported(u) => return self.unsupported(rules, sql, u),
+        }
+        // A spliced rewrite is this statement's alone: move it, not copy.
+        match Arc::try_unwrap(result) {
+            Ok(Rewrite::Rewritten(text, _)) => Outcome::Text(text),
+            Ok(_) => Outcome::Same,
+            Err(shared) => match &*shared {
+                Rewrite::Rewritten(text, _) => Outcome::Text(text.clone()),
+                _ => Outcome::Same,
+            },
         }
     }
 
