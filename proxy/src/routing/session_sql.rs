@@ -58,14 +58,36 @@ fn may_command(sql: &[u8]) -> bool {
         sql.get(at + 1..at + 1 + rest.len())
             .is_some_and(|w| w.eq_ignore_ascii_case(rest))
     };
-    sql.iter().enumerate().any(|(i, b)| match b | 0x20 {
-        b's' => has(i, b"et"),
-        b'p' => has(i, b"repare"),
-        b'e' => has(i, b"xecute"),
-        b'd' => has(i, b"eallocate") || has(i, b"iscard"),
-        _ => false,
-    })
+    // A table lookup per byte; the words are compared only where one of
+    // their first letters is.
+    for (i, &b) in sql.iter().enumerate() {
+        if !FIRST[b as usize] {
+            continue;
+        }
+        let found = match b | 0x20 {
+            b's' => has(i, b"et"),
+            b'p' => has(i, b"repare"),
+            b'e' => has(i, b"xecute"),
+            _ => has(i, b"eallocate") || has(i, b"iscard"),
+        };
+        if found {
+            return true;
+        }
+    }
+    false
 }
+
+/// The first letters of the words [`may_command`] looks for, either case.
+static FIRST: [bool; 256] = {
+    let mut t = [false; 256];
+    let letters = *b"spedSPED";
+    let mut k = 0;
+    while k < letters.len() {
+        t[letters[k] as usize] = true;
+        k += 1;
+    }
+    t
+};
 
 /// Splits at `;` outside quotes; a string with dollar quoting is taken whole.
 fn split_statements(sql: &str) -> Vec<&str> {
