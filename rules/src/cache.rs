@@ -47,7 +47,7 @@ impl SearchPath {
 /// lengths (found by fuzzing); such statements are rewritten each time.
 enum Shaped {
     Unchanged,
-    Rewritten(Spliceable, Vec<String>),
+    Rewritten(Spliceable, Arc<[String]>),
 }
 
 impl Shaped {

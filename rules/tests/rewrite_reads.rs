@@ -137,7 +137,7 @@ fn column_less_insert_after_contract_uses_the_legacy_shape() {
         rules.rewrite("insert into users values (default, 'Max@X', 'max')", &["public".to_string()]),
         Rewrite::Rewritten(
             "insert into users (id, email_address, name) values (default, (lower((('Max@X')::character varying(320)))), 'max')".into(),
-            vec!["users-email".into()]
+            vec!["users-email".to_string()].into()
         )
     );
 }

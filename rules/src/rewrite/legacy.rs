@@ -57,7 +57,7 @@ mod tests {
     fn uses(phase: Phase, sql: &str) -> Vec<String> {
         let rules = ActiveRules::compile(users(phase.routing().unwrap())).unwrap();
         match rules.rewrite(sql, &["public".to_string()]) {
-            Rewrite::Rewritten(_, uses) => uses,
+            Rewrite::Rewritten(_, uses) => uses.to_vec(),
             _ => vec![],
         }
     }

@@ -10,6 +10,8 @@ mod regroup;
 pub mod scan;
 mod write;
 
+use std::sync::Arc;
+
 use sqlparser::ast::{CopySource, Expr, ObjectName, Query, SetExpr, Spanned, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -30,8 +32,9 @@ pub enum Rewrite {
     Unchanged,
     /// Send this text instead; the statement depends on the legacy side of
     /// these migrations (it names a legacy column, or takes a migrated
-    /// table's shape).
-    Rewritten(String, Vec<String>),
+    /// table's shape). Shared: every statement of a cached shape has the
+    /// same list.
+    Rewritten(String, Arc<[String]>),
     /// It touches a routed table in a way we cannot rewrite.
     Unsupported(Unsupported),
 }
@@ -311,7 +314,7 @@ pub fn rewrite_scanned(
         return Rewrite::Unchanged;
     }
     match std::mem::take(&mut ctx.edits).apply(sql) {
-        Ok(text) => Rewrite::Rewritten(text, legacy::uses(rules, sql, scanned, &statements)),
+        Ok(text) => Rewrite::Rewritten(text, legacy::uses(rules, sql, scanned, &statements).into()),
         Err(overlap) => Rewrite::Unsupported(Unsupported {
             migrations: rules.tables.iter().flat_map(migrations_of).collect(),
             reason: format!(
