@@ -23,7 +23,7 @@ use switchyard::app::App;
 use switchyard_tests::rules::install;
 use switchyard_tests::tools;
 
-use crate::dualwrite::{routed_update, script, tables, Tables};
+use crate::dualwrite::{out_of_step, routed_update, script, tables, Tables};
 use crate::Options;
 
 /// Non-idle jiffies of the whole machine so far: user, nice, system, irq,
@@ -148,14 +148,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             }));
         }
     }
-    let mismatches = cluster.psql_admin(
-        "select (select count(*) from users where email_address is distinct from lower(email))
-              + (select count(*) from users_guard where email_address is distinct from lower(email))",
-    )?;
-    println!(
-        "rows where email_address is distinct from lower(email) after the run: {}",
-        mismatches.trim()
-    );
+    let mismatches = out_of_step(&cluster)?;
+    println!("rows where email_address is distinct from lower(email) after the run: {mismatches}");
     if let Some(dir) = std::path::Path::new(&options.out).parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -498,22 +498,16 @@ impl SessionRouter {
         let Some(result) = self.hub.cache.rewrite_with(rules, sql, path, compute) else {
             return Outcome::Same;
         };
-        match &*result {
-            Rewrite::Unchanged => return Outcome::Same,
-            Rewrite::Rewritten(_, legacy) if !legacy.is_empty() => {
-                self.hub.note_legacy(legacy, sql);
+        // A spliced rewrite is this statement's alone: moved, not copied.
+        match Arc::unwrap_or_clone(result) {
+            Rewrite::Unchanged => Outcome::Same,
+            Rewrite::Rewritten(text, legacy) => {
+                if !legacy.is_empty() {
+                    self.hub.note_legacy(&legacy, sql);
+                }
+                Outcome::Text(text)
             }
-            Rewrite::Rewritten(..) => {}
-            Rewrite::Unsupported(u) => return self.unsupported(rules, sql, u),
-        }
-        // A spliced rewrite is this statement's alone: move it, not copy.
-        match Arc::try_unwrap(result) {
-            Ok(Rewrite::Rewritten(text, _)) => Outcome::Text(text),
-            Ok(_) => Outcome::Same,
-            Err(shared) => match &*shared {
-                Rewrite::Rewritten(text, _) => Outcome::Text(text.clone()),
-                _ => Outcome::Same,
-            },
+            Rewrite::Unsupported(u) => self.unsupported(rules, sql, &u),
         }
     }
 
