@@ -9,12 +9,15 @@
 //! rewrite gives exactly the statement's own rewrite; later statements of
 //! that shape are spliced, never parsed.
 
+use std::cell::RefCell;
 use std::hash::{Hash, Hasher};
+use std::ops::Range;
 use std::sync::Arc;
 
 use dashmap::DashMap;
 
 use crate::active::ActiveRules;
+use crate::known_shape::{lead, KnownShape};
 use crate::normalize::{Normalized, Spliceable};
 use crate::rewrite::Rewrite;
 
@@ -61,11 +64,11 @@ impl Shaped {
         })
     }
 
-    fn fill(&self, n: &Normalized, sql: &str) -> Rewrite {
+    fn fill(&self, literals: &[Range<usize>], sql: &str) -> Rewrite {
         match self {
             Shaped::Unchanged => Rewrite::Unchanged,
             Shaped::Rewritten(text, legacy) => {
-                Rewrite::Rewritten(text.fill(n, sql), legacy.clone())
+                Rewrite::Rewritten(text.fill(literals, sql), legacy.clone())
             }
         }
     }
@@ -87,6 +90,24 @@ enum EntryKind {
     Cold,
 }
 
+/// A shape recognised by walking (see [`crate::known_shape`]), with its
+/// cached rewrite.
+struct Known {
+    version: u64,
+    path: u64,
+    shape: KnownShape,
+    rewrite: Arc<Shaped>,
+}
+
+/// Shapes kept per lead: texts with one lead (`... WHERE id = `) may come
+/// in a few shapes.
+const SHAPES_PER_LEAD: usize = 4;
+
+thread_local! {
+    /// A recognised text's literal ranges, reused from one text to the next.
+    static LITERALS: RefCell<Vec<Range<usize>>> = const { RefCell::new(Vec::new()) };
+}
+
 /// A bounded, shared cache of rewrites: at most `capacity` texts and
 /// [`RewriteCache::MAX_BYTES`] of them, and no text longer than
 /// [`RewriteCache::MAX_STATEMENT`] (one that large is rarely repeated, and
@@ -95,6 +116,8 @@ pub struct RewriteCache {
     /// foldhash: seeded per process like SipHash (colliding texts cannot
     /// be prepared in advance), at a fraction of its cost per byte.
     map: DashMap<Box<str>, Entry, foldhash::fast::RandomState>,
+    /// Trusted shapes by their texts' lead, newest last.
+    known: DashMap<Box<[u8]>, Vec<Known>, foldhash::fast::RandomState>,
     capacity: usize,
     bytes: std::sync::atomic::AtomicUsize,
 }
@@ -109,6 +132,7 @@ impl RewriteCache {
     pub fn new(capacity: usize) -> Self {
         RewriteCache {
             map: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            known: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             capacity,
             bytes: Default::default(),
         }
@@ -129,7 +153,13 @@ impl RewriteCache {
             return None;
         }
         let current = |e: &Entry| e.version == rules.version() && e.path == path.id;
-        let normalized = (rules.normalizable && sql.len() <= Self::MAX_STATEMENT)
+        let normalizable = rules.normalizable && sql.len() <= Self::MAX_STATEMENT;
+        if normalizable {
+            if let Some(result) = self.recognise(rules, sql, path) {
+                return Some(Arc::new(result));
+            }
+        }
+        let normalized = normalizable
             .then(|| crate::normalize::normalize(sql))
             .flatten();
         let Some(n) = normalized else {
@@ -153,19 +183,70 @@ impl RewriteCache {
                 _ => None,
             });
         match cached {
-            Some(Some(shape)) => Some(Arc::new(shape.fill(&n, sql))),
+            Some(Some(shape)) => {
+                self.remember(rules, &n, path, &shape);
+                Some(Arc::new(shape.fill(n.ranges(), sql)))
+            }
             Some(None) => Some(Arc::new(compute(sql))),
             None => {
                 let cold = compute(sql);
                 let shaped = Shaped::of(&compute(&n.shape), n.literals());
                 let kind = match shaped {
-                    Some(shape) if shape.fill(&n, sql) == cold => EntryKind::Shape(Arc::new(shape)),
+                    Some(shape) if shape.fill(n.ranges(), sql) == cold => {
+                        let shape = Arc::new(shape);
+                        self.remember(rules, &n, path, &shape);
+                        EntryKind::Shape(shape)
+                    }
                     _ => EntryKind::Cold,
                 };
                 self.insert(rules, &n.shape, path, kind);
                 Some(Arc::new(cold))
             }
         }
+    }
+
+    /// The rewrite of `sql` if it is of a trusted shape known by its lead,
+    /// current for `rules` and `path`: the lexer is not run.
+    fn recognise(&self, rules: &ActiveRules, sql: &str, path: &SearchPath) -> Option<Rewrite> {
+        let shapes = self.known.get(lead(sql))?;
+        LITERALS.with(|literals| {
+            let literals = &mut literals.borrow_mut();
+            shapes
+                .iter()
+                .rev()
+                .filter(|k| k.version == rules.version() && k.path == path.id)
+                .find(|k| k.shape.recognise(sql, literals))
+                .map(|k| k.rewrite.fill(literals, sql))
+        })
+    }
+
+    /// Keeps a trusted shape for recognition by its lead, in place of
+    /// stale ones and the oldest beyond [`SHAPES_PER_LEAD`].
+    fn remember(
+        &self,
+        rules: &ActiveRules,
+        n: &Normalized,
+        path: &SearchPath,
+        rewrite: &Arc<Shaped>,
+    ) {
+        let Some(shape) = KnownShape::new(&n.shape, n.literals()) else {
+            return;
+        };
+        let mut shapes = self.known.entry(lead(&n.shape).into()).or_default();
+        shapes.retain(|k| {
+            k.version == rules.version() && !(k.path == path.id && k.shape.text() == n.shape)
+        });
+        if shapes.len() == SHAPES_PER_LEAD {
+            shapes.remove(0);
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        self.bytes.fetch_add(n.shape.len(), Relaxed);
+        shapes.push(Known {
+            version: rules.version(),
+            path: path.id,
+            shape,
+            rewrite: rewrite.clone(),
+        });
     }
 
     fn insert(&self, rules: &ActiveRules, key: &str, path: &SearchPath, kind: EntryKind) {
@@ -183,6 +264,7 @@ impl RewriteCache {
         if self.map.len() >= self.capacity || self.bytes.load(Relaxed) + size > Self::MAX_BYTES {
             // Crude but bounded: start over rather than track recency.
             self.map.clear();
+            self.known.clear();
             self.bytes.store(0, Relaxed);
         }
         self.bytes.fetch_add(size, Relaxed);

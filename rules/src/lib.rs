@@ -6,6 +6,7 @@ pub mod active;
 pub mod cache;
 pub mod fixtures;
 pub mod ident;
+mod known_shape;
 pub mod latency;
 pub mod legacy_use;
 pub mod migration;

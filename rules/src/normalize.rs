@@ -49,7 +49,7 @@ static IDENT: [bool; 256] = {
     t
 };
 
-fn ident_byte(c: u8) -> bool {
+pub(crate) fn ident_byte(c: u8) -> bool {
     IDENT[c as usize]
 }
 
@@ -115,22 +115,15 @@ pub fn normalize(sql: &str) -> Option<Normalized> {
                 i = skip(quoted(b, i + 1, b'\'', false))?;
                 continue;
             }
-            b'\'' => (quoted(b, i + 1, b'\'', false), true),
+            b'\'' => (string_end(b, i, false)?, true),
             b'e' | b'E' if !after_ident && b.get(i + 1) == Some(&b'\'') => {
-                (quoted(b, i + 2, b'\'', true), true)
+                (string_end(b, i, true)?, true)
             }
             b'$' => {
                 i = skip(dollar(b, i).unwrap_or(i + 1))?;
                 continue;
             }
-            b'0'..=b'9' if !after_ident => {
-                let mut j = i + 1;
-                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'.' || b[j] == b'_')
-                {
-                    j += 1;
-                }
-                (j, false)
-            }
+            b'0'..=b'9' if !after_ident => (number_end(b, i), false),
             c if ident_byte(c) => {
                 let mut j = i + 1;
                 let mut nine = c == b'9';
@@ -147,9 +140,6 @@ pub fn normalize(sql: &str) -> Option<Normalized> {
                 continue;
             }
         };
-        if string && (end > b.len() || end < i + 2 || b[end - 1] != b'\'') {
-            return None; // unterminated: the parser's to refuse
-        }
         if literals.len() == MAX_LITERALS {
             return None;
         }
@@ -170,6 +160,22 @@ pub fn normalize(sql: &str) -> Option<Normalized> {
     Some(Normalized { shape, literals })
 }
 
+/// The end of the string literal at `i` (`'..'`, or `E'..'` when
+/// `escaped`), or `None` when it is unterminated: the parser's to refuse.
+pub(crate) fn string_end(b: &[u8], i: usize, escaped: bool) -> Option<usize> {
+    let end = quoted(b, i + 1 + usize::from(escaped), b'\'', escaped);
+    (end <= b.len() && end >= i + 2 && b[end - 1] == b'\'').then_some(end)
+}
+
+/// The end of the number literal starting with the digit at `i`.
+pub(crate) fn number_end(b: &[u8], i: usize) -> usize {
+    let mut j = i + 1;
+    while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'.' || b[j] == b'_') {
+        j += 1;
+    }
+    j
+}
+
 fn push_index(out: &mut String, index: usize) {
     let mut digits = [b'0'; DIGITS];
     let mut n = index;
@@ -178,6 +184,37 @@ fn push_index(out: &mut String, index: usize) {
         n /= 10;
     }
     out.extend(digits.iter().map(|&d| d as char));
+}
+
+/// A placeholder found in a shape or its rewrite.
+pub(crate) struct Placeholder {
+    /// Where it is.
+    pub(crate) at: Range<usize>,
+    /// The literal it stands for.
+    pub(crate) index: usize,
+    /// A string's (rather than a number's).
+    pub(crate) string: bool,
+}
+
+/// The first placeholder of `text`: `None` if there is none, `Some(None)`
+/// if one is malformed.
+pub(crate) fn next_placeholder(text: &str) -> Option<Option<Placeholder>> {
+    let (start, prefix) = [STRING_PREFIX, NUMBER_PREFIX]
+        .iter()
+        .filter_map(|p| text.find(p).map(|i| (i, *p)))
+        .min()?;
+    let string = prefix == STRING_PREFIX;
+    let digits = start + prefix.len();
+    let end = digits + DIGITS + usize::from(string);
+    let index = text
+        .get(digits..digits + DIGITS)
+        .and_then(|d| d.parse().ok());
+    let closed = !string || text.get(end - 1..end) == Some("'");
+    Some(index.filter(|_| closed).map(|index| Placeholder {
+        at: start..end,
+        index,
+        string,
+    }))
 }
 
 /// A rewrite of a shape, cut at its placeholders, ready to take a
@@ -203,37 +240,28 @@ impl Spliceable {
         let mut fixed = 0;
         let mut rest = rewritten;
         loop {
-            let next = [STRING_PREFIX, NUMBER_PREFIX]
-                .iter()
-                .filter_map(|p| rest.find(p).map(|i| (i, *p)))
-                .min();
-            let Some((i, prefix)) = next else {
+            let Some(p) = next_placeholder(rest) else {
                 fixed += rest.len();
                 pieces.push(Piece::Text(rest.into()));
                 return Some(Spliceable { pieces, fixed });
             };
-            fixed += i;
-            pieces.push(Piece::Text(rest[..i].into()));
-            let digits = rest.get(i + prefix.len()..i + prefix.len() + DIGITS)?;
-            let index: usize = digits.parse().ok().filter(|&n| n < literals)?;
-            pieces.push(Piece::Literal(index));
-            let mut end = i + prefix.len() + DIGITS;
-            if prefix == STRING_PREFIX {
-                rest.get(end..end + 1).filter(|q| *q == "'")?;
-                end += 1;
-            }
-            rest = &rest[end..];
+            let p = p?;
+            fixed += p.at.start;
+            pieces.push(Piece::Text(rest[..p.at.start].into()));
+            pieces.push(Piece::Literal(Some(p.index).filter(|&n| n < literals)?));
+            rest = &rest[p.at.end..];
         }
     }
 
-    /// The text with `n`'s literals (from `sql`) in their places.
-    pub fn fill(&self, n: &Normalized, sql: &str) -> String {
-        let literal_bytes: usize = n.literals.iter().map(|r| r.len()).sum();
+    /// The text with the literals at `literals` (ranges of `sql`, by
+    /// index) in their places.
+    pub fn fill(&self, literals: &[Range<usize>], sql: &str) -> String {
+        let literal_bytes: usize = literals.iter().map(|r| r.len()).sum();
         let mut out = String::with_capacity(self.fixed + literal_bytes * 2);
         for piece in &self.pieces {
             match piece {
                 Piece::Text(t) => out.push_str(t),
-                Piece::Literal(i) => out.push_str(&sql[n.literals[*i].clone()]),
+                Piece::Literal(i) => out.push_str(&sql[literals[*i].clone()]),
             }
         }
         out
@@ -244,6 +272,11 @@ impl Normalized {
     /// How many literals were lifted.
     pub fn literals(&self) -> usize {
         self.literals.len()
+    }
+
+    /// Each literal's range in the text this was made from, by index.
+    pub fn ranges(&self) -> &[Range<usize>] {
+        &self.literals
     }
 
     /// `sql` (the text this was made from) with literal `i` replaced by
@@ -263,7 +296,7 @@ impl Normalized {
     /// `rewritten` (a rewrite of the shape) with every placeholder
     /// replaced by its literal from `sql`, the text this was made from.
     pub fn splice(&self, sql: &str, rewritten: &str) -> Option<String> {
-        Some(Spliceable::compile(rewritten, self.literals.len())?.fill(self, sql))
+        Some(Spliceable::compile(rewritten, self.literals.len())?.fill(&self.literals, sql))
     }
 }
 
