@@ -62,6 +62,8 @@ pub struct Pump {
     traffic: Traffic,
     writing: bool,
     read_total: u64,
+    /// Frames replaced in the batch being taken (kept for its allocation).
+    edits: Vec<(Range<usize>, Bytes)>,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -76,6 +78,7 @@ impl Pump {
             traffic,
             writing: false,
             read_total: 0,
+            edits: Vec::new(),
         }
     }
 
@@ -132,7 +135,7 @@ impl Pump {
         let mut pos = 0;
         let mut frames = 0u64;
         let mut stop = false;
-        let mut edits: Vec<(Range<usize>, Bytes)> = Vec::new();
+        let mut edits = std::mem::take(&mut self.edits);
         if self.raw_remaining > 0 {
             pos = self.raw_remaining.min(self.buf.len());
             self.raw_remaining -= pos;
@@ -163,19 +166,33 @@ impl Pump {
             self.traffic.frames.inc_by(frames);
         }
         let chunk = self.buf.split_to(pos).freeze();
-        if edits.is_empty() {
-            return Ok((chunk, stop));
-        }
-        let mut out = BytesMut::with_capacity(chunk.len());
-        let mut at = 0;
-        for (range, bytes) in edits {
-            out.extend_from_slice(&chunk[at..range.start]);
-            out.extend_from_slice(&bytes);
-            at = range.end;
-        }
-        out.extend_from_slice(&chunk[at..]);
-        Ok((out.freeze(), stop))
+        let out = splice(chunk, &mut edits);
+        self.edits = edits;
+        Ok((out, stop))
     }
+}
+
+/// `chunk` with `edits` (ranges in order) applied; `edits` is left empty
+/// for reuse. A frame replaced alone (a rewritten Query, the usual case)
+/// is sent as its replacement, uncopied.
+fn splice(chunk: Bytes, edits: &mut Vec<(Range<usize>, Bytes)>) -> Bytes {
+    match edits.as_slice() {
+        [] => return chunk,
+        [(range, _)] if *range == (0..chunk.len()) => {
+            return edits.pop().map(|(_, b)| b).unwrap_or_default()
+        }
+        _ => {}
+    }
+    let grown: usize = edits.iter().map(|(_, b)| b.len()).sum();
+    let mut out = BytesMut::with_capacity(chunk.len() + grown);
+    let mut at = 0;
+    for (range, bytes) in edits.drain(..) {
+        out.extend_from_slice(&chunk[at..range.start]);
+        out.extend_from_slice(&bytes);
+        at = range.end;
+    }
+    out.extend_from_slice(&chunk[at..]);
+    out.freeze()
 }
 
 #[cfg(test)]
@@ -228,6 +245,17 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out.len(), input.len() - 5);
+    }
+
+    #[test]
+    fn splices_edits_of_any_length_in_order() {
+        let chunk = Bytes::from_static(b"aaBBccDDee");
+        let mut edits = vec![(2..4, Bytes::from_static(b"bbbbbb")), (6..8, Bytes::new())];
+        assert_eq!(splice(chunk.clone(), &mut edits), &b"aabbbbbbccee"[..]);
+        assert!(edits.is_empty());
+        let mut whole = vec![(0..10, Bytes::from_static(b"xyz"))];
+        assert_eq!(splice(chunk.clone(), &mut whole), &b"xyz"[..]);
+        assert_eq!(splice(chunk.clone(), &mut Vec::new()), chunk);
     }
 
     #[tokio::test]
