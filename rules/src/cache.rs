@@ -90,6 +90,37 @@ enum EntryKind {
     Cold,
 }
 
+/// A rewrite from the cache: shared when the text itself is cached, the
+/// statement's own when spliced from its shape (no shared copy to make).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cached {
+    /// The rewrite of this very text, as cached.
+    Shared(Arc<Rewrite>),
+    /// Made for this statement.
+    Own(Rewrite),
+}
+
+impl Cached {
+    /// The rewrite, moved out when it is this statement's own.
+    pub fn into_rewrite(self) -> Rewrite {
+        match self {
+            Cached::Shared(r) => Arc::unwrap_or_clone(r),
+            Cached::Own(r) => r,
+        }
+    }
+}
+
+impl std::ops::Deref for Cached {
+    type Target = Rewrite;
+
+    fn deref(&self) -> &Rewrite {
+        match self {
+            Cached::Shared(r) => r,
+            Cached::Own(r) => r,
+        }
+    }
+}
+
 /// A shape recognised by walking (see [`crate::known_shape`]), with its
 /// cached rewrite.
 struct Known {
@@ -148,7 +179,7 @@ impl RewriteCache {
         sql: &str,
         path: &SearchPath,
         compute: impl Fn(&str) -> Rewrite,
-    ) -> Option<Arc<Rewrite>> {
+    ) -> Option<Cached> {
         if !rules.may_rewrite(sql) {
             return None;
         }
@@ -156,7 +187,7 @@ impl RewriteCache {
         let normalizable = rules.normalizable && sql.len() <= Self::MAX_STATEMENT;
         if normalizable {
             if let Some(result) = self.recognise(rules, sql, path) {
-                return Some(Arc::new(result));
+                return Some(Cached::Own(result));
             }
         }
         let normalized = normalizable
@@ -165,14 +196,14 @@ impl RewriteCache {
         let Some(n) = normalized else {
             if let Some(e) = self.map.get(sql).filter(|e| current(e)) {
                 if let EntryKind::Text(result) = &e.kind {
-                    return Some(result.clone());
+                    return Some(Cached::Shared(result.clone()));
                 }
             }
             let result = Arc::new(compute(sql));
             if sql.len() <= Self::MAX_STATEMENT {
                 self.insert(rules, sql, path, EntryKind::Text(result.clone()));
             }
-            return Some(result);
+            return Some(Cached::Shared(result));
         };
         let cached = self
             .map
@@ -185,9 +216,9 @@ impl RewriteCache {
         match cached {
             Some(Some(shape)) => {
                 self.remember(rules, &n, path, &shape);
-                Some(Arc::new(shape.fill(n.ranges(), sql)))
+                Some(Cached::Own(shape.fill(n.ranges(), sql)))
             }
-            Some(None) => Some(Arc::new(compute(sql))),
+            Some(None) => Some(Cached::Own(compute(sql))),
             None => {
                 let cold = compute(sql);
                 let shaped = Shaped::of(&compute(&n.shape), n.literals());
@@ -200,7 +231,7 @@ impl RewriteCache {
                     _ => EntryKind::Cold,
                 };
                 self.insert(rules, &n.shape, path, kind);
-                Some(Arc::new(cold))
+                Some(Cached::Own(cold))
             }
         }
     }
@@ -279,12 +310,7 @@ impl RewriteCache {
     }
 
     /// [`RewriteCache::rewrite_with`], computing on this thread.
-    pub fn rewrite(
-        &self,
-        rules: &ActiveRules,
-        sql: &str,
-        path: &SearchPath,
-    ) -> Option<Arc<Rewrite>> {
+    pub fn rewrite(&self, rules: &ActiveRules, sql: &str, path: &SearchPath) -> Option<Cached> {
         self.rewrite_with(rules, sql, path, |text| rules.rewrite(text, path.schemas()))
     }
 
@@ -317,8 +343,12 @@ mod tests {
         let v1 = ActiveRules::compile(users(Phase::DualWrite.routing().unwrap())).unwrap();
         assert!(cache.rewrite(&v1, "select 1", &path).is_none());
         let sql = "update users set email = $1";
-        let a = cache.rewrite(&v1, sql, &path).unwrap();
-        let b = cache.rewrite(&v1, sql, &path).unwrap();
+        let (Cached::Shared(a), Cached::Shared(b)) = (
+            cache.rewrite(&v1, sql, &path).unwrap(),
+            cache.rewrite(&v1, sql, &path).unwrap(),
+        ) else {
+            panic!("a text without literals is cached as it is");
+        };
         assert!(Arc::ptr_eq(&a, &b));
         assert!(matches!(*a, Rewrite::Rewritten(..)));
 

@@ -499,7 +499,7 @@ impl SessionRouter {
             return Outcome::Same;
         };
         // A spliced rewrite is this statement's alone: moved, not copied.
-        match Arc::unwrap_or_clone(result) {
+        match result.into_rewrite() {
             Rewrite::Unchanged => Outcome::Same,
             Rewrite::Rewritten(text, legacy) => {
                 if !legacy.is_empty() {
