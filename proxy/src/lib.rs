@@ -3,6 +3,7 @@
 //! plane, the command line or tests: the `switchyard` binary composes them.
 
 mod auth;
+mod closing;
 mod config;
 mod error;
 mod filters;

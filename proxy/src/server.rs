@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
+use crate::closing::Closing;
 use crate::config::ProxyConfig;
 use crate::metrics::ProxyMetrics;
 use crate::routing::RulesHub;
@@ -45,6 +46,8 @@ pub struct Shared {
     pub state: watch::Receiver<State>,
     /// Routing rules.
     pub rules: Arc<RulesHub>,
+    /// Set once the state is `Closing`: what relays poll.
+    pub(crate) closing: Closing,
 }
 
 /// Why the proxy could not start.
@@ -91,6 +94,7 @@ impl Proxy {
             cancel_keys: DashMap::new(),
             state,
             rules: Arc::new(RulesHub::default()),
+            closing: Closing::default(),
         });
         Ok(Proxy {
             shared,
@@ -177,6 +181,12 @@ async fn accept_loop(
 ) {
     let mut sessions = JoinSet::new();
     let mut state = shared.state.clone();
+    let to_close = shared.clone();
+    let closer = tokio::spawn(async move {
+        let mut state = to_close.state.clone();
+        wait_until(&mut state, |s| s == State::Closing).await;
+        to_close.closing.close();
+    });
     info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), upstream = %shared.config.upstream, "proxy listening");
     loop {
         tokio::select! {
@@ -218,6 +228,7 @@ async fn accept_loop(
             sessions.abort_all();
         }
     }
+    closer.abort();
     info!("proxy stopped");
 }
 

@@ -15,7 +15,7 @@ use crate::filters::{ClientFilter, ServerFilter};
 use crate::frame::{take_frame, Frame, FrameScanner};
 use crate::relay::{Pump, PumpEnd, PumpError};
 use crate::routing::SessionRouter;
-use crate::server::{wait_until, Shared, State};
+use crate::server::Shared;
 use crate::startup::{self, StartupMessage, StartupPacket};
 use crate::stream::MaybeTls;
 use crate::tls::UpstreamTlsMode;
@@ -421,7 +421,6 @@ async fn relay(
         fatal_seen: false,
         router,
     };
-    let mut state = shared.state.clone();
 
     // `biased`: polled in this order, without drawing a random number on
     // every wake-up (the pumps cannot starve the shutdown branch: it only
@@ -430,7 +429,7 @@ async fn relay(
         biased;
         r = c2s.run(&mut cr, &mut sw, &mut client_filter) => Outcome::Client(r),
         r = s2c.run(&mut sr, &mut cw, &mut server_filter) => Outcome::Server(r),
-        _ = wait_until(&mut state, |s| s == State::Closing) => Outcome::Shutdown,
+        _ = shared.closing.wait() => Outcome::Shutdown,
     };
     summary.bytes_in = c2s.bytes_read();
     summary.bytes_out = s2c.bytes_read();

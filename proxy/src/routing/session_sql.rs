@@ -49,23 +49,28 @@ pub fn classify_all(sql: &str) -> Vec<SessionCommand> {
         .collect()
 }
 
-/// Whether `sql` contains, in any case, a word every command above has
-/// (`set` of SET, RESET and set_config; `prepare`; `execute`;
-/// `deallocate`; `discard`). One pass, no allocation: most statements an
-/// application sends have none, and this runs on every simple query.
+/// Whether a word of `sql` begins, in any case, like a command above
+/// (`set`, `reset`, `set_config`, `prepare`, `execute`, `deallocate`,
+/// `discard`). One pass, no allocation: most statements an application
+/// sends have none, and this runs on every simple query. A command is a
+/// statement's first word and `set_config` a function's name, so only
+/// where a word starts is looked at.
 fn may_command(sql: &[u8]) -> bool {
     let has = |at: usize, rest: &[u8]| {
         sql.get(at + 1..at + 1 + rest.len())
             .is_some_and(|w| w.eq_ignore_ascii_case(rest))
     };
-    // A table lookup per byte; the words are compared only where one of
-    // their first letters is.
+    let mut in_word = false;
     for (i, &b) in sql.iter().enumerate() {
-        if !FIRST[b as usize] {
+        let class = CLASS[b as usize];
+        let starts = !in_word && class == Class::First;
+        in_word = class != Class::Other;
+        if !starts {
             continue;
         }
         let found = match b | 0x20 {
             b's' => has(i, b"et"),
+            b'r' => has(i, b"eset"),
             b'p' => has(i, b"repare"),
             b'e' => has(i, b"xecute"),
             _ => has(i, b"eallocate") || has(i, b"iscard"),
@@ -77,13 +82,32 @@ fn may_command(sql: &[u8]) -> bool {
     false
 }
 
-/// The first letters of the words [`may_command`] looks for, either case.
-static FIRST: [bool; 256] = {
-    let mut t = [false; 256];
-    let letters = *b"spedSPED";
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Not part of a word.
+    Other,
+    /// Part of a word.
+    Word,
+    /// Part of a word, and a first letter of a command.
+    First,
+}
+
+/// Bytes by what they are to [`may_command`] (identifier bytes as
+/// PostgreSQL's: letters, digits, `_`, `$`, and any non-ASCII byte).
+static CLASS: [Class; 256] = {
+    let mut t = [Class::Other; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80 {
+            t[c] = Class::Word;
+        }
+        c += 1;
+    }
+    let letters = *b"spredSPRED";
     let mut k = 0;
     while k < letters.len() {
-        t[letters[k] as usize] = true;
+        t[letters[k] as usize] = Class::First;
         k += 1;
     }
     t
@@ -224,6 +248,9 @@ mod tests {
             "execute p",
             "DEALLOCATE ALL",
             "discard all",
+            "select 1;reset search_path",
+            "select pg_catalog.set_config('search_path', 'a', false)",
+            "(execute p)",
         ] {
             assert!(may_command(sql.as_bytes()), "{sql}");
         }
@@ -232,6 +259,7 @@ mod tests {
             "",
             "s",
             "pre",
+            "select offset_x, preset, xset_config('search_path', 'a', false) from t",
         ] {
             assert!(!may_command(sql.as_bytes()), "{sql}");
         }
