@@ -134,6 +134,10 @@ pub(crate) fn out_of_step(cluster: &Cluster) -> anyhow::Result<String> {
 }
 
 /// The routed UPDATE of the legacy column (the proxy dual-writes it).
+/// The same update with the dual-write written by hand.
+pub(crate) const HAND_UPDATE: &str = "UPDATE users SET email = 'U' || :id || '@X.io', \
+     email_address = lower('U' || :id || '@X.io') WHERE id = :id;";
+
 pub(crate) fn routed_update(table: &str) -> String {
     format!("UPDATE {table} SET email = 'U' || :id || '@X.io' WHERE id = :id;")
 }
@@ -156,10 +160,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
 
     let write = |name: &str, sql: &str| script(&cluster, rows, name, sql);
     let routed = write("routed.sql", &routed_update("users"))?;
-    let hand = write(
-        "hand.sql",
-        "UPDATE users SET email = 'U' || :id || '@X.io', email_address = lower('U' || :id || '@X.io') WHERE id = :id;",
-    )?;
+    let hand = write("hand.sql", HAND_UPDATE)?;
     let guarded = write("guarded.sql", &routed_update("users_guard"))?;
     let trigger = write(
         "trigger.sql",

@@ -14,6 +14,8 @@
 //! round, so slow drifts of the machine fall on all of them. Besides the
 //! guard, a table with the least any row trigger costs (`WHEN (false)`)
 //! shows how much of the guard's cost is PostgreSQL's trigger machinery.
+//! The same update with the dual-write written by hand, sent through the
+//! proxy, measures the rewrite's own cost (issue 12, goal 4).
 
 use std::process::Command;
 use std::time::Duration;
@@ -23,7 +25,7 @@ use switchyard::app::App;
 use switchyard_tests::rules::install;
 use switchyard_tests::tools;
 
-use crate::dualwrite::{out_of_step, routed_update, script, tables, Tables};
+use crate::dualwrite::{out_of_step, routed_update, script, tables, Tables, HAND_UPDATE};
 use crate::Options;
 
 /// Non-idle jiffies of the whole machine so far: user, nice, system, irq,
@@ -102,8 +104,15 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             "switchyard+when-false",
             script(&cluster, rows, "floor.sql", &routed_update("users_floor"))?,
         ),
+        // Issue 12's goal 4: the rewrite against the same dual-write
+        // written by hand, both through the proxy.
+        (
+            "hand+proxy",
+            script(&cluster, rows, "hand.sql", HAND_UPDATE)?,
+        ),
     ];
     let mut json = Vec::new();
+    let mut rewrites = Vec::new();
     println!("| mode | table | CPU µs per transaction, per round | ratio to no trigger, per round | median ratio |");
     println!("| --- | --- | --- | --- | --- |");
     for mode in ["prepared", "simple"] {
@@ -147,6 +156,23 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 "ratios": ratios, "median_ratio": med,
             }));
         }
+        // Hand-written / rewritten CPU: the rewrite's throughput ratio
+        // once saturated (goal 4 of issue 12).
+        let hand = paths.len() - 1;
+        let rewrite: Vec<f64> = (per_path[hand].iter().zip(&per_path[0]))
+            .map(|(hand, rewritten)| hand / rewritten)
+            .collect();
+        rewrites.push(format!(
+            "| {mode} | {} | {:.3} |",
+            show(&rewrite, 3),
+            median(rewrite.clone())
+        ));
+    }
+    println!();
+    println!("| mode | rewritten dual-write vs hand-written, both through the proxy (hand CPU / rewritten CPU), per round | median |");
+    println!("| --- | --- | --- |");
+    for line in rewrites {
+        println!("{line}");
     }
     let mismatches = out_of_step(&cluster)?;
     println!("rows where email_address is distinct from lower(email) after the run: {mismatches}");

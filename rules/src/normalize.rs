@@ -186,6 +186,11 @@ fn push_index(out: &mut String, index: usize) {
     out.extend(digits.iter().map(|&d| d as char));
 }
 
+/// Spare capacity a filled rewrite leaves after its text: a wire frame's
+/// 5-byte header and terminator, so that the proxy frames the text where
+/// it lies, without copying it.
+pub const ROOM: usize = 6;
+
 /// A placeholder found in a shape or its rewrite.
 pub(crate) struct Placeholder {
     /// Where it is.
@@ -255,9 +260,17 @@ impl Spliceable {
 
     /// The text with the literals at `literals` (ranges of `sql`, by
     /// index) in their places.
+    /// Exactly [`ROOM`] bytes of capacity are left after the text.
     pub fn fill(&self, literals: &[Range<usize>], sql: &str) -> String {
-        let literal_bytes: usize = literals.iter().map(|r| r.len()).sum();
-        let mut out = String::with_capacity(self.fixed + literal_bytes * 2);
+        let literal_bytes: usize = self
+            .pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Literal(i) => literals[*i].len(),
+                Piece::Text(_) => 0,
+            })
+            .sum();
+        let mut out = String::with_capacity(self.fixed + literal_bytes + ROOM);
         for piece in &self.pieces {
             match piece {
                 Piece::Text(t) => out.push_str(t),

@@ -10,7 +10,7 @@ use dashmap::DashMap;
 use switchyard_rules::active::RuleError;
 use switchyard_rules::cache::RewriteCache;
 use switchyard_rules::latency::LatencyRecorder;
-use switchyard_rules::legacy_use::LegacyUse;
+use switchyard_rules::legacy_use::{LegacyUse, Sightings};
 use switchyard_rules::{ActiveRules, RuleSet};
 use tracing::{info, warn};
 
@@ -40,7 +40,7 @@ pub struct RulesHub {
     logged: DashMap<String, ()>,
     resync: DashMap<String, u64>,
     /// Touched by every statement that names a legacy column: foldhash.
-    legacy: DashMap<String, LegacyUse, foldhash::fast::RandomState>,
+    legacy: DashMap<String, Sightings, foldhash::fast::RandomState>,
     /// Round trips of every session, for the backfill's latency guard.
     pub latency: LatencyRecorder,
 }
@@ -148,11 +148,14 @@ impl RulesHub {
     /// Records that `sql` still depends on the legacy side of `migrations`.
     pub fn note_legacy(&self, migrations: &[String], sql: &str) {
         for m in migrations {
-            match self.legacy.get_mut(m) {
-                Some(mut u) => u.again(sql),
-                None => {
-                    self.legacy.insert(m.clone(), LegacyUse::first(sql));
-                }
+            match self.legacy.get(m) {
+                Some(u) => u.again(sql),
+                None => match self.legacy.entry(m.clone()) {
+                    dashmap::Entry::Occupied(u) => u.get().again(sql),
+                    dashmap::Entry::Vacant(v) => {
+                        v.insert(Sightings::first(sql));
+                    }
+                },
             }
         }
     }
@@ -161,7 +164,7 @@ impl RulesHub {
     pub fn legacy_uses(&self) -> Vec<(String, LegacyUse)> {
         self.legacy
             .iter()
-            .map(|e| (e.key().clone(), e.value().clone()))
+            .map(|e| (e.key().clone(), e.value().snapshot()))
             .collect()
     }
 

@@ -74,6 +74,23 @@ pub fn query(sql: &str) -> Bytes {
     out.freeze()
 }
 
+/// A `Query` of `sql`, framed in `sql`'s own buffer when it has room
+/// after the text for the header and terminator (a spliced rewrite does:
+/// `switchyard_rules::normalize::ROOM`).
+pub fn query_owned(sql: String) -> Bytes {
+    let mut out = sql.into_bytes();
+    let len = out.len();
+    out.extend_from_slice(&[0; 6]);
+    out.copy_within(0..len, 5);
+    out[0] = b'Q';
+    out[1..5].copy_from_slice(&((4 + len + 1) as u32).to_be_bytes());
+    // `Bytes` takes a full buffer over without allocating.
+    if out.len() != out.capacity() {
+        out.shrink_to_fit();
+    }
+    Bytes::from(out)
+}
+
 /// The text of a `Query` body.
 pub fn query_text(body: &[u8]) -> Option<&str> {
     std::str::from_utf8(BodyReader::new(body).cstr()?).ok()
@@ -81,6 +98,16 @@ pub fn query_text(body: &[u8]) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_query_framed_in_place_is_the_same_frame() {
+        for text in ["select 1", ""] {
+            let mut roomy = String::with_capacity(text.len() + 6);
+            roomy.push_str(text);
+            assert_eq!(super::query_owned(roomy), super::query(text));
+            assert_eq!(super::query_owned(text.to_owned()), super::query(text));
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -159,8 +159,9 @@ impl SessionRouter {
                 let (sent, action) = match outcome {
                     Outcome::Same => (None, Action::Forward),
                     Outcome::Text(text) => {
-                        let frame = messages::query(&text);
-                        (Some(text), Action::Replace(frame))
+                        let prepare = matches!(commands.as_slice(), [SessionCommand::Prepare(_)]);
+                        let kept = prepare.then(|| text.clone());
+                        (kept, Action::Replace(messages::query_owned(text)))
                     }
                     Outcome::Refuse(message) => {
                         let text = refusal(&message);
