@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::relay::{Action, FrameFilter};
+use crate::relay::{Action, Detached, FrameFilter};
 use crate::routing::SessionRouter;
 use crate::session::is_fatal;
 
@@ -22,6 +22,17 @@ impl FrameFilter for ClientFilter {
             b'd' => Action::Forward,
             _ => self.router.on_client(tag, frame),
         }
+    }
+
+    fn heavy(&self, tag: u8, frame: &[u8]) -> bool {
+        self.router.heavy(tag, frame)
+    }
+
+    fn detached(&self) -> Option<Detached> {
+        let router = self.router.clone();
+        Some(Box::new(move |tag, frame: &[u8]| {
+            router.on_client(tag, frame)
+        }))
     }
 }
 

@@ -17,6 +17,7 @@ pub mod startup;
 mod stream;
 pub mod tls;
 mod upstream;
+mod workers;
 
 pub use config::ProxyConfig;
 pub use server::{Proxy, ProxyHandle};

@@ -29,6 +29,31 @@ pub enum Action {
 pub trait FrameFilter {
     /// Called for each complete frame; `frame` includes tag and length.
     fn on_frame(&mut self, tag: u8, frame: &[u8]) -> Action;
+
+    /// Whether handling this frame may take long (a long statement to
+    /// rewrite). It is then handled by [`FrameFilter::detached`] on a
+    /// blocking thread, and the session's thread goes on with its other
+    /// sessions meanwhile.
+    fn heavy(&self, _tag: u8, _frame: &[u8]) -> bool {
+        false
+    }
+
+    /// This filter's handling, for a heavy frame on another thread; `None`
+    /// handles it in place.
+    fn detached(&self) -> Option<Detached> {
+        None
+    }
+}
+
+/// A filter's handling of one frame, runnable on any thread.
+pub type Detached = Box<dyn FnOnce(u8, &[u8]) -> Action + Send>;
+
+/// What [`Pump::take_batch`] took: bytes to write, whether to stop after
+/// them, and a heavy frame to handle next.
+struct Batch {
+    out: Bytes,
+    stop: bool,
+    heavy: Option<Bytes>,
 }
 
 /// How a pump ended without error.
@@ -107,15 +132,25 @@ impl Pump {
     {
         loop {
             if !self.buf.is_empty() {
-                let (out, stop) = self.take_batch(filter)?;
-                if !out.is_empty() {
-                    self.writing = true;
-                    wr.write_all(&out).await.map_err(PumpError::Write)?;
-                    wr.flush().await.map_err(PumpError::Write)?;
-                    self.writing = false;
+                let Batch {
+                    mut out,
+                    mut stop,
+                    heavy,
+                } = self.take_batch(filter)?;
+                let more = heavy.is_some();
+                if let Some(frame) = heavy {
+                    // What came before goes out first, so that the server
+                    // is not kept waiting for it.
+                    self.write(wr, &out).await?;
+                    (out, stop) = handle_heavy(filter, frame).await;
                 }
+                self.write(wr, &out).await?;
                 if stop {
                     return Ok(PumpEnd::Stopped);
+                }
+                if more {
+                    // Frames after the heavy one may be waiting already.
+                    continue;
                 }
             }
             if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
@@ -130,11 +165,28 @@ impl Pump {
         }
     }
 
-    /// Splits off everything forwardable now; pure apart from the buffer.
-    fn take_batch<F: FrameFilter>(&mut self, filter: &mut F) -> Result<(Bytes, bool), FrameError> {
+    async fn write<W: AsyncWrite + Unpin>(
+        &mut self,
+        wr: &mut W,
+        out: &[u8],
+    ) -> Result<(), PumpError> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.writing = true;
+        wr.write_all(out).await.map_err(PumpError::Write)?;
+        wr.flush().await.map_err(PumpError::Write)?;
+        self.writing = false;
+        Ok(())
+    }
+
+    /// Splits off everything forwardable now, up to a heavy frame (split
+    /// off too); pure apart from the buffer.
+    fn take_batch<F: FrameFilter>(&mut self, filter: &mut F) -> Result<Batch, FrameError> {
         let mut pos = 0;
         let mut frames = 0u64;
         let mut stop = false;
+        let mut heavy = None;
         let mut edits = std::mem::take(&mut self.edits);
         if self.raw_remaining > 0 {
             pos = self.raw_remaining.min(self.buf.len());
@@ -144,6 +196,10 @@ impl Pump {
             match self.scanner.scan(&self.buf[pos..])? {
                 Scan::Frame { tag, len } => {
                     frames += 1;
+                    if filter.heavy(tag, &self.buf[pos..pos + len]) {
+                        heavy = Some(len);
+                        break;
+                    }
                     match filter.on_frame(tag, &self.buf[pos..pos + len]) {
                         Action::Forward => {}
                         Action::Replace(bytes) => edits.push((pos..pos + len, bytes)),
@@ -168,7 +224,34 @@ impl Pump {
         let chunk = self.buf.split_to(pos).freeze();
         let out = splice(chunk, &mut edits);
         self.edits = edits;
-        Ok((out, stop))
+        let heavy = heavy.map(|len| self.buf.split_to(len).freeze());
+        Ok(Batch { out, stop, heavy })
+    }
+}
+
+/// Handles a heavy frame on a blocking thread (in place if the filter has
+/// no detached form): what to write for it, and whether to stop after.
+async fn handle_heavy<F: FrameFilter>(filter: &mut F, frame: Bytes) -> (Bytes, bool) {
+    let tag = frame[0];
+    let action = match filter.detached() {
+        Some(handle) => {
+            let job = frame.clone();
+            match tokio::task::spawn_blocking(move || handle(tag, &job)).await {
+                Ok(action) => action,
+                Err(e) => match e.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    // Cancelled, the runtime shutting down: nothing of
+                    // the frame goes on, unrewritten or not.
+                    Err(_) => return (Bytes::new(), true),
+                },
+            }
+        }
+        None => filter.on_frame(tag, &frame),
+    };
+    match action {
+        Action::Forward => (frame, false),
+        Action::Replace(bytes) => (bytes, false),
+        Action::ForwardAndStop => (frame, true),
     }
 }
 
@@ -245,6 +328,42 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out.len(), input.len() - 5);
+    }
+
+    /// Marks `Q` heavy and rewrites it on another thread.
+    struct OffThread;
+    impl FrameFilter for OffThread {
+        fn on_frame(&mut self, _tag: u8, _frame: &[u8]) -> Action {
+            Action::Forward
+        }
+        fn heavy(&self, tag: u8, _frame: &[u8]) -> bool {
+            tag == b'Q'
+        }
+        fn detached(&self) -> Option<Detached> {
+            let caller = std::thread::current().id();
+            Some(Box::new(move |_, frame: &[u8]| {
+                assert_ne!(std::thread::current().id(), caller, "ran in place");
+                Action::Replace(Frame::new(b'Q', frame[5..].to_ascii_uppercase()).to_bytes())
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_heavy_frame_is_handled_off_the_thread_in_order() {
+        let mut input = BytesMut::new();
+        Frame::new(b'S', Bytes::new()).encode(&mut input);
+        Frame::new(b'Q', &b"select 1\0"[..]).encode(&mut input);
+        Frame::new(b'H', Bytes::new()).encode(&mut input);
+        let mut expected = BytesMut::new();
+        Frame::new(b'S', Bytes::new()).encode(&mut expected);
+        Frame::new(b'Q', &b"SELECT 1\0"[..]).encode(&mut expected);
+        Frame::new(b'H', Bytes::new()).encode(&mut expected);
+        let mut out = Vec::new();
+        let mut pump = Pump::new(BytesMut::new(), scanner(), Traffic::default());
+        pump.run(&mut &input[..], &mut out, &mut OffThread)
+            .await
+            .unwrap();
+        assert_eq!(out, expected.to_vec());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::metrics::ProxyMetrics;
 use crate::routing::RulesHub;
 use crate::tls;
 use crate::upstream::Upstream;
+use crate::workers::Workers;
 
 /// Lifecycle of the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +49,8 @@ pub struct Shared {
     pub rules: Arc<RulesHub>,
     /// Set once the state is `Closing`: what relays poll.
     pub(crate) closing: Closing,
+    /// The threads sessions run on.
+    pub(crate) workers: Workers,
 }
 
 /// Why the proxy could not start.
@@ -59,6 +62,9 @@ pub enum StartError {
     /// The listen address could not be bound.
     #[error("cannot listen on {0}: {1}")]
     Bind(String, std::io::Error),
+    /// The session threads could not be started.
+    #[error("cannot start the session threads: {0}")]
+    Threads(std::io::Error),
 }
 
 /// A bound proxy, not yet accepting.
@@ -95,6 +101,7 @@ impl Proxy {
             state,
             rules: Arc::new(RulesHub::default()),
             closing: Closing::default(),
+            workers: Workers::per_core().map_err(StartError::Threads)?,
         });
         Ok(Proxy {
             shared,
@@ -191,9 +198,14 @@ async fn accept_loop(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    sessions.spawn(crate::session::run(shared.clone(), tcp, peer));
-                }
+                Ok((tcp, peer)) => match tcp.into_std() {
+                    // Re-registered on the session thread's own runtime.
+                    Ok(tcp) => {
+                        let session = crate::session::run_std(shared.clone(), tcp, peer);
+                        shared.workers.spawn(&mut sessions, session);
+                    }
+                    Err(e) => warn!(error = %e, %peer, "cannot hand the connection over"),
+                },
                 Err(e) => {
                     // Out of descriptors and the like: back off, keep serving.
                     warn!(error = %e, "accept failed");

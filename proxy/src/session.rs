@@ -29,6 +29,15 @@ struct Summary {
     bytes_out: u64,
 }
 
+/// [`run`] for a connection accepted on another runtime: it is registered
+/// with the one this runs on.
+pub(crate) async fn run_std(shared: Arc<Shared>, tcp: std::net::TcpStream, peer: SocketAddr) {
+    match TcpStream::from_std(tcp) {
+        Ok(tcp) => run(shared, tcp, peer).await,
+        Err(e) => warn!(%peer, error = %e, "cannot register the connection"),
+    }
+}
+
 /// Serves one accepted connection to the end, logging open and close.
 pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let started = Instant::now();

@@ -1,9 +1,12 @@
 //! Where a rewrite runs. Most statements are shallow and short: they are
-//! rewritten inline, on the session's worker. One that may need more stack
-//! than a worker has (deep nesting, long operator chains), or is long
-//! enough that parsing it would hold the worker's other sessions, runs on a
-//! thread of its own with the stack `switchyard_rules` asks for, while the
-//! worker hands its other tasks to another thread (`block_in_place`).
+//! rewritten inline, on the session's thread. One longer than
+//! [`super::router::HEAVY`] never gets here on that thread: the relay
+//! hands its frame to a blocking thread first. One that may need more
+//! stack than a thread has (deep nesting, long operator chains) runs on a
+//! thread of its own with the stack `switchyard_rules` asks for; on a
+//! multi-threaded runtime's worker the worker's other tasks move to
+//! another thread meanwhile (`block_in_place`), elsewhere the caller waits
+//! (a short statement: its parse is short).
 
 use switchyard_rules::rewrite::scan::Scan;
 use switchyard_rules::rewrite::{INLINE_LIMIT, STACK};

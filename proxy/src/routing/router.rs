@@ -77,9 +77,17 @@ struct State {
     busy_since: Option<Instant>,
 }
 
+/// Statements longer than this (in frame bytes) are rewritten off the
+/// session's thread: parsing one may take milliseconds (about 5 KiB per
+/// millisecond), and the thread serves other sessions.
+pub const HEAVY: usize = 16 * 1024;
+
 /// Routing state of one session, shared by its two directions.
 pub struct SessionRouter {
     hub: Arc<RulesHub>,
+    /// The session prepared a statement longer than [`HEAVY`]: a flip may
+    /// make any later Bind, Describe or EXECUTE re-prepare it.
+    long_prepared: std::sync::atomic::AtomicBool,
     pin: super::hub::Pin,
     database: String,
     user: String,
@@ -99,6 +107,7 @@ impl SessionRouter {
         };
         let default_path = path_for(user, schemas);
         SessionRouter {
+            long_prepared: Default::default(),
             pin: hub.register(),
             state: Mutex::new(State {
                 rules: hub.current(),
@@ -124,6 +133,31 @@ impl SessionRouter {
     /// fuzz target checks every Execute against it).
     pub fn version(&self) -> u64 {
         self.lock().rules.version()
+    }
+
+    /// Whether handling this client frame may rewrite a long statement
+    /// (see [`HEAVY`]): its own, or one prepared earlier that a flip makes
+    /// it re-prepare. Asked of every client frame, so it takes no lock.
+    pub fn heavy(&self, tag: u8, frame: &[u8]) -> bool {
+        match tag {
+            b'Q' | b'P' => {
+                frame.len() > HEAVY
+                    || self
+                        .long_prepared
+                        .load(std::sync::atomic::Ordering::Relaxed)
+            }
+            b'B' | b'D' => self
+                .long_prepared
+                .load(std::sync::atomic::Ordering::Relaxed),
+            _ => false,
+        }
+    }
+
+    fn note_prepared(&self, text: &str) {
+        if text.len() > HEAVY {
+            self.long_prepared
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Handles one frame from the client.
@@ -173,6 +207,7 @@ impl SessionRouter {
                     if !sql.trim().trim_end_matches(';').contains(';') {
                         let sent = sent.unwrap_or_else(|| sql.to_owned());
                         let version = st.rules.version();
+                        self.note_prepared(sql);
                         st.sql_prepared.insert(
                             name.clone(),
                             SqlPrepared {
@@ -220,6 +255,7 @@ impl SessionRouter {
                     refusal: refused,
                 });
                 let version = st.rules.version();
+                self.note_prepared(&parse.query);
                 st.statements.insert(
                     parse.name.clone(),
                     Prepared {
