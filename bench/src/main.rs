@@ -85,7 +85,8 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// A tokio runtime for the in-process proxy (`SWITCHYARD_WORKERS`, default 2).
+/// A tokio runtime for the in-process proxy's accept loop and control plane
+/// (`SWITCHYARD_WORKERS`, default 2); its sessions run on their own threads.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     let workers: usize = std::env::var("SWITCHYARD_WORKERS")
         .ok()
