@@ -9,7 +9,6 @@
 //! rewrite gives exactly the statement's own rewrite; later statements of
 //! that shape are spliced, never parsed.
 
-use std::cell::RefCell;
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
 use std::sync::Arc;
@@ -134,10 +133,8 @@ struct Known {
 /// in a few shapes.
 const SHAPES_PER_LEAD: usize = 4;
 
-thread_local! {
-    /// A recognised text's literal ranges, reused from one text to the next.
-    static LITERALS: RefCell<Vec<Range<usize>>> = const { RefCell::new(Vec::new()) };
-}
+/// Literals of a recognised text held on the stack; more are allocated.
+const INLINE_LITERALS: usize = 16;
 
 /// A bounded, shared cache of rewrites: at most `capacity` texts and
 /// [`RewriteCache::MAX_BYTES`] of them, and no text longer than
@@ -240,15 +237,26 @@ impl RewriteCache {
     /// current for `rules` and `path`: the lexer is not run.
     fn recognise(&self, rules: &ActiveRules, sql: &str, path: &SearchPath) -> Option<Rewrite> {
         let shapes = self.known.get(lead(sql))?;
-        LITERALS.with(|literals| {
-            let literals = &mut literals.borrow_mut();
-            shapes
-                .iter()
-                .rev()
-                .filter(|k| k.version == rules.version() && k.path == path.id)
-                .find(|k| k.shape.recognise(sql, literals))
-                .map(|k| k.rewrite.fill(literals, sql))
-        })
+        // The literals' ranges: on the stack for the usual few.
+        let mut inline: [Range<usize>; INLINE_LITERALS] = std::array::from_fn(|_| 0..0);
+        let mut spilled = Vec::new();
+        shapes
+            .iter()
+            .rev()
+            .filter(|k| k.version == rules.version() && k.path == path.id)
+            .find_map(|k| {
+                let n = k.shape.literals();
+                let literals = match n <= INLINE_LITERALS {
+                    true => &mut inline[..n],
+                    false => {
+                        spilled.resize(n, 0..0);
+                        &mut spilled[..]
+                    }
+                };
+                k.shape
+                    .recognise(sql, literals)
+                    .then(|| k.rewrite.fill(literals, sql))
+            })
     }
 
     /// Keeps a trusted shape for recognition by its lead, in place of
@@ -385,5 +393,16 @@ mod tests {
         // The first statement is rewritten both ways; the others are spliced.
         assert_eq!(parses.get(), 2);
         assert_eq!(cache.len(), 1);
+        // More literals than are held on the stack.
+        for i in 0..5 {
+            let list: Vec<String> = (0..20).map(|k| (k * 7 + i).to_string()).collect();
+            let sql = format!(
+                "update users set email = 'V{i}' where id in ({})",
+                list.join(", ")
+            );
+            let got = cache.rewrite_with(&rules, &sql, &path, compute).unwrap();
+            assert_eq!(*got, rules.rewrite(&sql, path.schemas()), "{sql}");
+        }
+        assert_eq!(parses.get(), 4, "one shape, spliced after its first text");
     }
 }

@@ -58,13 +58,21 @@ impl KnownShape {
         &self.shape
     }
 
-    /// Whether `sql` is of this shape; if so, `literals` holds the range of
-    /// each of its literals, by index.
-    pub(crate) fn recognise(&self, sql: &str, literals: &mut Vec<Range<usize>>) -> bool {
-        literals.clear();
+    /// How many literals a text of this shape has.
+    pub(crate) fn literals(&self) -> usize {
+        self.strings.len()
+    }
+
+    /// Whether `sql` is of this shape; if so, `literals` (of at least
+    /// [`KnownShape::literals`] ranges) holds the range of each of its
+    /// literals, by index.
+    pub(crate) fn recognise(&self, sql: &str, literals: &mut [Range<usize>]) -> bool {
+        if literals.len() < self.strings.len() {
+            return false;
+        }
         let (b, shape) = (sql.as_bytes(), self.shape.as_bytes());
         let mut i = 0;
-        for (run, &string) in self.fixed.iter().zip(self.strings.iter()) {
+        for (k, (run, &string)) in self.fixed.iter().zip(self.strings.iter()).enumerate() {
             let run = &shape[run.clone()];
             if b.get(i..i + run.len()) != Some(run) {
                 return false;
@@ -92,7 +100,7 @@ impl KnownShape {
             let Some(end) = end else {
                 return false;
             };
-            literals.push(i..end);
+            literals[k] = i..end;
             i = end;
         }
         let tail = self.fixed.last().map_or(&[][..], |r| &shape[r.clone()]);
@@ -155,7 +163,7 @@ mod tests {
     #[test]
     fn recognises_texts_that_differ_only_in_literals() {
         let k = known("update users set email = 'a' where id = 7 and x = E'b\\'c'");
-        let mut lits = Vec::new();
+        let mut lits = vec![0..0; k.literals()];
         let sql = "update users set email = 'it''s' where id = 1234 and x = 'z'";
         assert!(k.recognise(sql, &mut lits));
         assert_eq!(lits, normalize(sql).unwrap().ranges());
@@ -251,7 +259,7 @@ mod tests {
             let Some(k) = KnownShape::new(&n.shape, n.literals()) else {
                 panic!("a shape the lexer made is not known: {}", n.shape);
             };
-            let mut lits = Vec::new();
+            let mut lits = vec![0..0; k.literals()];
             prop_assert!(k.recognise(&base, &mut lits), "its own text: {base}");
             prop_assert_eq!(&lits[..], n.ranges());
             // Other texts: literals swapped, or other pieces altogether.
