@@ -268,18 +268,32 @@ impl RewriteCache {
         path: &SearchPath,
         rewrite: &Arc<Shaped>,
     ) {
+        let key = lead(&n.shape);
+        let this = |k: &Known| k.path == path.id && k.shape.text() == n.shape;
+        // A shape hit whose text was not recognised (its lead differs from
+        // the shape's, e.g. `E'..'` first) comes here every time: a read,
+        // not a rebuild and a write.
+        let known = |k: &Known| k.version == rules.version() && this(k);
+        if self.known.get(key).is_some_and(|v| v.iter().any(known)) {
+            return;
+        }
         let Some(shape) = KnownShape::new(&n.shape, n.literals()) else {
             return;
         };
-        let mut shapes = self.known.entry(lead(&n.shape).into()).or_default();
-        shapes.retain(|k| {
-            k.version == rules.version() && !(k.path == path.id && k.shape.text() == n.shape)
-        });
+        let mut shapes = self.known.entry(key.into()).or_default();
+        let held = |v: &[Known]| v.iter().map(|k| k.shape.text().len()).sum::<usize>();
+        let before = held(&shapes);
+        shapes.retain(|k| k.version == rules.version() && !this(k));
         if shapes.len() == SHAPES_PER_LEAD {
             shapes.remove(0);
         }
+        let dropped = before - held(&shapes);
         use std::sync::atomic::Ordering::Relaxed;
-        self.bytes.fetch_add(n.shape.len(), Relaxed);
+        // Shapes replaced stop counting (saturating: a clear may have reset
+        // the count meanwhile).
+        let _ = self.bytes.fetch_update(Relaxed, Relaxed, |b| {
+            Some(b.saturating_sub(dropped) + n.shape.len())
+        });
         shapes.push(Known {
             version: rules.version(),
             path: path.id,

@@ -204,44 +204,40 @@ mod tests {
         }
     }
 
+    fn one_of(texts: &'static [&'static str]) -> impl Strategy<Value = String> {
+        proptest::sample::select(texts).prop_map(str::to_owned)
+    }
+
     /// Pieces texts are made of: literals of each kind, the lexer's
     /// regions, and the bytes that end or glue tokens.
     fn piece() -> impl Strategy<Value = String> {
-        prop_oneof![
-            Just("'a'".to_owned()),
-            Just("'it''s'".to_owned()),
-            Just("E'\\''".to_owned()),
-            Just("e'x'".to_owned()),
-            Just("1".to_owned()),
-            Just("2.5e3".to_owned()),
-            Just("x".to_owned()),
-            Just("E".to_owned()),
-            Just("$1".to_owned()),
-            Just("$$q'1$$".to_owned()),
-            Just("\"q'1\"".to_owned()),
-            Just("/* 1 'c' */".to_owned()),
-            Just("-- 1\n".to_owned()),
-            Just("U&".to_owned()),
-            Just("'".to_owned()),
-            Just(" ".to_owned()),
-            Just(".".to_owned()),
-            Just("-".to_owned()),
-            Just("&".to_owned()),
-            Just("_".to_owned()),
-            Just("9".to_owned()),
-        ]
+        one_of(&[
+            "'a'",
+            "'it''s'",
+            "E'\\''",
+            "e'x'",
+            "1",
+            "2.5e3",
+            "x",
+            "E",
+            "$1",
+            "$$q'1$$",
+            "\"q'1\"",
+            "/* 1 'c' */",
+            "-- 1\n",
+            "U&",
+            "'",
+            " ",
+            ".",
+            "-",
+            "&",
+            "_",
+            "9",
+        ])
     }
 
     fn literal() -> impl Strategy<Value = String> {
-        prop_oneof![
-            Just("'b'".to_owned()),
-            Just("''''".to_owned()),
-            Just("E'\\\\'".to_owned()),
-            Just("'1 2'".to_owned()),
-            Just("42".to_owned()),
-            Just("7.0".to_owned()),
-            Just("0x1F".to_owned()),
-        ]
+        one_of(&["'b'", "''''", "E'\\\\'", "'1 2'", "42", "7.0", "0x1F"])
     }
 
     proptest! {

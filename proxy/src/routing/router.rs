@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 
 // Looked up on every Bind and Execute: foldhash, seeded per process.
 use foldhash::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -87,7 +88,7 @@ pub struct SessionRouter {
     hub: Arc<RulesHub>,
     /// The session prepared a statement longer than [`HEAVY`]: a flip may
     /// make any later Bind, Describe or EXECUTE re-prepare it.
-    long_prepared: std::sync::atomic::AtomicBool,
+    long_prepared: AtomicBool,
     pin: super::hub::Pin,
     database: String,
     user: String,
@@ -139,24 +140,19 @@ impl SessionRouter {
     /// (see [`HEAVY`]): its own, or one prepared earlier that a flip makes
     /// it re-prepare. Asked of every client frame, so it takes no lock.
     pub fn heavy(&self, tag: u8, frame: &[u8]) -> bool {
+        let long_prepared = || self.long_prepared.load(Relaxed);
         match tag {
-            b'Q' | b'P' => {
-                frame.len() > HEAVY
-                    || self
-                        .long_prepared
-                        .load(std::sync::atomic::Ordering::Relaxed)
-            }
-            b'B' | b'D' => self
-                .long_prepared
-                .load(std::sync::atomic::Ordering::Relaxed),
+            // A Query may EXECUTE a long statement prepared before.
+            b'Q' => frame.len() > HEAVY || long_prepared(),
+            b'P' => frame.len() > HEAVY,
+            b'B' | b'D' => long_prepared(),
             _ => false,
         }
     }
 
     fn note_prepared(&self, text: &str) {
         if text.len() > HEAVY {
-            self.long_prepared
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.long_prepared.store(true, Relaxed);
         }
     }
 
