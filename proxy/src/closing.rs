@@ -29,6 +29,21 @@ impl Closing {
         }
     }
 
+    /// Whether [`Closing::close`] has been called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Wakes `waker` once closed (at once if closed already): for a loop
+    /// that is not a future, such as a relay thread's.
+    pub(crate) fn subscribe(&self, waker: Waker) {
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(key, waker);
+        if self.is_closed() {
+            self.close();
+        }
+    }
+
     /// Resolves once [`Closing::close`] has been called.
     pub(crate) fn wait(&self) -> Closed<'_> {
         Closed {

@@ -10,6 +10,7 @@ mod filters;
 pub mod frame;
 pub mod metrics;
 pub mod relay;
+mod relay_loop;
 pub mod routing;
 pub mod server;
 mod session;

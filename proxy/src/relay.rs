@@ -5,7 +5,7 @@
 //! A batch is whatever one read returned; writing it at once keeps pipelines
 //! pipelined and gives one write per read, which is what PgBouncer does too.
 
-use std::io;
+use std::io::{self, Read};
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
@@ -50,10 +50,10 @@ pub type Detached = Box<dyn FnOnce(u8, &[u8]) -> Action + Send>;
 
 /// What [`Pump::take_batch`] took: bytes to write, whether to stop after
 /// them, and a heavy frame to handle next.
-struct Batch {
-    out: Bytes,
-    stop: bool,
-    heavy: Option<Bytes>,
+pub(crate) struct Batch {
+    pub(crate) out: Bytes,
+    pub(crate) stop: bool,
+    pub(crate) heavy: Option<Bytes>,
 }
 
 /// How a pump ended without error.
@@ -63,6 +63,18 @@ pub enum PumpEnd {
     Eof,
     /// A filter asked to stop.
     Stopped,
+}
+
+/// How a session's relay ended: the direction that ended first and how,
+/// or the proxy closing it.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// The client-to-server pump ended.
+    Client(Result<PumpEnd, PumpError>),
+    /// The server-to-client pump ended.
+    Server(Result<PumpEnd, PumpError>),
+    /// The proxy is closing its sessions.
+    Shutdown,
 }
 
 /// How a pump failed.
@@ -118,6 +130,35 @@ impl Pump {
         self.read_total
     }
 
+    /// Whether bytes read wait to be taken.
+    pub(crate) fn has_input(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Marks whether bytes taken are still being written (the stream is
+    /// then not at a frame boundary).
+    pub(crate) fn set_writing(&mut self, writing: bool) {
+        self.writing = writing;
+    }
+
+    /// One read from a non-blocking `src`, through `scratch` (a safe read
+    /// cannot go into the buffer's uninitialised room).
+    pub(crate) fn read_from(
+        &mut self,
+        mut src: impl Read,
+        scratch: &mut [u8],
+    ) -> io::Result<usize> {
+        let n = src.read(scratch)?;
+        self.buf.extend_from_slice(&scratch[..n]);
+        self.note_read(n);
+        Ok(n)
+    }
+
+    fn note_read(&mut self, n: usize) {
+        self.traffic.bytes.inc_by(n as u64);
+        self.read_total += n as u64;
+    }
+
     /// Moves frames from `rd` to `wr` until EOF, a filter stop, or an error.
     pub async fn run<R, W, F>(
         &mut self,
@@ -160,8 +201,7 @@ impl Pump {
             if n == 0 {
                 return Ok(PumpEnd::Eof);
             }
-            self.traffic.bytes.inc_by(n as u64);
-            self.read_total += n as u64;
+            self.note_read(n);
         }
     }
 
@@ -182,7 +222,10 @@ impl Pump {
 
     /// Splits off everything forwardable now, up to a heavy frame (split
     /// off too); pure apart from the buffer.
-    fn take_batch<F: FrameFilter>(&mut self, filter: &mut F) -> Result<Batch, FrameError> {
+    pub(crate) fn take_batch<F: FrameFilter>(
+        &mut self,
+        filter: &mut F,
+    ) -> Result<Batch, FrameError> {
         let mut pos = 0;
         let mut frames = 0u64;
         let mut stop = false;
@@ -229,6 +272,16 @@ impl Pump {
     }
 }
 
+/// What to write for a heavy frame given its filter's action, and whether
+/// to stop after it.
+pub(crate) fn heavy_outcome(frame: Bytes, action: Action) -> (Bytes, bool) {
+    match action {
+        Action::Forward => (frame, false),
+        Action::Replace(bytes) => (bytes, false),
+        Action::ForwardAndStop => (frame, true),
+    }
+}
+
 /// Handles a heavy frame on a blocking thread (in place if the filter has
 /// no detached form): what to write for it, and whether to stop after.
 async fn handle_heavy<F: FrameFilter>(filter: &mut F, frame: Bytes) -> (Bytes, bool) {
@@ -248,11 +301,7 @@ async fn handle_heavy<F: FrameFilter>(filter: &mut F, frame: Bytes) -> (Bytes, b
         }
         None => filter.on_frame(tag, &frame),
     };
-    match action {
-        Action::Forward => (frame, false),
-        Action::Replace(bytes) => (bytes, false),
-        Action::ForwardAndStop => (frame, true),
-    }
+    heavy_outcome(frame, action)
 }
 
 /// `chunk` with `edits` (ranges in order) applied; `edits` is left empty

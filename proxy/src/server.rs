@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -15,6 +16,7 @@ use tracing::{info, warn};
 use crate::closing::Closing;
 use crate::config::ProxyConfig;
 use crate::metrics::ProxyMetrics;
+use crate::relay_loop::RelayThreads;
 use crate::routing::RulesHub;
 use crate::tls;
 use crate::upstream::Upstream;
@@ -48,9 +50,11 @@ pub struct Shared {
     /// Routing rules.
     pub rules: Arc<RulesHub>,
     /// Set once the state is `Closing`: what relays poll.
-    pub(crate) closing: Closing,
+    pub(crate) closing: Arc<Closing>,
     /// The threads sessions run on.
     pub(crate) workers: Workers,
+    /// The threads plain sessions are relayed on after login.
+    pub(crate) relay_threads: RelayThreads,
 }
 
 /// Why the proxy could not start.
@@ -92,6 +96,9 @@ impl Proxy {
             .await
             .map_err(|e| StartError::Bind(config.listen.clone(), e))?;
         let (state_tx, state) = watch::channel(State::Running);
+        let closing = Arc::new(Closing::default());
+        let relay_threads = RelayThreads::per_core(closing.clone(), Handle::current())
+            .map_err(StartError::Threads)?;
         let shared = Arc::new(Shared {
             config,
             upstream,
@@ -100,8 +107,9 @@ impl Proxy {
             cancel_keys: DashMap::new(),
             state,
             rules: Arc::new(RulesHub::default()),
-            closing: Closing::default(),
+            closing,
             workers: Workers::per_core().map_err(StartError::Threads)?,
+            relay_threads,
         });
         Ok(Proxy {
             shared,

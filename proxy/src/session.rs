@@ -13,7 +13,8 @@ use crate::auth;
 use crate::error::{error_fields, SessionError};
 use crate::filters::{ClientFilter, ServerFilter};
 use crate::frame::{take_frame, Frame, FrameScanner};
-use crate::relay::{Pump, PumpEnd, PumpError};
+use crate::relay::{Ended, Pump, PumpEnd, PumpError};
+use crate::relay_loop::{Handover, Sock};
 use crate::routing::SessionRouter;
 use crate::server::Shared;
 use crate::startup::{self, StartupMessage, StartupPacket};
@@ -391,10 +392,15 @@ const AUTH_MAX_FRAME: usize = 65535 + 5;
 const STREAM_THRESHOLD: usize = 256 * 1024;
 const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
 
-enum Outcome {
-    Client(Result<PumpEnd, PumpError>),
-    Server(Result<PumpEnd, PumpError>),
-    Shutdown,
+/// A session after its relay: how it ended, its connections and pumps.
+struct Relayed {
+    ended: Ended,
+    client: MaybeTls,
+    server: MaybeTls,
+    c2s: Pump,
+    s2c: Pump,
+    /// The server sent a FATAL error (it closes the connection itself).
+    fatal_seen: bool,
 }
 
 async fn relay(
@@ -418,74 +424,168 @@ async fn relay(
     };
     let c2s_traffic = shared.metrics.traffic("client_to_server");
     let s2c_traffic = shared.metrics.traffic("server_to_client");
-    let mut c2s = Pump::new(client_buf, client_scanner, c2s_traffic);
-    let mut s2c = Pump::new(server_buf, server_scanner, s2c_traffic);
-    let (mut client, mut server) = (client, server);
-    let (mut cr, mut cw) = client.halves();
-    let (mut sr, mut sw) = server.halves();
-    let mut client_filter = ClientFilter {
+    let c2s = Pump::new(client_buf, client_scanner, c2s_traffic);
+    let s2c = Pump::new(server_buf, server_scanner, s2c_traffic);
+    let client_filter = ClientFilter {
         router: router.clone(),
     };
-    let mut server_filter = ServerFilter {
+    let server_filter = ServerFilter {
         fatal_seen: false,
         router,
     };
-
-    // `biased`: polled in this order, without drawing a random number on
-    // every wake-up (the pumps cannot starve the shutdown branch: it only
-    // matters once they wait).
-    let outcome = tokio::select! {
-        biased;
-        r = c2s.run(&mut cr, &mut sw, &mut client_filter) => Outcome::Client(r),
-        r = s2c.run(&mut sr, &mut cw, &mut server_filter) => Outcome::Server(r),
-        _ = shared.closing.wait() => Outcome::Shutdown,
+    let plain = |s: &MaybeTls| matches!(s, MaybeTls::Plain(_) | MaybeTls::Unix(_));
+    let relayed = if plain(&client) && plain(&server) {
+        relay_on_thread(
+            shared,
+            client,
+            server,
+            c2s,
+            s2c,
+            client_filter,
+            server_filter,
+        )
+        .await?
+    } else {
+        relay_here(
+            shared,
+            client,
+            server,
+            c2s,
+            s2c,
+            client_filter,
+            server_filter,
+        )
+        .await
     };
+    close(relayed, summary).await
+}
+
+/// Relays a plain session on a relay thread (see [`crate::relay_loop`]).
+async fn relay_on_thread(
+    shared: &Shared,
+    client: MaybeTls,
+    server: MaybeTls,
+    c2s: Pump,
+    s2c: Pump,
+    client_filter: ClientFilter,
+    server_filter: ServerFilter,
+) -> Result<Relayed, SessionError> {
+    let (Ok(client), Ok(server)) = (Sock::from_tokio(client), Sock::from_tokio(server)) else {
+        unreachable!("both connections are plain")
+    };
+    let server = server.map_err(|_| SessionError::UpstreamLost)?;
+    let finished = shared.relay_threads.hand_over(Handover {
+        client: client?,
+        server,
+        c2s,
+        s2c,
+        client_filter,
+        server_filter,
+    });
+    // The relay thread is gone only when the proxy is.
+    let f = finished.await.map_err(|_| SessionError::Shutdown)?;
+    Ok(Relayed {
+        ended: f.ended,
+        client: f.client.into_tokio()?,
+        server: f
+            .server
+            .into_tokio()
+            .map_err(|_| SessionError::UpstreamLost)?,
+        c2s: f.c2s,
+        s2c: f.s2c,
+        fatal_seen: f.fatal_seen,
+    })
+}
+
+/// Relays a session on this task: a TLS one.
+async fn relay_here(
+    shared: &Shared,
+    mut client: MaybeTls,
+    mut server: MaybeTls,
+    mut c2s: Pump,
+    mut s2c: Pump,
+    mut client_filter: ClientFilter,
+    mut server_filter: ServerFilter,
+) -> Relayed {
+    let ended = {
+        let (mut cr, mut cw) = client.halves();
+        let (mut sr, mut sw) = server.halves();
+        // `biased`: polled in this order, without drawing a random number
+        // on every wake-up (the pumps cannot starve the shutdown branch: it
+        // only matters once they wait).
+        tokio::select! {
+            biased;
+            r = c2s.run(&mut cr, &mut sw, &mut client_filter) => Ended::Client(r),
+            r = s2c.run(&mut sr, &mut cw, &mut server_filter) => Ended::Server(r),
+            _ = shared.closing.wait() => Ended::Shutdown,
+        }
+    };
+    Relayed {
+        ended,
+        client,
+        server,
+        c2s,
+        s2c,
+        fatal_seen: server_filter.fatal_seen,
+    }
+}
+
+/// Ends a relayed session: tells the client why if it is owed that, and
+/// the server that we leave if it can take it.
+async fn close(relayed: Relayed, summary: &mut Summary) -> Result<&'static str, SessionError> {
+    let Relayed {
+        ended,
+        mut client,
+        mut server,
+        c2s,
+        s2c,
+        fatal_seen,
+    } = relayed;
     summary.bytes_in = c2s.bytes_read();
     summary.bytes_out = s2c.bytes_read();
 
     let (result, to_client, to_server): (Result<&'static str, SessionError>, Option<Bytes>, bool) =
-        match outcome {
-            Outcome::Client(Ok(PumpEnd::Stopped)) => (Ok("client terminated"), None, false),
-            Outcome::Client(Ok(PumpEnd::Eof)) => {
-                (Ok("client disconnected"), None, c2s.at_boundary())
-            }
-            Outcome::Client(Err(PumpError::Read(e))) => {
+        match ended {
+            Ended::Client(Ok(PumpEnd::Stopped)) => (Ok("client terminated"), None, false),
+            Ended::Client(Ok(PumpEnd::Eof)) => (Ok("client disconnected"), None, c2s.at_boundary()),
+            Ended::Client(Err(PumpError::Read(e))) => {
                 (Err(SessionError::ClientIo(e)), None, c2s.at_boundary())
             }
-            Outcome::Client(Err(PumpError::Write(_)))
-            | Outcome::Server(Ok(_))
-            | Outcome::Server(Err(PumpError::Read(_))) => {
+            Ended::Client(Err(PumpError::Write(_)))
+            | Ended::Server(Ok(_))
+            | Ended::Server(Err(PumpError::Read(_))) => {
                 let e = SessionError::UpstreamLost;
-                let frame = (!server_filter.fatal_seen).then(|| e.to_frame());
+                let frame = (!fatal_seen).then(|| e.to_frame());
                 (Err(e), frame, false)
             }
-            Outcome::Client(Err(PumpError::Frame(f))) => {
+            Ended::Client(Err(PumpError::Frame(f))) => {
                 let e = SessionError::from(f);
                 let frame = e.to_frame();
                 (Err(e), Some(frame), false)
             }
-            Outcome::Server(Err(PumpError::Write(e))) => {
+            Ended::Server(Err(PumpError::Write(e))) => {
                 (Err(SessionError::ClientIo(e)), None, c2s.at_boundary())
             }
-            Outcome::Server(Err(PumpError::Frame(f))) => {
+            Ended::Server(Err(PumpError::Frame(f))) => {
                 let e = SessionError::Protocol(format!("invalid message from server: {f}"));
                 let frame = e.to_frame();
                 (Err(e), Some(frame), false)
             }
-            Outcome::Shutdown => {
+            Ended::Shutdown => {
                 let e = SessionError::Shutdown;
                 let frame = e.to_frame();
                 (Err(e), Some(frame), c2s.at_boundary())
             }
         };
     if let Some(frame) = to_client.filter(|_| s2c.at_boundary()) {
-        let _ = tokio::time::timeout(Duration::from_secs(1), write_final(&mut cw, &frame)).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), write_final(&mut client, &frame)).await;
     }
     if to_server {
-        let _ =
-            tokio::time::timeout(Duration::from_secs(1), write_final(&mut sw, &TERMINATE)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), write_final(&mut server, &TERMINATE))
+            .await;
     }
-    let _ = cw.shutdown().await;
+    let _ = client.shutdown().await;
     result
 }
 
