@@ -8,7 +8,7 @@
 use std::io::{self, Read};
 use std::ops::Range;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::frame::{FrameError, FrameScanner, Scan};
@@ -47,6 +47,16 @@ pub trait FrameFilter {
 
 /// A filter's handling of one frame, runnable on any thread.
 pub type Detached = Box<dyn FnOnce(u8, &[u8]) -> Action + Send>;
+
+/// What [`Pump::scan_batch`] found at the buffer's front: `len` bytes to
+/// write (replacements aside), whether to stop after them, and the length
+/// of a heavy frame right after them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scanned {
+    pub(crate) len: usize,
+    pub(crate) stop: bool,
+    pub(crate) heavy: Option<usize>,
+}
 
 /// What [`Pump::take_batch`] took: bytes to write, whether to stop after
 /// them, and a heavy frame to handle next.
@@ -226,11 +236,23 @@ impl Pump {
         &mut self,
         filter: &mut F,
     ) -> Result<Batch, FrameError> {
+        let scanned = self.scan_batch(filter)?;
+        Ok(self.split_batch(scanned))
+    }
+
+    /// Finds what is forwardable now, up to a heavy frame: the frames'
+    /// filters run and their replacements are kept, the buffer is not
+    /// touched. [`Pump::split_batch`] takes it; or, if nothing was
+    /// replaced, the bytes may be written from the buffer's front and
+    /// [`Pump::consume`]d.
+    pub(crate) fn scan_batch<F: FrameFilter>(
+        &mut self,
+        filter: &mut F,
+    ) -> Result<Scanned, FrameError> {
         let mut pos = 0;
         let mut frames = 0u64;
         let mut stop = false;
         let mut heavy = None;
-        let mut edits = std::mem::take(&mut self.edits);
         if self.raw_remaining > 0 {
             pos = self.raw_remaining.min(self.buf.len());
             self.raw_remaining -= pos;
@@ -245,7 +267,7 @@ impl Pump {
                     }
                     match filter.on_frame(tag, &self.buf[pos..pos + len]) {
                         Action::Forward => {}
-                        Action::Replace(bytes) => edits.push((pos..pos + len, bytes)),
+                        Action::Replace(bytes) => self.edits.push((pos..pos + len, bytes)),
                         Action::ForwardAndStop => stop = true,
                     }
                     pos += len;
@@ -264,11 +286,38 @@ impl Pump {
         if frames > 0 {
             self.traffic.frames.inc_by(frames);
         }
-        let chunk = self.buf.split_to(pos).freeze();
-        let out = splice(chunk, &mut edits);
-        self.edits = edits;
-        let heavy = heavy.map(|len| self.buf.split_to(len).freeze());
-        Ok(Batch { out, stop, heavy })
+        Ok(Scanned {
+            len: pos,
+            stop,
+            heavy,
+        })
+    }
+
+    /// Splits off what [`Pump::scan_batch`] found, replacements applied.
+    pub(crate) fn split_batch(&mut self, scanned: Scanned) -> Batch {
+        let chunk = self.buf.split_to(scanned.len).freeze();
+        let out = splice(chunk, &mut self.edits);
+        let heavy = scanned.heavy.map(|len| self.buf.split_to(len).freeze());
+        Batch {
+            out,
+            stop: scanned.stop,
+            heavy,
+        }
+    }
+
+    /// Whether the batch scanned last had frames replaced.
+    pub(crate) fn has_edits(&self) -> bool {
+        !self.edits.is_empty()
+    }
+
+    /// The first `len` bytes read and not yet consumed.
+    pub(crate) fn front(&self, len: usize) -> &[u8] {
+        &self.buf[..len]
+    }
+
+    /// Drops the first `len` bytes (written from [`Pump::front`]).
+    pub(crate) fn consume(&mut self, len: usize) {
+        self.buf.advance(len);
     }
 }
 

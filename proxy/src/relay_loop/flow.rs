@@ -29,18 +29,40 @@ pub(super) enum Drive {
     End(Result<PumpEnd, PumpError>),
 }
 
+/// Bytes taken and not yet written.
+#[derive(Debug)]
+enum Out {
+    Nothing,
+    /// The first `len` bytes of the pump's buffer, forwarded as read.
+    InPlace(usize),
+    /// Bytes split off the buffer: frames replaced, or before a heavy one.
+    Owned(Bytes),
+}
+
+impl Out {
+    fn in_place(len: usize) -> Self {
+        match len {
+            0 => Out::Nothing,
+            len => Out::InPlace(len),
+        }
+    }
+}
+
 /// One direction: its pump, its filter, and what is being written.
 pub(super) struct Flow<F> {
     pub(super) pump: Pump,
     pub(super) filter: F,
     /// Taken and not yet written.
-    out: Bytes,
+    out: Out,
     /// End after `out` is written (a filter asked to stop).
     stop: bool,
     /// A heavy frame is being handled; nothing after it goes out first.
     heavy_in_flight: bool,
     /// A heavy frame's result, to write once `out` is written.
     after_heavy: Option<(Bytes, bool)>,
+    /// The poll said the reading side was closed or failed: read until
+    /// that shows, whatever the reads return before.
+    pub(super) src_closed: bool,
 }
 
 impl<F: FrameFilter> Flow<F> {
@@ -48,16 +70,17 @@ impl<F: FrameFilter> Flow<F> {
         Flow {
             pump,
             filter,
-            out: Bytes::new(),
+            out: Out::Nothing,
             stop: false,
             heavy_in_flight: false,
             after_heavy: None,
+            src_closed: false,
         }
     }
 
     /// Whether bytes wait for the writing side to take them.
     pub(super) fn wants_to_write(&self) -> bool {
-        !self.out.is_empty()
+        !matches!(self.out, Out::Nothing)
     }
 
     /// A heavy frame's result: what to write for it, whether to stop after.
@@ -69,6 +92,12 @@ impl<F: FrameFilter> Flow<F> {
     /// Moves bytes from `src` to `dst` as far as they go now.
     pub(super) fn drive(&mut self, src: &Sock, dst: &Sock, scratch: &mut [u8]) -> Drive {
         let mut reads = 0;
+        // A read that did not fill `scratch` emptied the socket: the poll
+        // is edge-triggered, so the next bytes to arrive bring an event,
+        // and reading on until it would block only costs a syscall. Not so
+        // for an end of stream that came with the last bytes: hence
+        // `src_closed`.
+        let mut drained = false;
         loop {
             if let Some(blocked) = self.write_out(dst) {
                 return blocked;
@@ -84,26 +113,41 @@ impl<F: FrameFilter> Flow<F> {
                 continue;
             }
             if self.pump.has_input() {
-                let batch = match self.pump.take_batch(&mut self.filter) {
-                    Ok(batch) => batch,
+                let scanned = match self.pump.scan_batch(&mut self.filter) {
+                    Ok(scanned) => scanned,
                     Err(e) => return Drive::End(Err(e.into())),
                 };
-                let progressed = !batch.out.is_empty() || batch.stop;
-                self.set_out(batch.out, batch.stop);
-                if let Some(frame) = batch.heavy {
-                    self.heavy_in_flight = true;
-                    return Drive::Heavy(frame);
-                }
-                if progressed {
+                if scanned.heavy.is_none() && !self.pump.has_edits() {
+                    // Forwarded as read: written from the pump's buffer.
+                    let progressed = scanned.len > 0 || scanned.stop;
+                    self.pump.set_writing(scanned.len > 0);
+                    self.out = Out::in_place(scanned.len);
+                    self.stop = scanned.stop;
+                    if progressed {
+                        continue;
+                    }
+                } else {
+                    let batch = self.pump.split_batch(scanned);
+                    self.set_out(batch.out, batch.stop);
+                    if let Some(frame) = batch.heavy {
+                        self.heavy_in_flight = true;
+                        return Drive::Heavy(frame);
+                    }
                     continue;
                 }
+            }
+            if drained {
+                return Drive::Wait;
             }
             if reads == READ_BUDGET {
                 return Drive::Yield;
             }
             match self.pump.read_from(src, scratch) {
                 Ok(0) => return Drive::End(Ok(PumpEnd::Eof)),
-                Ok(_) => reads += 1,
+                Ok(n) => {
+                    reads += 1;
+                    drained = n < scratch.len() && !self.src_closed;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drive::Wait,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Drive::End(Err(PumpError::Read(e))),
@@ -113,19 +157,28 @@ impl<F: FrameFilter> Flow<F> {
 
     fn set_out(&mut self, out: Bytes, stop: bool) {
         self.pump.set_writing(!out.is_empty());
-        self.out = out;
+        self.out = if out.is_empty() {
+            Out::Nothing
+        } else {
+            Out::Owned(out)
+        };
         self.stop = stop;
     }
 
     /// Writes `out`; `Some` if that blocked or failed.
     fn write_out(&mut self, dst: &Sock) -> Option<Drive> {
-        while !self.out.is_empty() {
-            match dst.write(&self.out) {
+        loop {
+            let written = match &self.out {
+                Out::Nothing => break,
+                Out::InPlace(len) => dst.write(self.pump.front(*len)),
+                Out::Owned(bytes) => dst.write(bytes),
+            };
+            match written {
                 Ok(0) => {
                     let e = io::Error::from(io::ErrorKind::WriteZero);
                     return Some(Drive::End(Err(PumpError::Write(e))));
                 }
-                Ok(n) => self.out.advance(n),
+                Ok(n) => self.wrote(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(Drive::Wait),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Some(Drive::End(Err(PumpError::Write(e)))),
@@ -134,10 +187,93 @@ impl<F: FrameFilter> Flow<F> {
         self.pump.set_writing(false);
         None
     }
+
+    /// `n` bytes of `out` went out.
+    fn wrote(&mut self, n: usize) {
+        match &mut self.out {
+            Out::Nothing => {}
+            Out::InPlace(len) => {
+                self.pump.consume(n);
+                *len -= n;
+                if *len == 0 {
+                    self.out = Out::Nothing;
+                }
+            }
+            Out::Owned(bytes) => {
+                bytes.advance(n);
+                if bytes.is_empty() {
+                    self.out = Out::Nothing;
+                }
+            }
+        }
+    }
 }
 
 impl Read for &Sock {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         Sock::read(self, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::net::{Shutdown, TcpListener, TcpStream};
+
+    use bytes::BytesMut;
+
+    use super::*;
+    use crate::frame::{Frame, FrameScanner};
+    use crate::metrics::Traffic;
+    use crate::relay::Action;
+
+    struct Pass;
+    impl FrameFilter for Pass {
+        fn on_frame(&mut self, _tag: u8, _frame: &[u8]) -> Action {
+            Action::Forward
+        }
+    }
+
+    /// A loopback pair: the test's blocking end, the flow's non-blocking one.
+    fn pair() -> (TcpStream, Sock) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (theirs, _) = listener.accept().unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        (ours, Sock::Tcp(mio::net::TcpStream::from_std(theirs)))
+    }
+
+    fn flow() -> Flow<Pass> {
+        let scanner = FrameScanner {
+            max_frame: 1 << 20,
+            stream_threshold: 1 << 20,
+            bulk_tags: b"",
+        };
+        Flow::new(
+            Pump::new(BytesMut::new(), scanner, Traffic::default()),
+            Pass,
+        )
+    }
+
+    /// Bytes and the end of stream already queued: one short read takes
+    /// the bytes, and no event is due for the end. Only a flow told its
+    /// source closed reads on to see it.
+    #[test]
+    fn a_short_read_waits_unless_the_source_was_seen_closed() {
+        for src_closed in [false, true] {
+            let (mut app, src) = pair();
+            let (_db, dst) = pair();
+            app.write_all(&Frame::new(b'Q', &b"select 1\0"[..]).to_bytes())
+                .unwrap();
+            // On loopback both are in the flow's receive queue on return.
+            app.shutdown(Shutdown::Write).unwrap();
+            let mut flow = flow();
+            flow.src_closed = src_closed;
+            let step = flow.drive(&src, &dst, &mut [0; 1024]);
+            match src_closed {
+                false => assert!(matches!(step, Drive::Wait), "{step:?}"),
+                true => assert!(matches!(step, Drive::End(Ok(PumpEnd::Eof))), "{step:?}"),
+            }
+        }
     }
 }

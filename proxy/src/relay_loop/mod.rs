@@ -218,7 +218,11 @@ impl RelayLoop {
                     0 => (Dir::ClientToServer, Dir::ServerToClient),
                     _ => (Dir::ServerToClient, Dir::ClientToServer),
                 };
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                let closed = event.is_read_closed() || event.is_error();
+                if closed {
+                    self.note_closed(key, reader);
+                }
+                if event.is_readable() || closed {
                     self.drive(key, reader);
                 }
                 // A readable socket is reported writable too: only a flow
@@ -248,6 +252,15 @@ impl RelayLoop {
 
     fn is_live(&self, key: usize, id: u64) -> bool {
         matches!(self.conns.get(key), Some(Some(c)) if c.id == id)
+    }
+
+    /// The reading side of `dir` was closed or failed (see `src_closed`).
+    fn note_closed(&mut self, key: usize, dir: Dir) {
+        match (self.conns.get_mut(key), dir) {
+            (Some(Some(c)), Dir::ClientToServer) => c.c2s.src_closed = true,
+            (Some(Some(c)), Dir::ServerToClient) => c.s2c.src_closed = true,
+            _ => {}
+        }
     }
 
     fn wants_to_write(&self, key: usize, dir: Dir) -> bool {
@@ -436,3 +449,6 @@ impl HeavyTo<'_> {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;

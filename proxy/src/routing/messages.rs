@@ -93,7 +93,12 @@ pub fn query_owned(sql: String) -> Bytes {
 
 /// The text of a `Query` body.
 pub fn query_text(body: &[u8]) -> Option<&str> {
-    std::str::from_utf8(BodyReader::new(body).cstr()?).ok()
+    std::str::from_utf8(query_bytes(body)?).ok()
+}
+
+/// The SQL text of a `Query` body, unchecked as UTF-8.
+pub fn query_bytes(body: &[u8]) -> Option<&[u8]> {
+    BodyReader::new(body).cstr()
 }
 
 #[cfg(test)]

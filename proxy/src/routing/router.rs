@@ -18,7 +18,7 @@ use switchyard_rules::{ActiveRules, ReadRoute, Rewrite, Unsupported, Unsupported
 use super::hub::RulesHub;
 use super::messages::{self, Parse};
 use super::search_path::SearchPathState;
-use super::session_sql::{classify_all, SessionCommand};
+use super::session_sql::{classify_all, may_command, SessionCommand};
 use crate::relay::Action;
 
 /// A reply (or group of replies) the server owes, in order.
@@ -171,6 +171,14 @@ impl SessionRouter {
         match tag {
             b'Q' => {
                 st.pending.push_back(Expect::Query);
+                // No rules for this database and no session command: nothing
+                // to track or rewrite (a plain proxy's every query), so no
+                // UTF-8 check, no unlocking and relocking.
+                let untouched = st.rules.set.database != self.database
+                    && messages::query_bytes(body).is_some_and(|q| !may_command(q));
+                if untouched {
+                    return Action::Forward;
+                }
                 let Some(sql) = messages::query_text(body) else {
                     return Action::Forward;
                 };
