@@ -305,6 +305,19 @@ impl Pump {
         }
     }
 
+    /// If the batch scanned last (`len` bytes) is one frame replaced (a
+    /// rewritten Query, the usual case): its replacement, the frame
+    /// consumed without being split off.
+    pub(crate) fn replaced_whole(&mut self, len: usize) -> Option<Bytes> {
+        match self.edits.as_slice() {
+            [(range, _)] if *range == (0..len) => {
+                self.buf.advance(len);
+                self.edits.pop().map(|(_, bytes)| bytes)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether the batch scanned last had frames replaced.
     pub(crate) fn has_edits(&self) -> bool {
         !self.edits.is_empty()

@@ -317,6 +317,39 @@ impl Normalized {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Whatever the pieces (multi-byte characters, pieces and literals
+        /// at the very end), filling gives what plain concatenation gives,
+        /// with exactly the room a wire header needs left over.
+        #[test]
+        fn fill_is_concatenation(
+            parts in proptest::collection::vec(("[a-zé€ ,()']{0,20}", 0usize..4), 0..8),
+            tail in "[a-zé ]{0,20}",
+            values in proptest::collection::vec("[0-9a-zé]{0,24}", 4),
+        ) {
+            let mut rewritten = String::new();
+            let mut expected = String::new();
+            for (text, literal) in &parts {
+                rewritten.push_str(text);
+                rewritten.push_str(&format!("{NUMBER_PREFIX}{literal:0DIGITS$}"));
+                expected.push_str(text);
+                expected.push_str(&values[*literal]);
+            }
+            rewritten.push_str(&tail);
+            expected.push_str(&tail);
+            let mut sql = String::new();
+            let mut ranges = Vec::new();
+            for v in &values {
+                sql.push_str("x ");
+                ranges.push(sql.len()..sql.len() + v.len());
+                sql.push_str(v);
+            }
+            let filled = Spliceable::compile(&rewritten, 4).unwrap().fill(&ranges, &sql);
+            proptest::prop_assert_eq!(&filled, &expected);
+            proptest::prop_assert_eq!(filled.capacity(), filled.len() + ROOM);
+        }
+    }
+
     fn shape(sql: &str) -> Option<String> {
         normalize(sql).map(|n| n.shape)
     }

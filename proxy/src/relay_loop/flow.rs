@@ -7,6 +7,7 @@ use std::io::{self, Read};
 
 use bytes::{Buf, Bytes};
 
+use crate::frame::FrameError;
 use crate::relay::{FrameFilter, Pump, PumpEnd, PumpError};
 
 use super::sock::Sock;
@@ -27,6 +28,16 @@ pub(super) enum Drive {
     Heavy(Bytes),
     /// The pump ended.
     End(Result<PumpEnd, PumpError>),
+}
+
+/// What [`Flow::take`] did.
+enum Took {
+    /// Nothing forwardable yet: more must be read.
+    Nothing,
+    /// Bytes to write (or a stop).
+    Some,
+    /// Bytes before a heavy frame, and the frame.
+    Heavy(Bytes),
 }
 
 /// Bytes taken and not yet written.
@@ -113,27 +124,11 @@ impl<F: FrameFilter> Flow<F> {
                 continue;
             }
             if self.pump.has_input() {
-                let scanned = match self.pump.scan_batch(&mut self.filter) {
-                    Ok(scanned) => scanned,
+                match self.take() {
+                    Ok(Took::Nothing) => {}
+                    Ok(Took::Some) => continue,
+                    Ok(Took::Heavy(frame)) => return Drive::Heavy(frame),
                     Err(e) => return Drive::End(Err(e.into())),
-                };
-                if scanned.heavy.is_none() && !self.pump.has_edits() {
-                    // Forwarded as read: written from the pump's buffer.
-                    let progressed = scanned.len > 0 || scanned.stop;
-                    self.pump.set_writing(scanned.len > 0);
-                    self.out = Out::in_place(scanned.len);
-                    self.stop = scanned.stop;
-                    if progressed {
-                        continue;
-                    }
-                } else {
-                    let batch = self.pump.split_batch(scanned);
-                    self.set_out(batch.out, batch.stop);
-                    if let Some(frame) = batch.heavy {
-                        self.heavy_in_flight = true;
-                        return Drive::Heavy(frame);
-                    }
-                    continue;
                 }
             }
             if drained {
@@ -153,6 +148,38 @@ impl<F: FrameFilter> Flow<F> {
                 Err(e) => return Drive::End(Err(PumpError::Read(e))),
             }
         }
+    }
+
+    /// Takes what the pump can forward now into `out`: as read if no
+    /// frame was replaced, else the replacements spliced in.
+    fn take(&mut self) -> Result<Took, FrameError> {
+        let scanned = self.pump.scan_batch(&mut self.filter)?;
+        if scanned.heavy.is_none() && !self.pump.has_edits() {
+            self.pump.set_writing(scanned.len > 0);
+            self.out = Out::in_place(scanned.len);
+            self.stop = scanned.stop;
+            let progressed = scanned.len > 0 || scanned.stop;
+            return Ok(if progressed {
+                Took::Some
+            } else {
+                Took::Nothing
+            });
+        }
+        if scanned.heavy.is_none() {
+            if let Some(out) = self.pump.replaced_whole(scanned.len) {
+                self.set_out(out, scanned.stop);
+                return Ok(Took::Some);
+            }
+        }
+        let batch = self.pump.split_batch(scanned);
+        self.set_out(batch.out, batch.stop);
+        Ok(match batch.heavy {
+            Some(frame) => {
+                self.heavy_in_flight = true;
+                Took::Heavy(frame)
+            }
+            None => Took::Some,
+        })
     }
 
     fn set_out(&mut self, out: Bytes, stop: bool) {
