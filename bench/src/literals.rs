@@ -49,20 +49,26 @@ const HAND: &str = "\\set id random(1, 1000)\n\
      VALUES (:id, 'N' || :id || '@X.io', lower('N' || :id || '@X.io'), 'n') \
      ON CONFLICT (id) DO UPDATE SET email = excluded.email, email_address = excluded.email_address;\n";
 
-/// Runs the comparison.
-pub fn run(options: Options) -> anyhow::Result<()> {
-    let runtime = crate::runtime()?;
-    let cluster = Cluster::start()?;
+/// `serve` (under `wrapper`, e.g. callgrind, if any) in front of
+/// `cluster`, with `users` migrated to dual-write; and its port.
+pub(crate) fn start_migrated(
+    runtime: &tokio::runtime::Runtime,
+    cluster: &Cluster,
+    wrapper: &[String],
+) -> anyhow::Result<(Killed, u16)> {
     cluster.psql_admin(SETUP)?;
-    let dir = crate::instructions::dump_dir(cluster.scratch(), "callgrind-literals");
-    std::fs::create_dir_all(&dir)?;
     let port = switchyard_testkit::free_port()?;
     let control_port = switchyard_testkit::free_port()?;
-    let wrapper = callgrind(&dir);
+    let mut command = match wrapper {
+        [first, rest @ ..] => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(binary()?);
+            c
+        }
+        [] => Command::new(binary()?),
+    };
     let serve = Killed(
-        Command::new(&wrapper[0])
-            .args(&wrapper[1..])
-            .arg(binary()?)
+        command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--upstream", &format!("127.0.0.1:{}", cluster.port)])
             .args(["--upstream-tls", "disable"])
@@ -92,6 +98,33 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })?;
+    Ok((serve, port))
+}
+
+/// The three workloads: `users` (routed), `plain`, and `users` with the
+/// dual-write written by hand, as pgbench script files under `dir`.
+pub(crate) fn workloads(dir: &std::path::Path) -> anyhow::Result<Vec<(&'static str, Vec<String>)>> {
+    std::fs::create_dir_all(dir)?;
+    let mut out = Vec::new();
+    for (table, text) in [
+        ("users", script("users")),
+        ("plain", script("plain")),
+        ("hand", HAND.to_owned()),
+    ] {
+        let path = dir.join(format!("{table}.sql"));
+        std::fs::write(&path, text)?;
+        out.push((table, vec!["-f".to_string(), path.display().to_string()]));
+    }
+    Ok(out)
+}
+
+/// Runs the comparison.
+pub fn run(options: Options) -> anyhow::Result<()> {
+    let runtime = crate::runtime()?;
+    let cluster = Cluster::start()?;
+    let dir = crate::instructions::dump_dir(cluster.scratch(), "callgrind-literals");
+    std::fs::create_dir_all(&dir)?;
+    let (serve, port) = start_migrated(&runtime, &cluster, &callgrind(&dir))?;
     let proxy = (serve.0.id(), None);
     // The control plane's own rate, idle.
     let idle = Duration::from_secs(options.seconds.max(5) as u64);
@@ -101,17 +134,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     })?;
     let per_second = background as f64 / took.as_secs_f64();
     eprintln!("control plane idle: {per_second:.0} instructions per second");
-    let scripts = cluster.scratch().join("scripts");
-    std::fs::create_dir_all(&scripts)?;
     let mut results = Vec::new();
-    for (table, text) in [
-        ("users", script("users")),
-        ("plain", script("plain")),
-        ("hand", HAND.to_owned()),
-    ] {
-        let path = scripts.join(format!("{table}.sql"));
-        std::fs::write(&path, text)?;
-        let workload = ["-f".to_string(), path.display().to_string()];
+    for (table, workload) in workloads(&cluster.scratch().join("scripts"))? {
         pgbench_with(port, "simple", 20, &workload)?;
         let mut totals = Vec::new();
         for n in [SHORT, LONG] {

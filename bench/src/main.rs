@@ -15,6 +15,8 @@
 //!   another session's worst round trip meanwhile.
 //! - `literals`: inline-literal statements on a routed table vs an
 //!   identical unrouted one, instructions per transaction by callgrind.
+//! - `literalcpu`: the same, as the proxy's CPU (user and system) per
+//!   transaction at a fixed rate.
 
 mod backfill;
 mod dualwrite;
@@ -23,6 +25,7 @@ mod guardcpu;
 mod idle;
 mod inserts;
 mod instructions;
+mod literalcpu;
 mod literals;
 mod pgbench;
 mod report;
@@ -46,7 +49,7 @@ pub struct Options {
 }
 
 const USAGE: &str =
-    "usage: switchyard-bench wire|dualwrite|guardcpu|backfill|flip|idle|instructions|literals|inserts [--seconds N] [--rounds N] [--scale N] [--rate N] [--out FILE]";
+    "usage: switchyard-bench wire|dualwrite|guardcpu|backfill|flip|idle|instructions|literals|literalcpu|inserts [--seconds N] [--rounds N] [--scale N] [--rate N] [--out FILE]";
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -80,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         "idle" => idle::run(o),
         "instructions" => instructions::run(o),
         "literals" => literals::run(o),
+        "literalcpu" => literalcpu::run(o),
         "inserts" => inserts::run(o),
         _ => bail!(USAGE),
     }

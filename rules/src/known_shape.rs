@@ -120,33 +120,10 @@ pub(crate) fn lead(sql: &str) -> &[u8] {
     &b[..end]
 }
 
-/// Where the first quote or digit of `b` is (its length if none), eight
-/// bytes at a time: every text on a routed table passes through here.
+/// Where the first quote or digit of `b` is (its length if none): every
+/// text on a routed table passes through here.
 fn first_quote_or_digit(b: &[u8]) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // Bytes that are zero, or below 10, get their high bit set; a byte
-    // above a match may be flagged too (a borrow), never one below, so the
-    // lowest flag is the first match.
-    let below = |v: u64, n: u64| v.wrapping_sub(ONES * n) & !v & HIGH;
-    let mut chunks = b.chunks_exact(8);
-    let mut at = 0;
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(word);
-        let found =
-            below(x ^ (ONES * u64::from(b'\'')), 1) | below(x ^ (ONES * u64::from(b'0')), 10);
-        if found != 0 {
-            return at + (found.trailing_zeros() / 8) as usize;
-        }
-        at += 8;
-    }
-    let rest = chunks.remainder();
-    at + rest
-        .iter()
-        .position(|&c| c == b'\'' || c.is_ascii_digit())
-        .unwrap_or(rest.len())
+    crate::swar::find(b, 0, &[(b'\'', 1), (b'0', 10)]).unwrap_or(b.len())
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ mod model;
 pub mod normalize;
 mod prefilter;
 pub mod rewrite;
+pub mod swar;
 pub mod template;
 
 pub use active::ActiveRules;

@@ -135,6 +135,11 @@ impl RelayThreads {
         let remote = &self.threads[i];
         lock(&remote.inbox.arrivals).push((session, done));
         let _ = remote.waker.wake();
+        if remote.inbox.stop.load(Ordering::Acquire) {
+            // The thread has ended: what it would not take is dropped, and
+            // its sessions learn so from their answer's channel.
+            lock(&remote.inbox.arrivals).clear();
+        }
         finished
     }
 }
@@ -205,6 +210,8 @@ impl RelayLoop {
                     continue;
                 }
                 warn!(error = %e, "a relay thread cannot poll; its sessions end");
+                self.inbox.stop.store(true, Ordering::Release);
+                lock(&self.inbox.arrivals).clear();
                 return;
             }
             let mut woken = false;

@@ -79,28 +79,7 @@ pub(crate) fn may_command(b: &[u8]) -> bool {
 
 /// The first `;` or `_` of `b` from `from` on.
 fn next_semicolon_or_underscore(b: &[u8], from: usize) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // A zero byte gets its high bit set; a byte above one may too (a
-    // borrow), never one below, so the lowest flag is the first match.
-    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-    let rest = b.get(from..)?;
-    let mut chunks = rest.chunks_exact(8);
-    let mut at = from;
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(word);
-        let found = zero(x ^ (ONES * u64::from(b';'))) | zero(x ^ (ONES * u64::from(b'_')));
-        if found != 0 {
-            return Some(at + (found.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    let tail = chunks.remainder();
-    tail.iter()
-        .position(|&c| c == b';' || c == b'_')
-        .map(|p| at + p)
+    switchyard_rules::swar::find(b, from, &[(b';', 1), (b'_', 1)])
 }
 
 /// Whether the first word of `statement` (after blanks and `(`, and
