@@ -371,6 +371,59 @@ async fn the_control_api_bounds_what_a_client_holds() {
     );
 }
 
+/// A client that stops reading a large result holds only itself: the
+/// proxy stops reading from the server instead of buffering the result,
+/// other sessions (on every relay thread) go on, and the result comes
+/// whole once the client reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_holds_only_itself() {
+    use switchyard_tests::raw::{Msg, RawConn};
+    let env = Env::new(&[]).await;
+    let port = env.serve.addr.port();
+    let rss_before = rss_kib(env.serve.pid());
+    const ROWS: usize = 100_000;
+    let (mut stalled, _) = RawConn::login(port, "trust_user", 0, &[]).await.unwrap();
+    let query = format!("select repeat('x', 1000) from generate_series(1, {ROWS})\0");
+    stalled.send(b'Q', query.as_bytes()).await.unwrap();
+    // 100 MB are owed to a client that reads nothing. Meanwhile sessions
+    // dealt to every relay thread keep being served, for two seconds.
+    let others = futures_util::future::join_all((0..4).map(|_| async {
+        let app = env.app().await;
+        let until = Instant::now() + Duration::from_secs(2);
+        let mut slowest = Duration::ZERO;
+        while Instant::now() < until {
+            let started = Instant::now();
+            app.simple_query("select 1").await.unwrap();
+            slowest = slowest.max(started.elapsed());
+        }
+        slowest
+    }))
+    .await;
+    for slowest in others {
+        // A liveness bound, not a speed measurement.
+        assert!(
+            slowest < Duration::from_secs(1),
+            "SELECT 1 waited {slowest:?}"
+        );
+    }
+    let grown = rss_kib(env.serve.pid()).saturating_sub(rss_before);
+    assert!(
+        grown < 48 * 1024,
+        "the proxy grew by {grown} KiB holding a result"
+    );
+    let mut rows = 0;
+    loop {
+        let msg: Msg = stalled.recv().await.unwrap().expect("the session ended");
+        match msg.tag {
+            b'D' => rows += 1,
+            b'Z' => break,
+            b'T' | b'C' => {}
+            other => panic!("unexpected message {:?}", other as char),
+        }
+    }
+    assert_eq!(rows, ROWS);
+}
+
 /// What held in the probe, and must keep holding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_held_keeps_holding() {
