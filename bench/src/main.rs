@@ -17,6 +17,8 @@
 //!   identical unrouted one, instructions per transaction by callgrind.
 //! - `literalcpu`: the same, as the proxy's CPU (user and system) per
 //!   transaction at a fixed rate.
+//! - `proxycpu`: Switchyard's and PgBouncer's own CPU per transaction at a
+//!   fixed rate.
 
 mod backfill;
 mod dualwrite;
@@ -28,6 +30,8 @@ mod instructions;
 mod literalcpu;
 mod literals;
 mod pgbench;
+mod proc_cpu;
+mod proxycpu;
 mod report;
 mod serve;
 mod wire;
@@ -49,7 +53,7 @@ pub struct Options {
 }
 
 const USAGE: &str =
-    "usage: switchyard-bench wire|dualwrite|guardcpu|backfill|flip|idle|instructions|literals|literalcpu|inserts [--seconds N] [--rounds N] [--scale N] [--rate N] [--out FILE]";
+    "usage: switchyard-bench wire|dualwrite|guardcpu|backfill|flip|idle|instructions|literals|literalcpu|proxycpu|inserts [--seconds N] [--rounds N] [--scale N] [--rate N] [--out FILE]";
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -84,6 +88,7 @@ fn main() -> anyhow::Result<()> {
         "instructions" => instructions::run(o),
         "literals" => literals::run(o),
         "literalcpu" => literalcpu::run(o),
+        "proxycpu" => proxycpu::run(o),
         "inserts" => inserts::run(o),
         _ => bail!(USAGE),
     }

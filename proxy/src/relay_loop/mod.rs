@@ -216,27 +216,9 @@ impl RelayLoop {
             }
             let mut woken = false;
             for event in events.iter() {
-                if event.token() == WAKE {
-                    woken = true;
-                    continue;
-                }
-                let key = event.token().0 >> 1;
-                let (reader, writer) = match event.token().0 & 1 {
-                    0 => (Dir::ClientToServer, Dir::ServerToClient),
-                    _ => (Dir::ServerToClient, Dir::ClientToServer),
-                };
-                let closed = event.is_read_closed() || event.is_error();
-                if closed {
-                    self.note_closed(key, reader);
-                }
-                if event.is_readable() || closed {
-                    self.drive(key, reader);
-                }
-                // A readable socket is reported writable too: only a flow
-                // with bytes waiting is driven for that.
-                let writable = event.is_writable() || event.is_write_closed() || event.is_error();
-                if writable && self.wants_to_write(key, writer) {
-                    self.drive(key, writer);
+                match event.token() {
+                    WAKE => woken = true,
+                    _ => self.on_event(event),
                 }
             }
             if woken {
@@ -254,6 +236,28 @@ impl RelayLoop {
                     self.drive(key, dir);
                 }
             }
+        }
+    }
+
+    /// Drives what a readiness event on a session's socket concerns.
+    fn on_event(&mut self, event: &mio::event::Event) {
+        let key = event.token().0 >> 1;
+        let (reader, writer) = match event.token().0 & 1 {
+            0 => (Dir::ClientToServer, Dir::ServerToClient),
+            _ => (Dir::ServerToClient, Dir::ClientToServer),
+        };
+        let closed = event.is_read_closed() || event.is_error();
+        if closed {
+            self.note_closed(key, reader);
+        }
+        if event.is_readable() || closed {
+            self.drive(key, reader);
+        }
+        // A readable socket is reported writable too: only a flow with
+        // bytes waiting is driven for that.
+        let writable = event.is_writable() || event.is_write_closed() || event.is_error();
+        if writable && self.wants_to_write(key, writer) {
+            self.drive(key, writer);
         }
     }
 

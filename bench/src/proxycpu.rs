@@ -1,0 +1,84 @@
+//! `proxycpu`: the CPU (user and system) Switchyard as a plain proxy and
+//! PgBouncer (session mode) each spend per transaction, at the same fixed
+//! rate, side by side (issue 12: callgrind's count is user space only,
+//! and most of what a relayed round trip costs is the kernel's work for
+//! the proxy's reads, writes and polls).
+//!
+//! pgbench `-S`, 8 clients, through each proxy in turn in every round;
+//! each proxy's CPU is read from its threads' `schedstat` around the run.
+
+use std::process::{Command, Stdio};
+
+use switchyard_tests::pgbouncer::PgBouncer;
+use switchyard_tests::tools::run as exec;
+use switchyard_tests::Cluster;
+
+use crate::instructions::{binary, child_of, wait_for, Killed};
+use crate::proc_cpu::{cpu_ns, fixed_rate, median};
+use crate::Options;
+
+/// Runs the comparison.
+pub fn run(options: Options) -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    exec(
+        Command::new("pgbench")
+            .args(["-i", "-s", "1", "-h", "127.0.0.1", "-U", "trust_user"])
+            .args(["-p", &cluster.port.to_string(), "postgres"])
+            .env("PGSSLMODE", "disable"),
+    )?;
+    let port = switchyard_testkit::free_port()?;
+    let control_port = switchyard_testkit::free_port()?;
+    let switchyard = Killed(
+        Command::new(binary()?)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--upstream", &format!("127.0.0.1:{}", cluster.port)])
+            .args(["--upstream-tls", "disable"])
+            .args(["--control-listen", &format!("127.0.0.1:{control_port}")])
+            .env("SWITCHYARD_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_for(port)?;
+    let bouncer = PgBouncer::start(&cluster)?;
+    let bouncer_pid = match switchyard_tests::cluster::is_root() {
+        // runuser's child.
+        true => child_of(bouncer.pid())?,
+        false => bouncer.pid(),
+    };
+    let proxies = [
+        ("switchyard", switchyard.0.id(), port),
+        ("pgbouncer", bouncer_pid, bouncer.port),
+    ];
+    let select = ["-S".to_string()];
+    let seconds = options.seconds.max(5);
+    println!("| protocol | Switchyard µs per transaction | PgBouncer µs | ratio per round | median ratio |");
+    println!("| --- | --- | --- | --- | --- |");
+    for mode in ["simple", "prepared"] {
+        let mut cells = [Vec::new(), Vec::new()];
+        for (_, _, port) in &proxies {
+            fixed_rate(*port, mode, options.rate, 2, &select)?;
+        }
+        for round in 0..options.rounds.max(1) {
+            for (i, (name, pid, port)) in proxies.iter().enumerate() {
+                let before = cpu_ns(*pid)?;
+                let n = fixed_rate(*port, mode, options.rate, seconds, &select)?;
+                let us = (cpu_ns(*pid)? - before) as f64 / 1000.0 / n as f64;
+                eprintln!("round {round} {mode:>8} {name:<10} {n} transactions, {us:.2} µs each");
+                cells[i].push(us);
+            }
+        }
+        let ratios: Vec<f64> = cells[0].iter().zip(&cells[1]).map(|(s, b)| s / b).collect();
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+        println!(
+            "| {mode} | {:.2} | {:.2} | {} | {:.3} |",
+            median(cells[0].clone()),
+            median(cells[1].clone()),
+            each.join(", "),
+            median(ratios)
+        );
+    }
+    drop(bouncer);
+    drop(switchyard);
+    Ok(())
+}
