@@ -1,5 +1,8 @@
 //! Where sessions run: one single-threaded tokio runtime per core, each
-//! on a thread of its own, with sessions dealt to them in turn.
+//! on a thread of its own, with sessions dealt to them in turn. A plain
+//! session's steady state leaves for a relay thread after login (see
+//! [`crate::relay_loop`]); its login and close, and TLS sessions whole,
+//! run here.
 //!
 //! Why not the multi-threaded runtime the rest of the process uses: on
 //! every wake-up its workers read the clock twice and compute a moving
