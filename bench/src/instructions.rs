@@ -206,7 +206,7 @@ fn per_transaction(
 }
 
 /// The only child of process `pid`.
-pub(crate) fn child_of(pid: u32) -> anyhow::Result<u32> {
+fn child_of(pid: u32) -> anyhow::Result<u32> {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
     children
         .split_whitespace()

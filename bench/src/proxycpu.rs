@@ -13,7 +13,7 @@ use switchyard_tests::pgbouncer::PgBouncer;
 use switchyard_tests::tools::run as exec;
 use switchyard_tests::Cluster;
 
-use crate::instructions::{binary, child_of, wait_for, Killed};
+use crate::instructions::{binary, wait_for, Killed};
 use crate::proc_cpu::{cpu_ns, fixed_rate, median};
 use crate::Options;
 
@@ -41,11 +41,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     );
     wait_for(port)?;
     let bouncer = PgBouncer::start(&cluster)?;
-    let bouncer_pid = match switchyard_tests::cluster::is_root() {
-        // runuser's child.
-        true => child_of(bouncer.pid())?,
-        false => bouncer.pid(),
-    };
+    // Without a wrapper, PgBouncer runs in place (as `postgres` by its own
+    // `-u` when we are root).
+    let bouncer_pid = bouncer.pid();
     let proxies = [
         ("switchyard", switchyard.0.id(), port),
         ("pgbouncer", bouncer_pid, bouncer.port),
