@@ -129,6 +129,24 @@ struct Known {
     rewrite: Arc<Shaped>,
 }
 
+/// The shapes one session recognised last, most recent first: tried
+/// before the shared map, they cost no lead, no hash and no lock. A
+/// session's statements come in a few shapes, over and over.
+#[derive(Default)]
+pub struct RecentShapes(Vec<Arc<Known>>);
+
+/// Shapes a session keeps in its [`RecentShapes`].
+const RECENT_SHAPES: usize = 4;
+
+impl RecentShapes {
+    /// Puts `known` first.
+    fn note(&mut self, known: Arc<Known>) {
+        self.0.retain(|k| !Arc::ptr_eq(k, &known));
+        self.0.insert(0, known);
+        self.0.truncate(RECENT_SHAPES);
+    }
+}
+
 /// Shapes kept per lead: texts with one lead (`... WHERE id = `) may come
 /// in a few shapes.
 const SHAPES_PER_LEAD: usize = 4;
@@ -145,7 +163,7 @@ pub struct RewriteCache {
     /// be prepared in advance), at a fraction of its cost per byte.
     map: DashMap<Box<str>, Entry, foldhash::fast::RandomState>,
     /// Trusted shapes by their texts' lead, newest last.
-    known: DashMap<Box<[u8]>, Vec<Known>, foldhash::fast::RandomState>,
+    known: DashMap<Box<[u8]>, Vec<Arc<Known>>, foldhash::fast::RandomState>,
     capacity: usize,
     bytes: std::sync::atomic::AtomicUsize,
 }
@@ -177,13 +195,26 @@ impl RewriteCache {
         path: &SearchPath,
         compute: impl Fn(&str) -> Rewrite,
     ) -> Option<Cached> {
+        self.rewrite_recent(rules, sql, path, compute, &mut RecentShapes::default())
+    }
+
+    /// [`RewriteCache::rewrite_with`] for a session that keeps the shapes
+    /// it recognised last in `recent`.
+    pub fn rewrite_recent(
+        &self,
+        rules: &ActiveRules,
+        sql: &str,
+        path: &SearchPath,
+        compute: impl Fn(&str) -> Rewrite,
+        recent: &mut RecentShapes,
+    ) -> Option<Cached> {
         if !rules.may_rewrite(sql) {
             return None;
         }
         let current = |e: &Entry| e.version == rules.version() && e.path == path.id;
         let normalizable = rules.normalizable && sql.len() <= Self::MAX_STATEMENT;
         if normalizable {
-            if let Some(result) = self.recognise(rules, sql, path) {
+            if let Some(result) = self.recognise(rules, sql, path, recent) {
                 return Some(Cached::Own(result));
             }
         }
@@ -233,30 +264,55 @@ impl RewriteCache {
         }
     }
 
-    /// The rewrite of `sql` if it is of a trusted shape known by its lead,
-    /// current for `rules` and `path`: the lexer is not run.
-    fn recognise(&self, rules: &ActiveRules, sql: &str, path: &SearchPath) -> Option<Rewrite> {
-        let shapes = self.known.get(lead(sql))?;
+    /// The rewrite of `sql` if it is of a trusted shape, current for
+    /// `rules` and `path`, among the session's `recent` ones or known by its
+    /// lead: the lexer is not run.
+    fn recognise(
+        &self,
+        rules: &ActiveRules,
+        sql: &str,
+        path: &SearchPath,
+        recent: &mut RecentShapes,
+    ) -> Option<Rewrite> {
         // The literals' ranges: on the stack for the usual few.
         let mut inline: [Range<usize>; INLINE_LITERALS] = std::array::from_fn(|_| 0..0);
         let mut spilled = Vec::new();
-        shapes
+        let current = |k: &Known| k.version == rules.version() && k.path == path.id;
+        let mut try_one = |k: &Known| {
+            let n = k.shape.literals();
+            let literals = match n <= INLINE_LITERALS {
+                true => &mut inline[..n],
+                false => {
+                    spilled.resize(n, 0..0);
+                    &mut spilled[..]
+                }
+            };
+            k.shape
+                .recognise(sql, literals)
+                .then(|| k.rewrite.fill(literals, sql))
+        };
+        let hit = recent
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.shape.may_be(sql) && current(k))
+            .find_map(|(i, k)| try_one(k).map(|r| (i, r)));
+        if let Some((i, result)) = hit {
+            if i > 0 {
+                let k = recent.0.remove(i);
+                recent.0.insert(0, k);
+            }
+            return Some(result);
+        }
+        let shapes = self.known.get(lead(sql))?;
+        let (known, result) = shapes
             .iter()
             .rev()
-            .filter(|k| k.version == rules.version() && k.path == path.id)
-            .find_map(|k| {
-                let n = k.shape.literals();
-                let literals = match n <= INLINE_LITERALS {
-                    true => &mut inline[..n],
-                    false => {
-                        spilled.resize(n, 0..0);
-                        &mut spilled[..]
-                    }
-                };
-                k.shape
-                    .recognise(sql, literals)
-                    .then(|| k.rewrite.fill(literals, sql))
-            })
+            .filter(|k| current(k))
+            .find_map(|k| try_one(k).map(|r| (k.clone(), r)))?;
+        drop(shapes);
+        recent.note(known);
+        Some(result)
     }
 
     /// Keeps a trusted shape for recognition by its lead, in place of
@@ -274,14 +330,18 @@ impl RewriteCache {
         // the shape's, e.g. `E'..'` first) comes here every time: a read,
         // not a rebuild and a write.
         let known = |k: &Known| k.version == rules.version() && this(k);
-        if self.known.get(key).is_some_and(|v| v.iter().any(known)) {
+        if self
+            .known
+            .get(key)
+            .is_some_and(|v| v.iter().any(|k| known(k)))
+        {
             return;
         }
         let Some(shape) = KnownShape::new(&n.shape, n.literals()) else {
             return;
         };
         let mut shapes = self.known.entry(key.into()).or_default();
-        let held = |v: &[Known]| v.iter().map(|k| k.shape.text().len()).sum::<usize>();
+        let held = |v: &[Arc<Known>]| v.iter().map(|k| k.shape.text().len()).sum::<usize>();
         let before = held(&shapes);
         shapes.retain(|k| k.version == rules.version() && !this(k));
         if shapes.len() == SHAPES_PER_LEAD {
@@ -294,12 +354,12 @@ impl RewriteCache {
         let _ = self.bytes.fetch_update(Relaxed, Relaxed, |b| {
             Some(b.saturating_sub(dropped) + n.shape.len())
         });
-        shapes.push(Known {
+        shapes.push(Arc::new(Known {
             version: rules.version(),
             path: path.id,
             shape,
             rewrite: rewrite.clone(),
-        });
+        }));
     }
 
     fn insert(&self, rules: &ActiveRules, key: &str, path: &SearchPath, kind: EntryKind) {
@@ -418,5 +478,45 @@ mod tests {
             assert_eq!(*got, rules.rewrite(&sql, path.schemas()), "{sql}");
         }
         assert_eq!(parses.get(), 4, "one shape, spliced after its first text");
+    }
+
+    /// A session's recent shapes give what the shared map gives, keep at
+    /// most a few, and are passed over once the rules change.
+    #[test]
+    fn a_sessions_recent_shapes_stand_in_for_the_map() {
+        let cache = RewriteCache::new(100);
+        let path = SearchPath::new(vec!["public".into()]);
+        let rules = ActiveRules::compile(users(Phase::DualWrite.routing().unwrap())).unwrap();
+        let texts = |i: usize| {
+            [
+                format!("update users set email = 'U{i}@X.io' where id = {i}"),
+                format!("select email from users where id = {i}"),
+                format!("insert into users (id, email) values ({i}, 'N{i}@X.io')"),
+                format!("update users set name = 'n{i}' where id = {i}"),
+                format!("delete from users where email = 'D{i}'"),
+                format!("select id from users where email = 'S{i}' limit {i}"),
+            ]
+        };
+        let mut recent = RecentShapes::default();
+        for i in 0..30 {
+            for sql in texts(i) {
+                let cold = rules.rewrite(&sql, path.schemas());
+                let compute = |text: &str| rules.rewrite(text, path.schemas());
+                let got = cache.rewrite_recent(&rules, &sql, &path, compute, &mut recent);
+                assert_eq!(*got.unwrap(), cold, "{sql}");
+                assert!(recent.0.len() <= RECENT_SHAPES);
+            }
+        }
+        assert_eq!(recent.0.len(), RECENT_SHAPES);
+        // Other rules: the recent shapes are not theirs.
+        let mut set = users(Phase::ReadsSwitched.routing().unwrap());
+        set.version = 99;
+        let next = ActiveRules::compile(set).unwrap();
+        for sql in texts(31) {
+            let cold = next.rewrite(&sql, path.schemas());
+            let compute = |text: &str| next.rewrite(text, path.schemas());
+            let got = cache.rewrite_recent(&next, &sql, &path, compute, &mut recent);
+            assert_eq!(*got.unwrap(), cold, "{sql}");
+        }
     }
 }

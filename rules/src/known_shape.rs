@@ -30,6 +30,10 @@ pub(crate) struct KnownShape {
     fixed: Box<[Range<usize>]>,
     /// Per literal: a string's (else a number's).
     strings: Box<[bool]>,
+    /// The first eight bytes of every text of the shape, if its first
+    /// fixed run has that many: a cheap first test (see
+    /// [`KnownShape::may_be`]).
+    head: Option<u64>,
 }
 
 impl KnownShape {
@@ -46,11 +50,28 @@ impl KnownShape {
             at += p.at.end;
         }
         fixed.push(at..shape.len());
+        let head = shape
+            .as_bytes()
+            .get(..8)
+            .filter(|_| fixed[0].len() >= 8)
+            .map(word);
         (strings.len() == literals && literals > 0).then(|| KnownShape {
             shape: shape.into(),
             fixed: fixed.into(),
             strings: strings.into(),
+            head,
         })
+    }
+
+    /// False if `sql` cannot be of this shape by its first eight bytes
+    /// (one comparison): what a session's recent shapes are tried with
+    /// first, most of them being other shapes.
+    pub(crate) fn may_be(&self, sql: &str) -> bool {
+        match (self.head, sql.as_bytes().get(..8)) {
+            (Some(head), Some(first)) => word(first) == head,
+            (Some(_), None) => false,
+            (None, _) => true,
+        }
     }
 
     /// The shape's text.
@@ -108,6 +129,13 @@ impl KnownShape {
     }
 }
 
+/// Eight bytes as a word.
+fn word(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(w)
+}
+
 /// The lead of `sql`: its bytes before the first that may begin a literal
 /// (a quote, a digit, or `e` before a quote). Texts of one shape share it.
 pub(crate) fn lead(sql: &str) -> &[u8] {
@@ -123,7 +151,7 @@ pub(crate) fn lead(sql: &str) -> &[u8] {
 /// Where the first quote or digit of `b` is (its length if none): every
 /// text on a routed table passes through here.
 fn first_quote_or_digit(b: &[u8]) -> usize {
-    crate::swar::find(b, 0, &[(b'\'', 1), (b'0', 10)]).unwrap_or(b.len())
+    crate::swar::find(b, 0, [(b'\'', 1), (b'0', 10)]).unwrap_or(b.len())
 }
 
 #[cfg(test)]

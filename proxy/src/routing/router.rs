@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use switchyard_rules::cache::SearchPath;
+use switchyard_rules::cache::{RecentShapes, SearchPath};
 use switchyard_rules::{ActiveRules, ReadRoute, Rewrite, Unsupported, UnsupportedPolicy};
 
 use super::hub::RulesHub;
@@ -93,6 +93,9 @@ pub struct SessionRouter {
     database: String,
     user: String,
     state: Mutex<State>,
+    /// The shapes this session's statements were recognised as lately
+    /// (locked only while rewriting, which one frame at a time does).
+    recent: Mutex<RecentShapes>,
 }
 
 impl SessionRouter {
@@ -120,6 +123,7 @@ impl SessionRouter {
                 sql_prepared: HashMap::default(),
                 busy_since: None,
             }),
+            recent: Mutex::default(),
             hub,
             database: database.to_owned(),
             user: user.to_owned(),
@@ -536,7 +540,13 @@ impl SessionRouter {
                 rewrite()
             }
         };
-        let Some(result) = self.hub.cache.rewrite_with(rules, sql, path, compute) else {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let cached = self
+            .hub
+            .cache
+            .rewrite_recent(rules, sql, path, compute, &mut recent);
+        drop(recent);
+        let Some(result) = cached else {
             return Outcome::Same;
         };
         // A spliced rewrite is this statement's alone: moved, not copied.

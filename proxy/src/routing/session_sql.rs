@@ -79,7 +79,7 @@ pub(crate) fn may_command(b: &[u8]) -> bool {
 
 /// The first `;` or `_` of `b` from `from` on.
 fn next_semicolon_or_underscore(b: &[u8], from: usize) -> Option<usize> {
-    switchyard_rules::swar::find(b, from, &[(b';', 1), (b'_', 1)])
+    switchyard_rules::swar::find(b, from, [(b';', 1), (b'_', 1)])
 }
 
 /// Whether the first word of `statement` (after blanks and `(`, and
