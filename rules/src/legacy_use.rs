@@ -71,8 +71,8 @@ pub struct Sightings {
     /// The count the last reader saw.
     read: AtomicU64,
     last_seen_unix_ms: AtomicI64,
-    /// A recent statement: the first since the last reading, unless a
-    /// sighting came while another was recording its text.
+    /// A recent statement (the last one, unless a sighting came while
+    /// another was recording its text).
     statement: Mutex<LegacyUse>,
 }
 
@@ -92,15 +92,9 @@ impl Sightings {
         }
     }
 
-    /// Another sighting of `sql`. Its text is kept if it is the first
-    /// since the last reading: the reader always finds a statement seen
-    /// since its previous reading, and the other sightings (every
-    /// statement, with inline literals) cost one atomic add, no copy.
+    /// Another sighting of `sql`.
     pub fn again(&self, sql: &str) {
-        let before = self.count.fetch_add(1, Ordering::Relaxed);
-        if before != self.read.load(Ordering::Relaxed) {
-            return;
-        }
+        self.count.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut recent) = self.statement.try_lock() {
             recent.refill(sql);
         }
@@ -182,12 +176,13 @@ mod tests {
         assert!(second.last_seen_unix_ms >= before);
         // Nothing new: the date stays.
         assert_eq!(s.snapshot().last_seen_unix_ms, second.last_seen_unix_ms);
-        // The text kept is the first seen since the last reading.
+        // The text kept is the last seen (what `complete`'s refusal quotes
+        // as the last).
         s.again("select email from users where id = 3");
         s.again("select email from users where id = 4");
         assert_eq!(
             s.snapshot().statement,
-            "select email from users where id = 3"
+            "select email from users where id = 4"
         );
     }
 }
