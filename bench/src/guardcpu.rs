@@ -17,13 +17,11 @@
 //! The same update with the dual-write written by hand, sent through the
 //! proxy, measures the rewrite's own cost (issue 12, goal 4).
 
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
 use switchyard::app::App;
 use switchyard_tests::rules::install;
-use switchyard_tests::tools;
 
 use crate::dualwrite::{out_of_step, routed_update, script, tables, Tables, HAND_UPDATE};
 use crate::Options;
@@ -52,31 +50,10 @@ fn fixed_rate(
     workload: &[String],
 ) -> anyhow::Result<(u64, f64)> {
     let before = busy_ticks()?;
-    let out = tools::run(
-        Command::new("pgbench")
-            .args(workload)
-            .args(["-n", "-M", mode, "-h", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-U", "trust_user", "-c", "8", "-j", "2"])
-            .args(["-R", &rate.to_string(), "-T", &seconds.to_string()])
-            .arg("postgres")
-            .env("PGSSLMODE", "disable"),
-    )?;
+    let transactions = crate::proc_cpu::fixed_rate(port, mode, rate, seconds, workload)?;
     let ticks = busy_ticks()? - before;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let transactions: u64 = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|v| v.split('/').next())
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no transaction count in pgbench output: {stdout}"))?;
-    anyhow::ensure!(transactions > 0, "pgbench processed nothing: {stdout}");
     // USER_HZ is 100 on Linux: a tick is 10 ms.
     Ok((transactions, ticks as f64 * 10_000.0 / transactions as f64))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// Runs the comparison at `--rate` transactions per second (default 4,000).
@@ -145,7 +122,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             let ratios: Vec<f64> = (per_path[0].iter().zip(&per_path[i]))
                 .map(|(plain, this)| plain / this)
                 .collect();
-            let med = median(ratios.clone());
+            let med = crate::proc_cpu::median(ratios.clone());
             println!(
                 "| {mode} | {name} | {} | {} | {med:.3} |",
                 show(&per_path[i], 1),
@@ -165,7 +142,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         rewrites.push(format!(
             "| {mode} | {} | {:.3} |",
             show(&rewrite, 3),
-            median(rewrite.clone())
+            crate::proc_cpu::median(rewrite.clone())
         ));
     }
     println!();

@@ -67,6 +67,42 @@ impl Drop for Killed {
     }
 }
 
+/// `switchyard serve` in front of `cluster` (under `wrapper`, e.g.
+/// callgrind, if any), with `extra` flags and `env`; once it accepts:
+/// the process, its proxy port and its control port.
+pub(crate) fn spawn_serve(
+    cluster: &Cluster,
+    wrapper: &[String],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Killed, u16, u16)> {
+    let port = switchyard_testkit::free_port()?;
+    let control_port = switchyard_testkit::free_port()?;
+    let mut command = match wrapper {
+        [first, rest @ ..] => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(binary()?);
+            c
+        }
+        [] => Command::new(binary()?),
+    };
+    let serve = Killed(
+        command
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--upstream", &format!("127.0.0.1:{}", cluster.port)])
+            .args(["--upstream-tls", "disable"])
+            .args(["--control-listen", &format!("127.0.0.1:{control_port}")])
+            .args(extra)
+            .envs(env.iter().copied())
+            .env("SWITCHYARD_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_for(port)?;
+    Ok((serve, port, control_port))
+}
+
 pub(crate) fn wait_for(port: u16) -> anyhow::Result<()> {
     for _ in 0..600 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -227,23 +263,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
 
     let dir = dump_dir(cluster.scratch(), "callgrind");
     std::fs::create_dir_all(&dir)?;
-    let port = switchyard_testkit::free_port()?;
-    let control_port = switchyard_testkit::free_port()?;
-    let wrapper = callgrind(&dir);
-    let switchyard = Killed(
-        Command::new(&wrapper[0])
-            .args(&wrapper[1..])
-            .arg(binary()?)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--upstream", &format!("127.0.0.1:{}", cluster.port)])
-            .args(["--upstream-tls", "disable"])
-            .args(["--control-listen", &format!("127.0.0.1:{control_port}")])
-            .env("SWITCHYARD_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    wait_for(port)?;
+    let (switchyard, port, _) = spawn_serve(&cluster, &callgrind(&dir), &[], &[])?;
     let bouncer_out = dump_dir(cluster.scratch(), "pgbouncer-callgrind");
     std::fs::create_dir_all(&bouncer_out)?;
     // PgBouncer drops to `postgres` when started as root.

@@ -9,14 +9,15 @@
 //! The control plane's own work (heartbeats) is measured idle and taken
 //! out of each run, pro rata of its wall time.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
 use switchyard_tests::api::Api;
 use switchyard_tests::Cluster;
 
-use crate::instructions::{binary, callgrind, counted, pgbench_with, wait_for, Killed, CLIENTS};
+use crate::instructions::{
+    callgrind, counted, pgbench_with, spawn_serve, wait_for, Killed, CLIENTS,
+};
 use crate::Options;
 
 const SHORT: u64 = 100;
@@ -57,33 +58,13 @@ pub(crate) fn start_migrated(
     wrapper: &[String],
 ) -> anyhow::Result<(Killed, u16)> {
     cluster.psql_admin(SETUP)?;
-    let port = switchyard_testkit::free_port()?;
-    let control_port = switchyard_testkit::free_port()?;
-    let mut command = match wrapper {
-        [first, rest @ ..] => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(binary()?);
-            c
-        }
-        [] => Command::new(binary()?),
-    };
-    let serve = Killed(
-        command
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--upstream", &format!("127.0.0.1:{}", cluster.port)])
-            .args(["--upstream-tls", "disable"])
-            .args(["--control-listen", &format!("127.0.0.1:{control_port}")])
-            .args([
-                "--database-url",
-                &cluster.conn_str("trust_user", "postgres"),
-            ])
-            .env("SWITCHYARD_CONTROL_TOKEN", TOKEN)
-            .env("SWITCHYARD_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    wait_for(port)?;
+    let url = cluster.conn_str("trust_user", "postgres");
+    let (serve, port, control_port) = spawn_serve(
+        cluster,
+        wrapper,
+        &["--database-url", &url],
+        &[("SWITCHYARD_CONTROL_TOKEN", TOKEN)],
+    )?;
     wait_for(control_port)?;
     let api = Api::new(format!("127.0.0.1:{control_port}").parse()?, TOKEN);
     runtime.block_on(async {

@@ -7,13 +7,13 @@
 //! pgbench `-S`, 8 clients, through each proxy in turn in every round;
 //! each proxy's CPU is read from its threads' `schedstat` around the run.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use switchyard_tests::pgbouncer::PgBouncer;
 use switchyard_tests::tools::run as exec;
 use switchyard_tests::Cluster;
 
-use crate::instructions::{binary, wait_for, Killed};
+use crate::instructions::spawn_serve;
 use crate::proc_cpu::{cpu_ns, fixed_rate, median};
 use crate::Options;
 
@@ -26,20 +26,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             .args(["-p", &cluster.port.to_string(), "postgres"])
             .env("PGSSLMODE", "disable"),
     )?;
-    let port = switchyard_testkit::free_port()?;
-    let control_port = switchyard_testkit::free_port()?;
-    let switchyard = Killed(
-        Command::new(binary()?)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--upstream", &format!("127.0.0.1:{}", cluster.port)])
-            .args(["--upstream-tls", "disable"])
-            .args(["--control-listen", &format!("127.0.0.1:{control_port}")])
-            .env("SWITCHYARD_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    wait_for(port)?;
+    let (switchyard, port, _) = spawn_serve(&cluster, &[], &[], &[])?;
     let bouncer = PgBouncer::start(&cluster)?;
     // Without a wrapper, PgBouncer runs in place (as `postgres` by its own
     // `-u` when we are root).

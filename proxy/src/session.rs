@@ -433,8 +433,7 @@ async fn relay(
         fatal_seen: false,
         router,
     };
-    let plain = |s: &MaybeTls| matches!(s, MaybeTls::Plain(_) | MaybeTls::Unix(_));
-    let relayed = if plain(&client) && plain(&server) {
+    let relayed = if !client.is_tls() && !server.is_tls() {
         relay_on_thread(
             shared,
             client,

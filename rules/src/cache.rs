@@ -11,7 +11,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
@@ -195,18 +195,19 @@ impl RewriteCache {
         path: &SearchPath,
         compute: impl Fn(&str) -> Rewrite,
     ) -> Option<Cached> {
-        self.rewrite_recent(rules, sql, path, compute, &mut RecentShapes::default())
+        self.rewrite_recent(rules, sql, path, compute, &Mutex::default())
     }
 
     /// [`RewriteCache::rewrite_with`] for a session that keeps the shapes
-    /// it recognised last in `recent`.
+    /// it recognised last in `recent` (locked only for a text the pre-filter
+    /// passes).
     pub fn rewrite_recent(
         &self,
         rules: &ActiveRules,
         sql: &str,
         path: &SearchPath,
         compute: impl Fn(&str) -> Rewrite,
-        recent: &mut RecentShapes,
+        recent: &Mutex<RecentShapes>,
     ) -> Option<Cached> {
         if !rules.may_rewrite(sql) {
             return None;
@@ -272,8 +273,9 @@ impl RewriteCache {
         rules: &ActiveRules,
         sql: &str,
         path: &SearchPath,
-        recent: &mut RecentShapes,
+        recent: &Mutex<RecentShapes>,
     ) -> Option<Rewrite> {
+        let mut recent = recent.lock().unwrap_or_else(|p| p.into_inner());
         // The literals' ranges: on the stack for the usual few.
         let mut inline: [Range<usize>; INLINE_LITERALS] = std::array::from_fn(|_| 0..0);
         let mut spilled = Vec::new();
@@ -497,17 +499,18 @@ mod tests {
                 format!("select id from users where email = 'S{i}' limit {i}"),
             ]
         };
-        let mut recent = RecentShapes::default();
+        let recent = Mutex::new(RecentShapes::default());
+        let held = || recent.lock().unwrap().0.len();
         for i in 0..30 {
             for sql in texts(i) {
                 let cold = rules.rewrite(&sql, path.schemas());
                 let compute = |text: &str| rules.rewrite(text, path.schemas());
-                let got = cache.rewrite_recent(&rules, &sql, &path, compute, &mut recent);
+                let got = cache.rewrite_recent(&rules, &sql, &path, compute, &recent);
                 assert_eq!(*got.unwrap(), cold, "{sql}");
-                assert!(recent.0.len() <= RECENT_SHAPES);
+                assert!(held() <= RECENT_SHAPES);
             }
         }
-        assert_eq!(recent.0.len(), RECENT_SHAPES);
+        assert_eq!(held(), RECENT_SHAPES);
         // Other rules: the recent shapes are not theirs.
         let mut set = users(Phase::ReadsSwitched.routing().unwrap());
         set.version = 99;
@@ -515,7 +518,7 @@ mod tests {
         for sql in texts(31) {
             let cold = next.rewrite(&sql, path.schemas());
             let compute = |text: &str| next.rewrite(text, path.schemas());
-            let got = cache.rewrite_recent(&next, &sql, &path, compute, &mut recent);
+            let got = cache.rewrite_recent(&next, &sql, &path, compute, &recent);
             assert_eq!(*got.unwrap(), cold, "{sql}");
         }
     }

@@ -1,6 +1,6 @@
 //! The relay loop against real sockets: bytes unchanged both ways in
 //! order, through partial writes and read budgets, a heavy frame handled
-//! off the thread, an end of stream that came with the last bytes, and the
+//! off the thread, an end of stream right after the last bytes, and the
 //! proxy closing.
 
 use std::sync::Arc;
@@ -136,6 +136,8 @@ async fn a_long_statement_is_handled_off_the_thread_in_order() {
     assert!(got == sent);
 }
 
+/// Whether bytes and end arrive in one readiness event here depends on
+/// timing; `flow::tests` pins the case where they do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_end_of_stream_sent_with_the_last_bytes_is_seen() {
     let (threads, _closing) = threads();

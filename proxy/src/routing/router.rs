@@ -94,7 +94,7 @@ pub struct SessionRouter {
     user: String,
     state: Mutex<State>,
     /// The shapes this session's statements were recognised as lately
-    /// (locked only while rewriting, which one frame at a time does).
+    /// (locked only while recognising, which one frame at a time does).
     recent: Mutex<RecentShapes>,
 }
 
@@ -540,12 +540,10 @@ impl SessionRouter {
                 rewrite()
             }
         };
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let cached = self
             .hub
             .cache
-            .rewrite_recent(rules, sql, path, compute, &mut recent);
-        drop(recent);
+            .rewrite_recent(rules, sql, path, compute, &self.recent);
         let Some(result) = cached else {
             return Outcome::Same;
         };
