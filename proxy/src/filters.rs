@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::relay::{Action, Detached, FrameFilter};
+use crate::routing::router::PARSE_SLICE;
 use crate::routing::SessionRouter;
 use crate::session::is_fatal;
 
@@ -12,6 +13,14 @@ use crate::session::is_fatal;
 pub(crate) struct ClientFilter {
     /// Routing of this session.
     pub router: Arc<SessionRouter>,
+    /// Text parsed since the session last let its thread go.
+    parsed: usize,
+}
+
+impl ClientFilter {
+    pub(crate) fn new(router: Arc<SessionRouter>) -> Self {
+        ClientFilter { router, parsed: 0 }
+    }
 }
 
 impl FrameFilter for ClientFilter {
@@ -33,6 +42,15 @@ impl FrameFilter for ClientFilter {
         Some(Box::new(move |tag, frame: &[u8]| {
             router.on_client(tag, frame)
         }))
+    }
+
+    fn spent(&mut self) -> bool {
+        self.parsed += self.router.take_parsed();
+        if self.parsed < PARSE_SLICE {
+            return false;
+        }
+        self.parsed = 0;
+        true
     }
 }
 

@@ -43,19 +43,29 @@ pub trait FrameFilter {
     fn detached(&self) -> Option<Detached> {
         None
     }
+
+    /// Whether the frames handled since the last ask did so much work
+    /// (statements parsed) that the thread should serve its other sessions
+    /// before this one's next frame: a client that pipelines statements
+    /// each new to the rewrite cache must not hold them all that time.
+    fn spent(&mut self) -> bool {
+        false
+    }
 }
 
 /// A filter's handling of one frame, runnable on any thread.
 pub type Detached = Box<dyn FnOnce(u8, &[u8]) -> Action + Send>;
 
 /// What [`Pump::scan_batch`] found at the buffer's front: `len` bytes to
-/// write (replacements aside), whether to stop after them, and the length
-/// of a heavy frame right after them.
+/// write (replacements aside), whether to stop after them, the length of a
+/// heavy frame right after them, and whether the filter's work is spent
+/// (see [`FrameFilter::spent`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Scanned {
     pub(crate) len: usize,
     pub(crate) stop: bool,
     pub(crate) heavy: Option<usize>,
+    pub(crate) spent: bool,
 }
 
 /// What [`Pump::take_batch`] took: bytes to write, whether to stop after
@@ -64,6 +74,7 @@ pub(crate) struct Batch {
     pub(crate) out: Bytes,
     pub(crate) stop: bool,
     pub(crate) heavy: Option<Bytes>,
+    pub(crate) spent: bool,
 }
 
 /// How a pump ended without error.
@@ -187,6 +198,7 @@ impl Pump {
                     mut out,
                     mut stop,
                     heavy,
+                    spent,
                 } = self.take_batch(filter)?;
                 let more = heavy.is_some();
                 if let Some(frame) = heavy {
@@ -199,8 +211,12 @@ impl Pump {
                 if stop {
                     return Ok(PumpEnd::Stopped);
                 }
-                if more {
-                    // Frames after the heavy one may be waiting already.
+                if spent {
+                    tokio::task::yield_now().await;
+                }
+                if more || spent {
+                    // Frames after the heavy one (or the last one handled)
+                    // may be waiting already.
                     continue;
                 }
             }
@@ -253,6 +269,7 @@ impl Pump {
         let mut frames = 0u64;
         let mut stop = false;
         let mut heavy = None;
+        let mut spent = false;
         if self.raw_remaining > 0 {
             pos = self.raw_remaining.min(self.buf.len());
             self.raw_remaining -= pos;
@@ -271,6 +288,10 @@ impl Pump {
                         Action::ForwardAndStop => stop = true,
                     }
                     pos += len;
+                    if filter.spent() {
+                        spent = true;
+                        break;
+                    }
                 }
                 Scan::Partial {
                     available,
@@ -290,6 +311,7 @@ impl Pump {
             len: pos,
             stop,
             heavy,
+            spent,
         })
     }
 
@@ -302,6 +324,7 @@ impl Pump {
             out,
             stop: scanned.stop,
             heavy,
+            spent: scanned.spent,
         }
     }
 

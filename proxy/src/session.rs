@@ -426,9 +426,7 @@ async fn relay(
     let s2c_traffic = shared.metrics.traffic("server_to_client");
     let c2s = Pump::new(client_buf, client_scanner, c2s_traffic);
     let s2c = Pump::new(server_buf, server_scanner, s2c_traffic);
-    let client_filter = ClientFilter {
-        router: router.clone(),
-    };
+    let client_filter = ClientFilter::new(router.clone());
     let server_filter = ServerFilter {
         fatal_seen: false,
         router,

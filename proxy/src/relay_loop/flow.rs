@@ -1,7 +1,8 @@
 //! One direction of a session on a relay thread: the async relay's
 //! [`Pump`], driven by readiness instead of by futures. Driving is
 //! synchronous and never blocks: it goes on until a read or a write would
-//! block, the pump ends, a heavy frame is met, or its read budget is spent.
+//! block, the pump ends, a heavy frame is met, or its read budget (or its
+//! filter's work budget) is spent.
 
 use std::io::{self, Read};
 
@@ -21,7 +22,8 @@ const READ_BUDGET: usize = 16;
 pub(super) enum Drive {
     /// Blocked on a read, a write or a heavy frame: an event comes.
     Wait,
-    /// The read budget is spent: drive again after the others.
+    /// The read budget or the filter's work is spent: drive again after
+    /// the others.
     Yield,
     /// This frame is to be handled off the thread (see
     /// [`FrameFilter::heavy`]); its result goes to [`Flow::heavy_done`].
@@ -71,6 +73,8 @@ pub(super) struct Flow<F> {
     heavy_in_flight: bool,
     /// A heavy frame's result, to write once `out` is written.
     after_heavy: Option<(Bytes, bool)>,
+    /// The filter's work is spent: yield once `out` is written.
+    spent: bool,
     /// The poll said the reading side was closed or failed: read until
     /// that shows, whatever the reads return before.
     pub(super) src_closed: bool,
@@ -85,6 +89,7 @@ impl<F: FrameFilter> Flow<F> {
             stop: false,
             heavy_in_flight: false,
             after_heavy: None,
+            spent: false,
             src_closed: false,
         }
     }
@@ -123,6 +128,10 @@ impl<F: FrameFilter> Flow<F> {
                 self.set_out(bytes, stop);
                 continue;
             }
+            if self.spent {
+                self.spent = false;
+                return Drive::Yield;
+            }
             if self.pump.has_input() {
                 match self.take() {
                     Ok(Took::Nothing) => {}
@@ -154,6 +163,7 @@ impl<F: FrameFilter> Flow<F> {
     /// frame was replaced, else the replacements spliced in.
     fn take(&mut self) -> Result<Took, FrameError> {
         let scanned = self.pump.scan_batch(&mut self.filter)?;
+        self.spent = scanned.spent;
         if scanned.heavy.is_none() && !self.pump.has_edits() {
             self.pump.set_writing(scanned.len > 0);
             self.out = Out::in_place(scanned.len);
@@ -302,5 +312,81 @@ mod tests {
                 true => assert!(matches!(step, Drive::End(Ok(PumpEnd::Eof))), "{step:?}"),
             }
         }
+    }
+
+    /// A client that pipelines statements each new to the rewrite cache
+    /// (every one its own shape): the flow lets its thread go after a
+    /// slice of parsing, with the rest still to handle, and every
+    /// statement goes on, rewritten, in the drives after.
+    #[test]
+    fn a_flow_yields_after_a_slice_of_parsing() {
+        use std::io::Read;
+        use std::sync::Arc;
+
+        use switchyard_rules::{fixtures, ReadRoute, Routing, WriteRoute};
+
+        use crate::filters::ClientFilter;
+        use crate::routing::router::PARSE_SLICE;
+        use crate::routing::{RulesHub, SessionRouter};
+
+        let hub = Arc::new(RulesHub::default());
+        let dual = Routing {
+            reads: ReadRoute::Legacy,
+            writes: WriteRoute::Both,
+        };
+        hub.install(fixtures::users(dual)).unwrap();
+        let router = Arc::new(SessionRouter::new(hub, "app", "app", None));
+        let (mut app, src) = pair();
+        let (mut db, dst) = pair();
+        let statements = 3 * PARSE_SLICE / 1024;
+        let mut sent = BytesMut::new();
+        for i in 0..statements {
+            let long = "x".repeat(1000);
+            let sql = format!("update users as u{i} set email = '{long}' where id = 1\0");
+            Frame::new(b'Q', sql.into_bytes()).encode(&mut sent);
+        }
+        app.write_all(&sent).unwrap();
+        let scanner = FrameScanner {
+            max_frame: 1 << 20,
+            stream_threshold: 1 << 20,
+            bulk_tags: b"d",
+        };
+        let mut flow = Flow::new(
+            Pump::new(BytesMut::new(), scanner, Traffic::default()),
+            ClientFilter::new(router),
+        );
+        let mut scratch = vec![0; sent.len() + 1];
+        let first = flow.drive(&src, &dst, &mut scratch);
+        assert!(matches!(first, Drive::Yield), "{first:?}");
+        assert!(flow.pump.has_input(), "all parsed in one drive");
+        let mut drives = 1;
+        while let Drive::Yield = flow.drive(&src, &dst, &mut scratch) {
+            drives += 1;
+        }
+        assert!(drives >= 3, "{drives} drives");
+        // Every statement arrived, rewritten to write both columns.
+        let mut got = Vec::new();
+        let mut frames = 0;
+        while frames < statements {
+            let mut head = [0u8; 5];
+            db.read_exact(&mut head).unwrap();
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            let mut body = vec![0; len - 4];
+            db.read_exact(&mut body).unwrap();
+            assert_eq!(head[0], b'Q');
+            got.push(String::from_utf8(body).unwrap());
+            frames += 1;
+        }
+        assert!(
+            got.iter().all(|q| q.contains("email_address")),
+            "{:?}",
+            &got[0]
+        );
+        // The same statements again come from the cache: no parsing, no
+        // yield.
+        app.write_all(&sent).unwrap();
+        let again = flow.drive(&src, &dst, &mut scratch);
+        assert!(matches!(again, Drive::Wait), "{again:?}");
+        assert!(!flow.pump.has_input());
     }
 }

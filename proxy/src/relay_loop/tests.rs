@@ -52,9 +52,7 @@ async fn start(threads: &RelayThreads) -> Session {
         server,
         c2s: pump(b"d"),
         s2c: pump(b"Dd"),
-        client_filter: ClientFilter {
-            router: router.clone(),
-        },
+        client_filter: ClientFilter::new(router.clone()),
         server_filter: ServerFilter {
             fatal_seen: false,
             router,

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 
 // Looked up on every Bind and Execute: foldhash, seeded per process.
 use foldhash::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -83,12 +83,20 @@ struct State {
 /// millisecond), and the thread serves other sessions.
 pub const HEAVY: usize = 16 * 1024;
 
+/// Text parsed (statements new to the rewrite cache) after which a session
+/// lets its thread serve the others before its next frame: a few
+/// milliseconds of parsing. A parse on a thread of its own (deep nesting)
+/// counts as all of it, for the session's thread waited for it.
+pub const PARSE_SLICE: usize = HEAVY;
+
 /// Routing state of one session, shared by its two directions.
 pub struct SessionRouter {
     hub: Arc<RulesHub>,
     /// The session prepared a statement longer than [`HEAVY`]: a flip may
     /// make any later Bind, Describe or EXECUTE re-prepare it.
     long_prepared: AtomicBool,
+    /// Text parsed since [`SessionRouter::take_parsed`] last asked.
+    parsed: AtomicUsize,
     pin: super::hub::Pin,
     database: String,
     user: String,
@@ -112,6 +120,7 @@ impl SessionRouter {
         let default_path = path_for(user, schemas);
         SessionRouter {
             long_prepared: Default::default(),
+            parsed: Default::default(),
             pin: hub.register(),
             state: Mutex::new(State {
                 rules: hub.current(),
@@ -151,6 +160,15 @@ impl SessionRouter {
             b'P' => frame.len() > HEAVY,
             b'B' | b'D' => long_prepared(),
             _ => false,
+        }
+    }
+
+    /// The text parsed (in bytes, see [`PARSE_SLICE`]) since the last ask.
+    /// Asked after every client frame: a load unless there was some.
+    pub fn take_parsed(&self) -> usize {
+        match self.parsed.load(Relaxed) {
+            0 => 0,
+            _ => self.parsed.swap(0, Relaxed),
         }
     }
 
@@ -535,8 +553,10 @@ impl SessionRouter {
             let rewrite =
                 || switchyard_rules::rewrite::rewrite_scanned(rules, sql, &scanned, path.schemas());
             if super::offload::needed(sql, &scanned) {
+                self.parsed.fetch_add(PARSE_SLICE, Relaxed);
                 super::offload::run(rewrite)
             } else {
+                self.parsed.fetch_add(sql.len(), Relaxed);
                 rewrite()
             }
         };
