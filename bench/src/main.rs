@@ -22,6 +22,7 @@
 
 mod backfill;
 mod dualwrite;
+mod dualwriteinstr;
 mod flip;
 mod guardcpu;
 mod idle;
@@ -53,7 +54,7 @@ pub struct Options {
 }
 
 const USAGE: &str =
-    "usage: switchyard-bench wire|dualwrite|guardcpu|backfill|flip|idle|instructions|literals|literalcpu|proxycpu|inserts [--seconds N] [--rounds N] [--scale N] [--rate N] [--out FILE]";
+    "usage: switchyard-bench wire|dualwrite|guardcpu|backfill|flip|idle|instructions|literals|dualwriteinstr|literalcpu|proxycpu|inserts [--seconds N] [--rounds N] [--scale N] [--rate N] [--out FILE]";
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -87,6 +88,7 @@ fn main() -> anyhow::Result<()> {
         "idle" => idle::run(o),
         "instructions" => instructions::run(o),
         "literals" => literals::run(o),
+        "dualwriteinstr" => dualwriteinstr::run(o),
         "literalcpu" => literalcpu::run(o),
         "proxycpu" => proxycpu::run(o),
         "inserts" => inserts::run(o),

@@ -4,7 +4,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 
 /// Why a cluster could not be started or used.
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +215,48 @@ impl Cluster {
     /// A scratch directory removed with the cluster.
     pub fn scratch(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Stops the server and starts it again as a child of `wrapper` (a
+    /// program that runs the arguments after it, e.g. valgrind), with
+    /// `args` added; once it answers. Port and settings stay; dropping the
+    /// cluster stops it as before. Files made under [`Cluster::scratch`]
+    /// since the start become the server user's.
+    pub fn restart_under(&self, wrapper: &[String], args: &[&str]) -> Result<Child, ClusterError> {
+        self.stop()?;
+        self.chown()?;
+        let data = self.data_dir();
+        let port = self.port.to_string();
+        let mut argv: Vec<String> = wrapper.to_vec();
+        argv.push(self.bindir.join("postgres").display().to_string());
+        argv.extend(["-D", path_str(&data), "-p", &port].map(String::from));
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let mut command = match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).args(&argv);
+                c
+            }
+            None => {
+                let mut c = Command::new(&argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
+        };
+        let log = std::fs::File::create(self.dir.path().join("server-wrapped.log")).map_err(err)?;
+        let child = command
+            .stdout(log.try_clone().map_err(err)?)
+            .stderr(log)
+            .spawn()
+            .map_err(err)?;
+        // Under valgrind start-up takes seconds.
+        for _ in 0..1200 {
+            if self.psql_admin("select 1").is_ok() {
+                return Ok(child);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Err(ClusterError("the wrapped server never answered".into()))
     }
 
     /// `pg_ctl restart -m fast`.
