@@ -24,7 +24,7 @@ pub enum ControlError {
     #[error("{0}")]
     Unavailable(String),
     /// The database is unreachable or refused (503).
-    #[error("database: {0}")]
+    #[error("database: {}", database_message(.0))]
     Database(#[from] tokio_postgres::Error),
     /// A bug or an inconsistent state (500).
     #[error("{0}")]
@@ -102,5 +102,13 @@ impl From<switchyard_rules::migration::Refusal> for ControlError {
 impl From<switchyard_rules::migration::events::Moved> for ControlError {
     fn from(m: switchyard_rules::migration::events::Moved) -> Self {
         ControlError::Conflict(m.to_string())
+    }
+}
+
+/// What the server said (SQLSTATE and message), not only "db error".
+fn database_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
     }
 }

@@ -2,6 +2,7 @@
 //! behind it, TLS on both sides, and its limits. How these are read (flags,
 //! a TOML file) is the binary's business.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,6 +29,9 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
+    /// Relay threads, and as many session threads; `None`: one of each
+    /// per core this process may run on.
+    pub threads: Option<NonZeroUsize>,
 }
 
 impl Default for ProxyConfig {
@@ -42,11 +46,19 @@ impl Default for ProxyConfig {
             startup_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            threads: None,
         }
     }
 }
 
 impl ProxyConfig {
+    /// How many relay threads (and session threads) to run.
+    pub fn thread_count(&self) -> usize {
+        self.threads
+            .or_else(|| std::thread::available_parallelism().ok())
+            .map_or(1, NonZeroUsize::get)
+    }
+
     /// Whether the upstream is a Unix socket on this host.
     pub fn upstream_is_unix(&self) -> bool {
         self.upstream.starts_with('/')

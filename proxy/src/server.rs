@@ -97,7 +97,8 @@ impl Proxy {
             .map_err(|e| StartError::Bind(config.listen.clone(), e))?;
         let (state_tx, state) = watch::channel(State::Running);
         let closing = Arc::new(Closing::default());
-        let relay_threads = RelayThreads::per_core(closing.clone(), Handle::current())
+        let threads = config.thread_count();
+        let relay_threads = RelayThreads::start(threads, closing.clone(), Handle::current())
             .map_err(StartError::Threads)?;
         let shared = Arc::new(Shared {
             config,
@@ -108,7 +109,7 @@ impl Proxy {
             state,
             rules: Arc::new(RulesHub::default()),
             closing,
-            workers: Workers::per_core().map_err(StartError::Threads)?,
+            workers: Workers::start(threads).map_err(StartError::Threads)?,
             relay_threads,
         });
         Ok(Proxy {

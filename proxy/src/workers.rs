@@ -66,11 +66,6 @@ impl Workers {
         })
     }
 
-    /// As many session threads as this machine runs at once.
-    pub(crate) fn per_core() -> std::io::Result<Self> {
-        Self::start(std::thread::available_parallelism().map_or(1, |n| n.get()))
-    }
-
     /// Runs `task` on the next session thread, in `set`.
     pub(crate) fn spawn<F>(&self, set: &mut JoinSet<()>, task: F) -> AbortHandle
     where

@@ -1,6 +1,7 @@
 //! `serve` configuration: command-line flags over a TOML file over defaults,
 //! for the wire proxy and the control API together.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -54,6 +55,9 @@ pub struct ServeArgs {
     /// Seconds to wait for the upstream server to accept a connection [default: 10].
     #[arg(long)]
     pub connect_timeout_secs: Option<u64>,
+    /// Relay threads, and as many session threads [default: one of each per core].
+    #[arg(long)]
+    pub threads: Option<NonZeroUsize>,
 }
 
 /// The same settings as read from a TOML file.
@@ -73,6 +77,7 @@ struct FileConfig {
     startup_timeout_secs: Option<u64>,
     drain_timeout_secs: Option<u64>,
     connect_timeout_secs: Option<u64>,
+    threads: Option<NonZeroUsize>,
 }
 
 /// The resolved configuration of one `serve` process.
@@ -195,6 +200,7 @@ impl ServeConfig {
                 file.connect_timeout_secs,
                 d.connect_timeout,
             ),
+            threads: args.threads.or(file.threads),
         };
         Ok(ServeConfig {
             proxy,
@@ -242,7 +248,7 @@ mod tests {
         )
         .unwrap();
         let args = ServeArgs {
-            config: Some(path),
+            config: Some(path.clone()),
             listen: Some("127.0.0.1:2".into()),
             ..Default::default()
         };
@@ -253,6 +259,24 @@ mod tests {
         assert_eq!(c.proxy.upstream_tls, UpstreamTlsMode::VerifyFull);
         assert_eq!(c.control_listen, "127.0.0.1:7432");
         assert_eq!(c.control_token.as_deref(), Some("tok"));
+        // Threads: one per core unless set, a flag over the file.
+        assert_eq!(c.proxy.threads, None);
+        assert!(c.proxy.thread_count() >= 1);
+        std::fs::write(&path, "threads = 3\n").unwrap();
+        let c = ServeConfig::resolve(&args, None).unwrap();
+        assert_eq!(c.proxy.thread_count(), 3);
+        let flagged = ServeArgs {
+            threads: NonZeroUsize::new(2),
+            ..args
+        };
+        let c = ServeConfig::resolve(&flagged, None).unwrap();
+        assert_eq!(c.proxy.thread_count(), 2);
+        // Zero threads is no setting.
+        std::fs::write(&path, "threads = 0\n").unwrap();
+        assert!(matches!(
+            ServeConfig::resolve(&flagged, None),
+            Err(ConfigError::Parse(..))
+        ));
     }
 
     #[test]

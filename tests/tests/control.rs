@@ -566,6 +566,95 @@ async fn backfill_resumes_from_its_checkpoint_after_a_restart() {
     assert_eq!(bad, 0);
 }
 
+/// An application transaction that deadlocks with a backfill chunk costs
+/// the chunk a retry, not the job: PostgreSQL aborts the chunk (its
+/// deadlock check is the one that runs after the cycle forms), the
+/// application's statement goes through, and the backfill completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_with_an_application_costs_the_chunk_a_retry() {
+    let (cluster, proxy, direct) = setup().await;
+    // The chunk checks for a deadlock after 1 s of waiting; the
+    // application's session (a superuser's, to set its own) after 60 s.
+    cluster
+        .psql_admin("alter system set deadlock_timeout = '1s'")
+        .unwrap();
+    cluster.psql_admin("select pg_reload_conf()").unwrap();
+    let post = |verb: &str| format!("/v1/migrations/users-email/{verb}");
+    let mut waiting = spec();
+    waiting["backfill"]["lock_timeout_ms"] = json!(30_000);
+    assert_eq!(
+        call(&proxy, "POST", "/v1/migrations", Some(waiting))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(call(&proxy, "POST", &post("expand"), None).await.0, 200);
+    assert_eq!(call(&proxy, "POST", &post("dual-write"), None).await.0, 200);
+    let deadlocks = || async {
+        direct
+            .query_one(
+                "select deadlocks from pg_stat_database where datname = 'postgres'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let before = deadlocks().await;
+    let mut app = switchyard_tests::proxy::connect(&format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable",
+        cluster.port
+    ))
+    .await
+    .unwrap();
+    let tx = app.transaction().await.unwrap();
+    tx.batch_execute(
+        "set local deadlock_timeout = '60s'; select 1 from users where id = 50 for update",
+    )
+    .await
+    .unwrap();
+    // The first chunk (every row) locks rows 1..49 and waits for row 50.
+    assert_eq!(call(&proxy, "POST", &post("backfill"), None).await.0, 202);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let waits: i64 = direct
+            .query_one("select count(*) from pg_locks where not granted", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if waits > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the chunk never waited"
+        );
+        tokio::task::yield_now().await;
+    }
+    // Row 1 is the chunk's: a cycle, which the chunk's check finds.
+    tx.execute("update users set name = 'app' where id = 1", &[])
+        .await
+        .expect("the application's statement goes through");
+    tx.commit().await.unwrap();
+    let d = wait_for(&proxy, |d| d["phase"] == "backfilled").await;
+    assert_eq!(d["state"]["reports"]["backfill"]["rows_done"], 100, "{d}");
+    let bad: i64 = direct
+        .query_one(
+            "select count(*) from users where email_address is distinct from lower(email)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(bad, 0);
+    // It was a deadlock (the statistics lag a little).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while deadlocks().await == before {
+        assert!(std::time::Instant::now() < deadline, "no deadlock happened");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Keys of `value` that `schema` (an OpenAPI object schema) does not list.
 fn undocumented(value: &Value, schema: &Value) -> Vec<String> {
     let props = &schema["properties"];

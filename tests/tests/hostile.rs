@@ -19,6 +19,11 @@ struct Env {
 impl Env {
     /// A `users` table whose `email` migration is walked to `to`.
     async fn new(to: &[(&str, u16)]) -> Env {
+        Env::with_flags(to, &[]).await
+    }
+
+    /// [`Env::new`] with more `serve` flags.
+    async fn with_flags(to: &[(&str, u16)], flags: &[&str]) -> Env {
         let cluster = Cluster::start().unwrap();
         let db = switchyard_tests::proxy::connect(&cluster.conn_str("trust_user", "postgres"))
             .await
@@ -29,7 +34,9 @@ impl Env {
         )
         .await
         .unwrap();
-        let serve = ServeProcess::start(&cluster, TOKEN).await.unwrap();
+        let serve = ServeProcess::start_with(&cluster, TOKEN, flags)
+            .await
+            .unwrap();
         let api = Api::new(serve.control_addr, TOKEN);
         let spec = json!({"name": "users-email", "table": "users",
             "columns": [{"legacy": "email", "new": "email_address", "forward": "lower(email)"}]});
@@ -606,5 +613,79 @@ async fn schemathesis_finds_no_server_error() {
         out.status.success(),
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A client that pipelines statements each new to the rewrite cache holds
+/// its relay thread for one slice of parsing at a time: with one relay
+/// thread for every session, another session is served after a few of the
+/// flood's statements, not after all it sent. PostgreSQL tells the order:
+/// each flood statement takes a number from a sequence, and so does the
+/// other session's query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_new_statements_holds_its_relay_thread_a_slice_at_a_time() {
+    use switchyard_tests::raw::{put_msg, RawConn};
+    let env = Env::with_flags(&[("expand", 200), ("dual-write", 200)], &["--threads", "1"]).await;
+    env.db.batch_execute("create sequence flood").await.unwrap();
+    const FLOOD: usize = 1000;
+    let port = env.serve.addr.port();
+    let (mut flooder, _) = RawConn::login(port, "trust_user", 0, &[]).await.unwrap();
+    let other = env.app().await;
+    // Each its own shape (its alias), about 1 KiB: parsed, never cached.
+    let pad = "x".repeat(900);
+    let mut flood = bytes::BytesMut::new();
+    for i in 0..FLOOD {
+        let sql = format!(
+            "update users as u{i} set email = '{pad}' where id = 1 and nextval('flood') > 0\0"
+        );
+        put_msg(&mut flood, b'Q', sql.as_bytes());
+    }
+    let flooding = tokio::spawn(async move {
+        flooder.send_raw(&flood).await.unwrap();
+        for _ in 0..FLOOD {
+            let msgs = flooder.until_ready().await.unwrap();
+            assert!(
+                msgs.iter().all(|m| m.tag != b'E'),
+                "a flood statement failed"
+            );
+        }
+    });
+    // Once the flood runs, the other session asks for its number.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the flood never began");
+        let row = env
+            .db
+            .query_one("select is_called from flood", &[])
+            .await
+            .unwrap();
+        if row.get::<_, bool>(0) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    // One round trip (the simple protocol): it waits for at most a slice
+    // on the way in and one on the way out.
+    let reply = other.simple_query("select nextval('flood')").await.unwrap();
+    let taken: i64 = reply
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
+            _ => None,
+        })
+        .unwrap();
+    flooding.await.unwrap();
+    let last: i64 = env
+        .db
+        .query_one("select last_value from flood", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(last, FLOOD as i64 + 1, "every statement ran once");
+    // A slice is 16 KiB of parsing: about 16 of these statements; a few
+    // slices went by before and during the other session's round trip.
+    assert!(
+        taken < 200,
+        "the other session waited for {taken} of {FLOOD} flood statements"
     );
 }

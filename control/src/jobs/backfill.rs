@@ -101,9 +101,9 @@ pub(crate) async fn backfill(
             .await;
         let row = match result {
             Ok(row) => row,
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            Err(e) if retried_smaller(&e).is_some() => {
                 drop(tx);
-                progress.throttled = Some("lock wait on the table; chunk retried smaller".into());
+                progress.throttled = retried_smaller(&e).map(str::to_owned);
                 progress.chunk_rows = (progress.chunk_rows / 2).max(100);
                 report(&progress, false);
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -163,4 +163,25 @@ pub(crate) async fn backfill(
     }
     progress.eta_seconds = Some(0.0);
     Ok(progress)
+}
+
+/// Why a chunk that failed is retried smaller rather than failing the job,
+/// or `None`: a lock wait past the spec's `lock_timeout`, a deadlock with
+/// an application's transaction (PostgreSQL aborts one of the two; rows
+/// locked in another order than the chunk's), a chunk past its statement
+/// timeout, a serialization failure.
+fn retried_smaller(e: &tokio_postgres::Error) -> Option<&'static str> {
+    use tokio_postgres::error::SqlState;
+    let code = e.code()?;
+    if *code == SqlState::LOCK_NOT_AVAILABLE {
+        Some("lock wait on the table; chunk retried smaller")
+    } else if *code == SqlState::T_R_DEADLOCK_DETECTED {
+        Some("deadlock with another transaction; chunk retried smaller")
+    } else if *code == SqlState::QUERY_CANCELED {
+        Some("chunk past its statement timeout; retried smaller")
+    } else if *code == SqlState::T_R_SERIALIZATION_FAILURE {
+        Some("serialization failure; chunk retried smaller")
+    } else {
+        None
+    }
 }

@@ -121,12 +121,6 @@ impl RelayThreads {
         })
     }
 
-    /// As many relay threads as this machine runs at once.
-    pub(crate) fn per_core(closing: Arc<Closing>, blocking: Handle) -> std::io::Result<Self> {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::start(n, closing, blocking)
-    }
-
     /// Relays `session` on the next thread; answers when its relay ends
     /// (an error if the thread is gone).
     pub(crate) fn hand_over(&self, session: Handover) -> oneshot::Receiver<Finished> {
