@@ -78,46 +78,54 @@ fn key_order(t: &Target, alias: &str, desc: bool) -> String {
         .join(", ")
 }
 
-/// One backfill chunk: the next `$2` keys after checkpoint `$1` (a text
-/// array) and up to the end key `$3` (the last key when the backfill
-/// started: later rows were dual-written from their first write), updated
-/// where they differ; answers the last key, the rows visited and the rows
-/// changed.
+/// One backfill chunk: the rows after checkpoint `$1` (a text array, NULL
+/// at the start) up to the `$2`-th key after it, or up to the end key `$3`
+/// (the last key when the backfill started: later rows were dual-written
+/// from their first write) if fewer are left; updated where they differ.
+/// Answers the last key (NULL when nothing is left), the rows visited and
+/// the rows changed.
+///
+/// The update is one index range scan between two keys: a join with the
+/// chunk's keys let PostgreSQL merge-join from the table's first key, so
+/// that each chunk read every row before it (quadratic over a backfill).
 pub(crate) fn chunk_sql(t: &Target) -> String {
     if t.key.is_empty() {
         return ctid_chunk_sql(t);
     }
-    let batch_cols: Vec<String> = t
-        .key
+    let key_text: Vec<String> = t.key.iter().map(|k| format!("s.{k}::text")).collect();
+    let after = format!(
+        "($1::text[] IS NULL OR {} > {})",
+        key_row(t, "s"),
+        key_param(t, 1)
+    );
+    let rest = format!("{after} AND {} <= {}", key_row(t, "s"), key_param(t, 3));
+    let upper: Vec<String> = t
+        .key_types
         .iter()
         .enumerate()
-        .map(|(i, k)| format!("s.{k} AS k{i}"))
+        .map(|(i, ty)| format!("(SELECT k[{}] FROM bound)::{ty}", i + 1))
         .collect();
-    let join: Vec<String> = t
-        .key
-        .iter()
-        .enumerate()
-        .map(|(i, k)| format!("t.{k} = batch.k{i}"))
-        .collect();
-    let last: Vec<String> = (0..t.key.len()).map(|i| format!("k{i}::text")).collect();
-    let last_order: Vec<String> = (0..t.key.len()).map(|i| format!("k{i} DESC")).collect();
     format!(
-        "WITH batch AS (SELECT {cols} FROM {table} AS s
-                        WHERE ($1::text[] IS NULL OR {row} > {param}) AND ($3::text[] IS NULL OR {row} <= {end})
-                        ORDER BY {order} LIMIT $2),
-              upd AS (UPDATE {table} AS t SET {set} FROM batch WHERE {join} AND ({mismatch}) RETURNING 1)
-         SELECT (SELECT ARRAY[{last}] FROM batch ORDER BY {last_order} LIMIT 1), (SELECT count(*) FROM batch), (SELECT count(*) FROM upd)",
-        cols = batch_cols.join(", "),
+        "WITH hi AS (SELECT ARRAY[{key_text}] AS k FROM {table} AS s WHERE {rest}
+                     ORDER BY {order} OFFSET $2::bigint - 1 LIMIT 1),
+              bound AS (SELECT coalesce((SELECT k FROM hi), $3::text[]) AS k),
+              upd AS (UPDATE {table} AS t SET {set}
+                      WHERE ($1::text[] IS NULL OR {row_t} > {param}) AND {row_t} <= ({upper})
+                        AND ({mismatch}) RETURNING 1)
+         SELECT coalesce((SELECT k FROM hi),
+                         (SELECT ARRAY[{key_text}] FROM {table} AS s WHERE {rest} ORDER BY {desc} LIMIT 1)),
+                CASE WHEN EXISTS (SELECT FROM hi) THEN $2::bigint
+                     ELSE (SELECT count(*) FROM {table} AS s WHERE {rest}) END,
+                (SELECT count(*) FROM upd)",
+        key_text = key_text.join(", "),
         table = t.table,
-        row = key_row(t, "s"),
-        param = key_param(t, 1),
-        end = key_param(t, 3),
         order = key_order(t, "s", false),
+        desc = key_order(t, "s", true),
         set = set_clause(t),
-        join = join.join(" AND "),
+        row_t = key_row(t, "t"),
+        param = key_param(t, 1),
+        upper = upper.join(", "),
         mismatch = mismatch(t, "t"),
-        last = last.join(", "),
-        last_order = last_order.join(", "),
     )
 }
 

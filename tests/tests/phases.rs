@@ -717,6 +717,89 @@ async fn a_table_without_a_key_is_walked_by_tid_range_scans() {
     }
 }
 
+const CHUNK: i64 = 10_000;
+
+/// The rows one backfill chunk reads, in its own transaction's counters
+/// (rows a scan of the table returned, and index entries read).
+async fn rows_read_by_chunk(
+    db: &mut tokio_postgres::Client,
+    sql: &str,
+    last: Option<Vec<String>>,
+    end: &Option<Vec<String>>,
+) -> (i64, i64) {
+    let tx = db.transaction().await.unwrap();
+    let row = tx.query_one(sql, &[&last, &CHUNK, end]).await.unwrap();
+    let changed: i64 = row.get(2);
+    let read: i64 = tx
+        .query_one(
+            "select pg_stat_get_xact_tuples_returned('wide'::regclass)
+                  + pg_stat_get_xact_tuples_returned('wide_pkey'::regclass)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    tx.rollback().await.unwrap();
+    (read, changed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_chunk_reads_its_own_rows_wherever_it_starts() {
+    let (_cluster, _proxy, mut db) = setup(
+        "create table wide(tenant int, id int, level int, level_big bigint, primary key (tenant, id));
+         insert into wide select t, i, i from generate_series(1, 4) t, generate_series(1, 50000) i;
+         analyze wide;",
+    )
+    .await;
+    let pair = switchyard_control::catalog::Pair {
+        legacy: "level".into(),
+        legacy_type: "integer".into(),
+        new: "level_big".into(),
+        new_type: "bigint".into(),
+        forward: "level::bigint".into(),
+        backward: "level_big::integer".into(),
+        not_null: false,
+        legacy_position: 2,
+        default: None,
+        group: None,
+    };
+    let key = [
+        ("tenant".to_owned(), "integer".to_owned()),
+        ("id".to_owned(), "integer".to_owned()),
+    ];
+    let (chunk_sql, _) = switchyard_control::job_statements("public.wide", &key, &[pair]);
+    let end = Some(vec!["4".to_owned(), "50000".to_owned()]);
+    let first = rows_read_by_chunk(&mut db, &chunk_sql, None, &end).await;
+    let late = Some(vec!["4".to_owned(), "30000".to_owned()]);
+    let last = rows_read_by_chunk(&mut db, &chunk_sql, late, &end).await;
+    assert_eq!(
+        (first.1, last.1),
+        (CHUNK, CHUNK),
+        "each chunk updates its rows"
+    );
+    // Each reads a few times its own rows, wherever it starts (a join with
+    // the chunk's keys read the whole table, or every row before the chunk
+    // in a merge join from the table's first key).
+    for (chunk, read) in [("first", first.0), ("late", last.0)] {
+        assert!(read <= 5 * CHUNK, "the {chunk} chunk read {read} rows");
+    }
+    // The chunk that reaches the end says how many rows it visited; the
+    // one after it finds nothing.
+    let tail = Some(vec!["4".to_owned(), "45000".to_owned()]);
+    let row = db
+        .query_one(&chunk_sql, &[&tail, &CHUNK, &end])
+        .await
+        .unwrap();
+    let (k, visited): (Option<Vec<String>>, i64) = (row.get(0), row.get(1));
+    assert_eq!((k, visited), (end.clone(), 5000));
+    let row = db
+        .query_one(&chunk_sql, &[&end, &CHUNK, &end])
+        .await
+        .unwrap();
+    let (k, visited): (Option<Vec<String>>, i64) = (row.get(0), row.get(1));
+    assert_eq!((k, visited), (None, 0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contract_interrupted_before_the_column_drop_is_finished_on_restart() {
     let (cluster, proxy, db) = setup(USERS).await;
