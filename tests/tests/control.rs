@@ -655,6 +655,70 @@ async fn a_deadlock_with_an_application_costs_the_chunk_a_retry() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_cancelled_by_someone_stops_the_backfill_with_its_sqlstate() {
+    let (cluster, proxy, direct) = setup().await;
+    let post = |verb: &str| format!("/v1/migrations/users-email/{verb}");
+    let mut waiting = spec();
+    waiting["backfill"]["lock_timeout_ms"] = json!(30_000);
+    assert_eq!(
+        call(&proxy, "POST", "/v1/migrations", Some(waiting))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(call(&proxy, "POST", &post("expand"), None).await.0, 200);
+    assert_eq!(call(&proxy, "POST", &post("dual-write"), None).await.0, 200);
+    let mut app = switchyard_tests::proxy::connect(&format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable",
+        cluster.port
+    ))
+    .await
+    .unwrap();
+    let tx = app.transaction().await.unwrap();
+    tx.batch_execute("select 1 from users where id = 50 for update")
+        .await
+        .unwrap();
+    assert_eq!(call(&proxy, "POST", &post("backfill"), None).await.0, 202);
+    // The chunk waits for row 50; a DBA cancels it (long before its
+    // statement timeout).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let chunk: i32 = loop {
+        let waiting = direct
+            .query_opt("select pid from pg_locks where not granted limit 1", &[])
+            .await
+            .unwrap();
+        if let Some(row) = waiting {
+            break row.get(0);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the chunk never waited"
+        );
+        tokio::task::yield_now().await;
+    };
+    direct
+        .execute("select pg_cancel_backend($1)", &[&chunk])
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let job = loop {
+        let (_, d) = call(&proxy, "GET", "/v1/migrations/users-email", None).await;
+        if d["job"]["state"] == "failed" {
+            break d["job"].clone();
+        }
+        assert_ne!(d["phase"], "backfilled", "the cancel was retried: {d}");
+        assert!(std::time::Instant::now() < deadline, "timed out: {d}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(error.contains("57014"), "{job}");
+    tx.rollback().await.unwrap();
+    // Issued again, the backfill finishes.
+    assert_eq!(call(&proxy, "POST", &post("backfill"), None).await.0, 202);
+    wait_for(&proxy, |d| d["phase"] == "backfilled").await;
+}
+
 /// Keys of `value` that `schema` (an OpenAPI object schema) does not list.
 fn undocumented(value: &Value, schema: &Value) -> Vec<String> {
     let props = &schema["properties"];

@@ -89,23 +89,25 @@ pub(crate) async fn backfill(
         }
         let target_chunk = guard.chunk_target(settings.target_chunk.unwrap_or(t.target_chunk));
         let chunk_started = Instant::now();
+        let statement_timeout = (t.target_chunk * 50).max(Duration::from_secs(1));
         let tx = client.transaction().await?;
         // JIT compiles for the planner's estimate (millions of rows before
         // the chunk's upper key is known), tens of ms for a 100 ms chunk.
         tx.batch_execute(&format!(
             "SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; SET LOCAL jit = off",
             t.lock_timeout.as_millis().max(1),
-            (t.target_chunk.as_millis() * 50).max(1000)
+            statement_timeout.as_millis()
         ))
         .await?;
         let result = tx
             .query_one(&chunk_sql, &[&last, &(progress.chunk_rows as i64), &end])
             .await;
+        let timed_out = chunk_started.elapsed() >= statement_timeout;
         let row = match result {
             Ok(row) => row,
-            Err(e) if retried_smaller(&e).is_some() => {
+            Err(e) if retried_smaller(&e, timed_out).is_some() => {
                 drop(tx);
-                progress.throttled = retried_smaller(&e).map(str::to_owned);
+                progress.throttled = retried_smaller(&e, timed_out).map(str::to_owned);
                 progress.chunk_rows = (progress.chunk_rows / 2).max(100);
                 report(&progress, false);
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -171,15 +173,16 @@ pub(crate) async fn backfill(
 /// or `None`: a lock wait past the spec's `lock_timeout`, a deadlock with
 /// an application's transaction (PostgreSQL aborts one of the two; rows
 /// locked in another order than the chunk's), a chunk past its statement
-/// timeout, a serialization failure.
-fn retried_smaller(e: &tokio_postgres::Error) -> Option<&'static str> {
+/// timeout, a serialization failure. A cancel that came before the
+/// statement timeout was someone's (`pg_cancel_backend`): the job stops.
+fn retried_smaller(e: &tokio_postgres::Error, timed_out: bool) -> Option<&'static str> {
     use tokio_postgres::error::SqlState;
     let code = e.code()?;
     if *code == SqlState::LOCK_NOT_AVAILABLE {
         Some("lock wait on the table; chunk retried smaller")
     } else if *code == SqlState::T_R_DEADLOCK_DETECTED {
         Some("deadlock with another transaction; chunk retried smaller")
-    } else if *code == SqlState::QUERY_CANCELED {
+    } else if *code == SqlState::QUERY_CANCELED && timed_out {
         Some("chunk past its statement timeout; retried smaller")
     } else if *code == SqlState::T_R_SERIALIZATION_FAILURE {
         Some("serialization failure; chunk retried smaller")
