@@ -91,10 +91,8 @@ pub(crate) async fn backfill(
         let chunk_started = Instant::now();
         let statement_timeout = (t.target_chunk * 50).max(Duration::from_secs(1));
         let tx = client.transaction().await?;
-        // JIT compiles for the planner's estimate (millions of rows before
-        // the chunk's upper key is known), tens of ms for a 100 ms chunk.
         tx.batch_execute(&format!(
-            "SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; SET LOCAL jit = off",
+            "SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}",
             t.lock_timeout.as_millis().max(1),
             statement_timeout.as_millis()
         ))
