@@ -93,12 +93,20 @@ pub(crate) fn chunk_sql(t: &Target) -> String {
         return ctid_chunk_sql(t);
     }
     let key_text: Vec<String> = t.key.iter().map(|k| format!("s.{k}::text")).collect();
-    let after = format!(
-        "($1::text[] IS NULL OR {} > {})",
+    // Keys after checkpoint `$1` (all of them at the start).
+    let after = |alias| {
+        format!(
+            "($1::text[] IS NULL OR {} > {})",
+            key_row(t, alias),
+            key_param(t, 1)
+        )
+    };
+    let rest = format!(
+        "{} AND {} <= {}",
+        after("s"),
         key_row(t, "s"),
-        key_param(t, 1)
+        key_param(t, 3)
     );
-    let rest = format!("{after} AND {} <= {}", key_row(t, "s"), key_param(t, 3));
     let upper: Vec<String> = t
         .key_types
         .iter()
@@ -110,7 +118,7 @@ pub(crate) fn chunk_sql(t: &Target) -> String {
                      ORDER BY {order} OFFSET $2::bigint - 1 LIMIT 1),
               bound AS (SELECT coalesce((SELECT k FROM hi), $3::text[]) AS k),
               upd AS (UPDATE {table} AS t SET {set}
-                      WHERE ($1::text[] IS NULL OR {row_t} > {param}) AND {row_t} <= ({upper})
+                      WHERE {after_t} AND {row_t} <= ({upper})
                         AND ({mismatch}) RETURNING 1)
          SELECT coalesce((SELECT k FROM hi),
                          (SELECT ARRAY[{key_text}] FROM {table} AS s WHERE {rest} ORDER BY {desc} LIMIT 1)),
@@ -122,8 +130,8 @@ pub(crate) fn chunk_sql(t: &Target) -> String {
         order = key_order(t, "s", false),
         desc = key_order(t, "s", true),
         set = set_clause(t),
+        after_t = after("t"),
         row_t = key_row(t, "t"),
-        param = key_param(t, 1),
         upper = upper.join(", "),
         mismatch = mismatch(t, "t"),
     )

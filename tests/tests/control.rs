@@ -566,6 +566,50 @@ async fn backfill_resumes_from_its_checkpoint_after_a_restart() {
     assert_eq!(bad, 0);
 }
 
+/// Creates `users-email` with chunks that wait up to 30 s for a row lock,
+/// and walks it to dual-write.
+async fn dual_write_with_patient_chunks(proxy: &TestProxy) {
+    let post = |verb: &str| format!("/v1/migrations/users-email/{verb}");
+    let mut waiting = spec();
+    waiting["backfill"]["lock_timeout_ms"] = json!(30_000);
+    assert_eq!(
+        call(proxy, "POST", "/v1/migrations", Some(waiting)).await.0,
+        201
+    );
+    assert_eq!(call(proxy, "POST", &post("expand"), None).await.0, 200);
+    assert_eq!(call(proxy, "POST", &post("dual-write"), None).await.0, 200);
+}
+
+/// An application's session straight to the server, as a superuser (who
+/// may set its own `deadlock_timeout`).
+async fn superuser(cluster: &switchyard_tests::Cluster) -> tokio_postgres::Client {
+    switchyard_tests::proxy::connect(&format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable",
+        cluster.port
+    ))
+    .await
+    .unwrap()
+}
+
+/// The pid of a session waiting for a lock, once one is.
+async fn lock_waiter(direct: &tokio_postgres::Client) -> i32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let waiting = direct
+            .query_opt("select pid from pg_locks where not granted limit 1", &[])
+            .await
+            .unwrap();
+        if let Some(row) = waiting {
+            return row.get(0);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the chunk never waited"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
 /// An application transaction that deadlocks with a backfill chunk costs
 /// the chunk a retry, not the job: PostgreSQL aborts the chunk (its
 /// deadlock check is the one that runs after the cycle forms), the
@@ -580,16 +624,7 @@ async fn a_deadlock_with_an_application_costs_the_chunk_a_retry() {
         .unwrap();
     cluster.psql_admin("select pg_reload_conf()").unwrap();
     let post = |verb: &str| format!("/v1/migrations/users-email/{verb}");
-    let mut waiting = spec();
-    waiting["backfill"]["lock_timeout_ms"] = json!(30_000);
-    assert_eq!(
-        call(&proxy, "POST", "/v1/migrations", Some(waiting))
-            .await
-            .0,
-        201
-    );
-    assert_eq!(call(&proxy, "POST", &post("expand"), None).await.0, 200);
-    assert_eq!(call(&proxy, "POST", &post("dual-write"), None).await.0, 200);
+    dual_write_with_patient_chunks(&proxy).await;
     let deadlocks = || async {
         direct
             .query_one(
@@ -601,12 +636,7 @@ async fn a_deadlock_with_an_application_costs_the_chunk_a_retry() {
             .get::<_, i64>(0)
     };
     let before = deadlocks().await;
-    let mut app = switchyard_tests::proxy::connect(&format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable",
-        cluster.port
-    ))
-    .await
-    .unwrap();
+    let mut app = superuser(&cluster).await;
     let tx = app.transaction().await.unwrap();
     tx.batch_execute(
         "set local deadlock_timeout = '60s'; select 1 from users where id = 50 for update",
@@ -615,22 +645,7 @@ async fn a_deadlock_with_an_application_costs_the_chunk_a_retry() {
     .unwrap();
     // The first chunk (every row) locks rows 1..49 and waits for row 50.
     assert_eq!(call(&proxy, "POST", &post("backfill"), None).await.0, 202);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let waits: i64 = direct
-            .query_one("select count(*) from pg_locks where not granted", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if waits > 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the chunk never waited"
-        );
-        tokio::task::yield_now().await;
-    }
+    lock_waiter(&direct).await;
     // Row 1 is the chunk's: a cycle, which the chunk's check finds.
     tx.execute("update users set name = 'app' where id = 1", &[])
         .await
@@ -659,22 +674,8 @@ async fn a_deadlock_with_an_application_costs_the_chunk_a_retry() {
 async fn a_chunk_cancelled_by_someone_stops_the_backfill_with_its_sqlstate() {
     let (cluster, proxy, direct) = setup().await;
     let post = |verb: &str| format!("/v1/migrations/users-email/{verb}");
-    let mut waiting = spec();
-    waiting["backfill"]["lock_timeout_ms"] = json!(30_000);
-    assert_eq!(
-        call(&proxy, "POST", "/v1/migrations", Some(waiting))
-            .await
-            .0,
-        201
-    );
-    assert_eq!(call(&proxy, "POST", &post("expand"), None).await.0, 200);
-    assert_eq!(call(&proxy, "POST", &post("dual-write"), None).await.0, 200);
-    let mut app = switchyard_tests::proxy::connect(&format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable",
-        cluster.port
-    ))
-    .await
-    .unwrap();
+    dual_write_with_patient_chunks(&proxy).await;
+    let mut app = superuser(&cluster).await;
     let tx = app.transaction().await.unwrap();
     tx.batch_execute("select 1 from users where id = 50 for update")
         .await
@@ -682,21 +683,7 @@ async fn a_chunk_cancelled_by_someone_stops_the_backfill_with_its_sqlstate() {
     assert_eq!(call(&proxy, "POST", &post("backfill"), None).await.0, 202);
     // The chunk waits for row 50; a DBA cancels it (long before its
     // statement timeout).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let chunk: i32 = loop {
-        let waiting = direct
-            .query_opt("select pid from pg_locks where not granted limit 1", &[])
-            .await
-            .unwrap();
-        if let Some(row) = waiting {
-            break row.get(0);
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the chunk never waited"
-        );
-        tokio::task::yield_now().await;
-    };
+    let chunk = lock_waiter(&direct).await;
     direct
         .execute("select pg_cancel_backend($1)", &[&chunk])
         .await

@@ -680,6 +680,22 @@ async fn unrewritten_writes_close_the_gate_until_another_pass() {
     step(&proxy, m, "switch-reads", 200).await;
 }
 
+/// `level integer` → `level_big bigint`, the legacy column at `position`.
+fn level_pair(position: usize) -> switchyard_control::catalog::Pair {
+    switchyard_control::catalog::Pair {
+        legacy: "level".into(),
+        legacy_type: "integer".into(),
+        new: "level_big".into(),
+        new_type: "bigint".into(),
+        forward: "level::bigint".into(),
+        backward: "level_big::integer".into(),
+        not_null: false,
+        legacy_position: position,
+        default: None,
+        group: None,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_without_a_key_is_walked_by_tid_range_scans() {
     let (_cluster, _proxy, db) = setup(
@@ -688,18 +704,7 @@ async fn a_table_without_a_key_is_walked_by_tid_range_scans() {
          analyze loose;",
     )
     .await;
-    let pair = switchyard_control::catalog::Pair {
-        legacy: "level".into(),
-        legacy_type: "integer".into(),
-        new: "level_big".into(),
-        new_type: "bigint".into(),
-        forward: "level::bigint".into(),
-        backward: "level_big::integer".into(),
-        not_null: false,
-        legacy_position: 1,
-        default: None,
-        group: None,
-    };
+    let pair = level_pair(1);
     let (chunk_sql, verify_sql) = switchyard_control::job_statements("public.loose", &[], &[pair]);
     let last: Option<Vec<String>> = Some(vec!["40".into()]);
     let end: Option<Vec<String>> = Some(vec!["90".into()]);
@@ -751,18 +756,7 @@ async fn a_backfill_chunk_reads_its_own_rows_wherever_it_starts() {
          analyze wide;",
     )
     .await;
-    let pair = switchyard_control::catalog::Pair {
-        legacy: "level".into(),
-        legacy_type: "integer".into(),
-        new: "level_big".into(),
-        new_type: "bigint".into(),
-        forward: "level::bigint".into(),
-        backward: "level_big::integer".into(),
-        not_null: false,
-        legacy_position: 2,
-        default: None,
-        group: None,
-    };
+    let pair = level_pair(2);
     let key = [
         ("tenant".to_owned(), "integer".to_owned()),
         ("id".to_owned(), "integer".to_owned()),

@@ -103,15 +103,17 @@ pub(crate) async fn backfill(
         let timed_out = chunk_started.elapsed() >= statement_timeout;
         let row = match result {
             Ok(row) => row,
-            Err(e) if retried_smaller(&e, timed_out).is_some() => {
+            Err(e) => {
+                let Some(why) = retried_smaller(&e, timed_out) else {
+                    return Err(e.into());
+                };
                 drop(tx);
-                progress.throttled = retried_smaller(&e, timed_out).map(str::to_owned);
+                progress.throttled = Some(why.to_owned());
                 progress.chunk_rows = (progress.chunk_rows / 2).max(100);
                 report(&progress, false);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            Err(e) => return Err(e.into()),
         };
         let max_key: Option<Vec<String>> = row.get(0);
         let visited: i64 = row.get(1);
