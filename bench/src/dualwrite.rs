@@ -92,6 +92,7 @@ pub(crate) fn tables(runtime: &tokio::runtime::Runtime, scale: u32) -> anyhow::R
                 legacy_position: 1,
                 default: None,
                 group: None,
+                forward_takes_literals: false,
             }],
         )?;
         direct.batch_execute(&guard).await?;

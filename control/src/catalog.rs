@@ -221,6 +221,9 @@ async fn entry(
             if n > 0 && l > 0 {
                 continue;
             }
+            let forward_takes_literals = group.is_none()
+                && crate::literal_proof::forward_takes_literals(client, &forward[n], legacy_col)
+                    .await;
             pairs.push(Pair {
                 legacy: legacy_col.name.clone(),
                 legacy_type: legacy_col.sql_type.clone(),
@@ -232,6 +235,7 @@ async fn entry(
                 legacy_position: *position,
                 default: default.clone(),
                 group: group.clone(),
+                forward_takes_literals,
             });
         }
     }

@@ -253,6 +253,7 @@ mod tests {
             legacy_position: 1,
             default: None,
             group: None,
+            forward_takes_literals: false,
         }
     }
 

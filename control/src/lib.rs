@@ -19,6 +19,7 @@ pub mod http;
 mod indexes;
 mod jobs;
 mod latency;
+mod literal_proof;
 pub mod metrics;
 mod operator;
 mod publisher;

@@ -134,6 +134,7 @@ impl Publisher {
                 on_unsupported: Default::default(),
                 guarded: m.state.created.guard,
                 group: p.group.clone(),
+                forward_takes_literals: p.forward_takes_literals,
             });
             let legacy: Vec<String> = m.state.pairs.iter().map(|p| p.legacy.clone()).collect();
             let views = crate::dependencies::views_using(client, &table, &legacy).await?;

@@ -21,6 +21,9 @@ pub struct CompiledMapping {
     pub forward_sources: Vec<TypedColumn>,
     /// The columns `backward` reads: the new column, or a split's.
     pub backward_sources: Vec<TypedColumn>,
+    /// The longest string literal that goes into `forward` without the
+    /// cast to the legacy type, if any may.
+    pub literal_bound: Option<usize>,
 }
 
 impl CompiledMapping {
@@ -29,7 +32,11 @@ impl CompiledMapping {
         fn names(cols: &[TypedColumn]) -> Vec<&str> {
             cols.iter().map(|c| c.name.as_str()).collect()
         }
+        let literal_bound = (m.forward_takes_literals && m.group.is_none())
+            .then(|| crate::bare_literal::length_bound(&m.legacy_type))
+            .flatten();
         Ok(CompiledMapping {
+            literal_bound,
             forward: Template::compile_over(&m.forward, &names(&forward_sources))?,
             backward: Template::compile_over(&m.backward, &names(&backward_sources))?,
             forward_sources,

@@ -482,6 +482,46 @@ mod tests {
         assert_eq!(parses.get(), 4, "one shape, spliced after its first text");
     }
 
+    /// A literal that may go into `forward` bare does so when it is short
+    /// and keeps its cast when it is long, whether the statement is spliced
+    /// into its shape or rewritten cold: one shape serves both.
+    #[test]
+    fn a_shape_chooses_each_literals_cast_by_its_length() {
+        let cache = RewriteCache::new(10);
+        let path = SearchPath::new(vec!["public".into()]);
+        let mut set = users(Phase::DualWrite.routing().unwrap());
+        let m = &mut set.tables[0].mappings[0];
+        m.forward_takes_literals = true;
+        m.legacy_type = "character varying(8)".into();
+        let rules = ActiveRules::compile(set).unwrap();
+        let parses = std::cell::Cell::new(0);
+        let compute = |text: &str| {
+            parses.set(parses.get() + 1);
+            rules.rewrite(text, path.schemas())
+        };
+        let short = |v: &str| format!("email_address = (lower(({v})))");
+        let long = |v: &str| format!("email_address = (lower((({v})::character varying(8))))");
+        for (value, expected) in [
+            ("'a@b'", short("'a@b'")),
+            ("'abcdefghij'", long("'abcdefghij'")),
+            ("E'x\\y'", short("E'x\\y'")),
+            ("'abcdef'", short("'abcdef'")),
+            ("'abcdefg'", long("'abcdefg'")),
+        ] {
+            let sql = format!("update users set email = {value} where id = 1");
+            let got = cache.rewrite_with(&rules, &sql, &path, compute).unwrap();
+            assert_eq!(*got, rules.rewrite(&sql, path.schemas()), "{sql}");
+            let Rewrite::Rewritten(text, _) = &*got else {
+                panic!("{sql} not rewritten: {got:?}")
+            };
+            assert!(text.contains(&expected), "{text} lacks {expected}");
+            assert!(!text.contains("zzsy"), "{text}");
+        }
+        // Both lengths came from the one shape (E'..' has a shape of its own
+        // lead but the same shape text).
+        assert_eq!(parses.get(), 2);
+    }
+
     /// A session's recent shapes give what the shared map gives, keep at
     /// most a few, and are passed over once the rules change.
     #[test]

@@ -59,6 +59,7 @@ pub fn users(routing: Routing) -> RuleSet {
                 on_unsupported: Default::default(),
                 guarded: false,
                 group: None,
+                forward_takes_literals: false,
             }],
             views: vec![QualifiedName::new("public", "user_emails")],
         }],
@@ -105,6 +106,7 @@ pub fn people(routing: Routing) -> RuleSet {
         on_unsupported: Default::default(),
         guarded: false,
         group: Some(group.clone()),
+        forward_takes_literals: false,
     };
     let backward = "first_name || ' ' || last_name";
     let forward = "street || ', ' || city";

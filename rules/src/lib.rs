@@ -3,6 +3,7 @@
 //! rewriter and the rewrite cache.
 
 pub mod active;
+pub mod bare_literal;
 pub mod cache;
 pub mod fixtures;
 pub mod ident;

@@ -260,6 +260,12 @@ pub struct ColumnMapping {
     /// The split or merge this pair belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<Group>,
+    /// `forward` over a string literal resolves as over the literal cast
+    /// to the legacy type (proved against the catalog at creation), so a
+    /// short literal may go in without the cast: see
+    /// [`crate::bare_literal`].
+    #[serde(default)]
+    pub forward_takes_literals: bool,
 }
 
 impl ColumnMapping {

@@ -14,6 +14,7 @@
 
 use std::ops::Range;
 
+use crate::bare_literal::{read_mark, MARK_OPEN};
 use crate::rewrite::scan::{block_comment, dollar, quoted};
 
 const STRING_PREFIX: &str = "'zzsy";
@@ -235,6 +236,25 @@ pub struct Spliceable {
 enum Piece {
     Text(Box<str>),
     Literal(usize),
+    /// A string literal that is `forward`'s argument: bare up to `bound`
+    /// bytes, else `(literal)` and the cast (see [`crate::bare_literal`]).
+    Bounded {
+        index: usize,
+        bound: usize,
+        cast: Box<str>,
+    },
+}
+
+impl Piece {
+    /// Bytes this piece adds for the literal of `len` bytes it holds.
+    fn literal_bytes(&self, len: usize) -> usize {
+        match self {
+            Piece::Text(_) => 0,
+            Piece::Literal(_) => len,
+            Piece::Bounded { bound, cast, .. } if len > *bound => len + 2 + cast.len(),
+            Piece::Bounded { .. } => len,
+        }
+    }
 }
 
 impl Spliceable {
@@ -245,12 +265,28 @@ impl Spliceable {
         let mut fixed = 0;
         let mut rest = rewritten;
         loop {
-            let Some(p) = next_placeholder(rest) else {
-                fixed += rest.len();
-                pieces.push(Piece::Text(rest.into()));
-                return Some(Spliceable { pieces, fixed });
+            let p = match next_placeholder(rest) {
+                None => {
+                    fixed += rest.len();
+                    pieces.push(Piece::Text(rest.into()));
+                    return Some(Spliceable { pieces, fixed });
+                }
+                Some(Some(p)) => p,
+                // A mark holds a placeholder's prefix: when it is the first
+                // prefix found, the marked cast is read whole.
+                Some(None) => {
+                    let m = rest.find(MARK_OPEN)?;
+                    if next_placeholder(&rest[..m + 2]).is_some() {
+                        return None;
+                    }
+                    let (piece, len) = bounded(&rest[m..], literals)?;
+                    fixed += m;
+                    pieces.push(Piece::Text(rest[..m].into()));
+                    pieces.push(piece);
+                    rest = &rest[m + len..];
+                    continue;
+                }
             };
-            let p = p?;
             fixed += p.at.start;
             pieces.push(Piece::Text(rest[..p.at.start].into()));
             pieces.push(Piece::Literal(Some(p.index).filter(|&n| n < literals)?));
@@ -266,7 +302,9 @@ impl Spliceable {
             .pieces
             .iter()
             .map(|p| match p {
-                Piece::Literal(i) => literals[*i].len(),
+                Piece::Literal(i) | Piece::Bounded { index: i, .. } => {
+                    p.literal_bytes(literals[*i].len())
+                }
                 Piece::Text(_) => 0,
             })
             .sum();
@@ -275,10 +313,43 @@ impl Spliceable {
             match piece {
                 Piece::Text(t) => out.push_str(t),
                 Piece::Literal(i) => out.push_str(&sql[literals[*i].clone()]),
+                Piece::Bounded { index, bound, cast } => {
+                    let literal = &sql[literals[*index].clone()];
+                    if literal.len() <= *bound {
+                        out.push_str(literal);
+                    } else {
+                        out.push('(');
+                        out.push_str(literal);
+                        out.push(')');
+                        out.push_str(cast);
+                    }
+                }
             }
         }
         out
     }
+}
+
+/// The marked cast at the start of `text` (mark, `(`, string placeholder,
+/// `)::type`) as a piece, with the bytes it spans.
+fn bounded(text: &str, literals: usize) -> Option<(Piece, usize)> {
+    let mark = read_mark(text)?;
+    let inner = text[mark.len..].strip_prefix('(')?;
+    let p = next_placeholder(inner)??;
+    if p.at.start != 0 || !p.string || p.index >= literals {
+        return None;
+    }
+    let after = inner[p.at.end..].strip_prefix(')')?;
+    let cast = after
+        .get(..2 + mark.type_len)
+        .filter(|c| c.starts_with("::"))?;
+    let len = mark.len + 1 + p.at.end + 1 + cast.len();
+    let piece = Piece::Bounded {
+        index: p.index,
+        bound: mark.bound,
+        cast: cast.into(),
+    };
+    Some((piece, len))
 }
 
 impl Normalized {

@@ -58,8 +58,17 @@ proptest! {
     fn a_spliced_shape_is_the_cold_rewrite(
         values in proptest::collection::vec(("[ -~]{0,12}", 0u32..100_000), 1..8),
         phase in 0usize..4,
+        bare in proptest::option::of(0usize..14),
     ) {
-        let rules = ActiveRules::compile(users(PHASES[phase].routing().unwrap())).unwrap();
+        // With `bare`, string literals up to that many bytes go into
+        // `forward` without their cast (the values straddle the bound).
+        let mut set = users(PHASES[phase].routing().unwrap());
+        if let Some(bound) = bare {
+            let m = &mut set.tables[0].mappings[0];
+            m.forward_takes_literals = true;
+            m.legacy_type = format!("character varying({bound})");
+        }
+        let rules = ActiveRules::compile(set).unwrap();
         let path = SearchPath::new(vec!["public".into()]);
         let cache = RewriteCache::new(10_000);
         for sql in corpus() {

@@ -305,3 +305,51 @@ fn rows_of_another_length_than_the_target_list_are_left_to_postgresql() {
         }
     }
 }
+
+/// Where the catalog proved it safe, a string literal short enough to be
+/// stored unchanged goes into `forward` bare, before contract (dual-write)
+/// and after (written to the new column alone); anything else keeps the
+/// cast to the legacy type.
+#[test]
+fn a_proved_forward_takes_short_literals_without_the_cast() {
+    let bare = |phase: Phase, sql: &str| {
+        let mut set = users(phase.routing().unwrap());
+        let m = &mut set.tables[0].mappings[0];
+        m.forward_takes_literals = true;
+        m.legacy_type = "character varying(8)".into();
+        let rules = ActiveRules::compile(set).unwrap();
+        match rules.rewrite(sql, &["public".to_string()]) {
+            Rewrite::Rewritten(s, _) => s,
+            other => panic!("{sql}: {other:?}"),
+        }
+    };
+    let dual = bare(DW, "update users set email = 'A@b' where id = 1");
+    assert!(dual.contains("email_address = (lower(('A@b')))"), "{dual}");
+    let long = bare(DW, "insert into users (email) values ('A@bcdefgh')");
+    assert!(
+        long.contains("(lower((('A@bcdefgh')::character varying(8))))"),
+        "{long}"
+    );
+    let expr = bare(DW, "update users set email = 'A' || 'b' where id = 1");
+    assert!(
+        expr.contains("lower((('A' || 'b')::character varying(8)))"),
+        "{expr}"
+    );
+    let after = bare(
+        Phase::Contracted,
+        "update users set email = 'A@b' where id = 1",
+    );
+    assert!(
+        after.contains("email_address = (lower(('A@b')))"),
+        "{after}"
+    );
+    assert!(!after.contains("email ="), "{after}");
+    let after = bare(Phase::Contracted, "update users set email = 'A' || 'b'");
+    assert!(
+        after.contains("email_address = (lower((('A' || 'b')::character varying(8))))"),
+        "{after}"
+    );
+    // Not proved: the cast stays.
+    let plain = text(DW, "update users set email = 'A@b' where id = 1");
+    assert!(plain.contains("::character varying(320)"), "{plain}");
+}

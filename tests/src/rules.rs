@@ -48,6 +48,7 @@ pub fn single_pair(
         on_unsupported: Default::default(),
         guarded: false,
         group: None,
+        forward_takes_literals: false,
     };
     RuleSet {
         version,

@@ -693,6 +693,7 @@ fn level_pair(position: usize) -> switchyard_control::catalog::Pair {
         legacy_position: position,
         default: None,
         group: None,
+        forward_takes_literals: false,
     }
 }
 

@@ -35,6 +35,7 @@ fn pair() -> Pair {
         legacy_position: 1,
         default: None,
         group: None,
+        forward_takes_literals: false,
     }
 }
 

@@ -195,6 +195,11 @@ pub struct Pair {
     /// The split or merge this pair belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<Group>,
+    /// `forward` resolves over a string literal as over the literal cast
+    /// to the legacy type (proved at creation; see
+    /// [`crate::bare_literal`]).
+    #[serde(default)]
+    pub forward_takes_literals: bool,
 }
 
 impl Pair {

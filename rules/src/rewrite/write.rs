@@ -11,6 +11,7 @@ use sqlparser::ast::{
 
 use super::{column_name, quoted, regroup, Ctx};
 use crate::active::{CompiledMapping, CompiledTable};
+use crate::bare_literal::forward_arg;
 use crate::model::{TypedColumn, WriteRoute};
 use crate::template::Template;
 
@@ -31,6 +32,9 @@ enum Source<'t> {
     Computed {
         template: &'t Template,
         inputs: Vec<Input<'t>>,
+        /// How long a string literal may go in without its cast (`forward`
+        /// of a plain pair whose catalog proof held).
+        literal_bound: Option<usize>,
     },
     /// A constant expression (from column defaults).
     Fixed(String),
@@ -108,19 +112,24 @@ fn plan<'t>(
         && (m.forward_sources.iter())
             .chain(&m.backward_sources)
             .any(|c| columns.contains(&c.name));
-    let add = |column: &str, template, sources| {
+    let add = |column: &str, template, sources, literal_bound| {
         Some(Step::Add(Addition {
             column: column.to_owned(),
             source: Source::Computed {
                 template,
                 inputs: inputs(table, sources, columns),
+                literal_bound,
             },
         }))
     };
     Ok(match (map.routing.writes, legacy, new) {
         (WriteRoute::Legacy, _, _) | (WriteRoute::Both, Some(_), Some(_)) => None,
-        (WriteRoute::Both, Some(_), None) => add(&map.new, &m.forward, &m.forward_sources),
-        (WriteRoute::Both, None, Some(_)) => add(&map.legacy, &m.backward, &m.backward_sources),
+        (WriteRoute::Both, Some(_), None) => {
+            add(&map.new, &m.forward, &m.forward_sources, m.literal_bound)
+        }
+        (WriteRoute::Both, None, Some(_)) => {
+            add(&map.legacy, &m.backward, &m.backward_sources, None)
+        }
         (WriteRoute::Both, None, None) if group_named => None,
         (WriteRoute::Both, None, None) => {
             let defaults = inputs(table, &m.forward_sources, columns);
@@ -167,7 +176,11 @@ fn value_for(
 ) -> String {
     match &add.source {
         Source::Fixed(text) => text.clone(),
-        Source::Computed { template, inputs } => {
+        Source::Computed {
+            template,
+            inputs,
+            literal_bound,
+        } => {
             let values: Vec<String> = inputs
                 .iter()
                 .map(|i| {
@@ -178,7 +191,7 @@ fn value_for(
                         {
                             cast(&null_or(i.default), ty)
                         }
-                        (Some(index), _) => cast(&row[index], ty),
+                        (Some(index), _) => forward_arg(&row[index], ty, *literal_bound),
                         (None, Some(q)) => format!("{q}.{}", quoted(&i.column.name)),
                         (None, None) => cast(&null_or(i.default), ty),
                     }
@@ -632,6 +645,17 @@ fn wrap_forward(ctx: &mut Ctx<'_>, mapping: &CompiledMapping, value: &Expr) -> R
             .fill(&cast("NULL", &mapping.mapping.legacy_type));
         ctx.edits.replace(range, filled);
         return Ok(());
+    }
+    if let Some(bound) = mapping.literal_bound {
+        // A literal holds nothing to rewrite: forward of it, whole.
+        let range = ctx.range(value).ok_or("no source location for a value")?;
+        let text = &ctx.map.text()[range.clone()];
+        if crate::bare_literal::is_literal(text) {
+            let ty = &mapping.mapping.legacy_type;
+            let filled = mapping.forward.fill(&forward_arg(text, ty, Some(bound)));
+            ctx.edits.replace(range, filled);
+            return Ok(());
+        }
     }
     let (before, after) = mapping.forward.around().ok_or_else(|| {
         format!(

@@ -1,0 +1,143 @@
+//! Inline string literals dual-written to a `varchar(n)` legacy column,
+//! through the control API and the proxy, against real PostgreSQL: a
+//! literal short enough to be stored unchanged goes into `forward` without
+//! its cast, but only where the catalog proved at creation that `forward`
+//! resolves the same for it (no `lower(varchar)` overload); a long one
+//! keeps the cast, so the new column gets `forward` of what the legacy
+//! column stored. What the server ran is read back with `current_query()`
+//! from a trigger; whether the cache spliced a statement or rewrote it
+//! cold, the text is the same.
+
+use serde_json::json;
+use switchyard_tests::api::Api;
+use switchyard_tests::{Cluster, TestProxy, TestProxyOptions};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const TOKEN: &str = "literals-token";
+
+const SCHEMA: &str = "
+    create table seen(tab text, q text);
+    create function note() returns trigger language plpgsql as
+      $$ begin insert into seen values (tg_table_name, current_query()); return new; end $$;
+    create table a(id int primary key, email varchar(16));
+    create table b(id int primary key, email varchar(16));
+    create trigger note before insert or update on a for each row execute function note();
+    create trigger note before insert or update on b for each row execute function note();";
+
+/// `LONG` is 19 bytes: stored as its first 16 (the rest are spaces).
+const SHORT: &str = "Short@X.io";
+const LONG: &str = "ABCDEFGHIJKL@XYZ   ";
+
+/// Creates, expands and dual-writes `table`'s `email → email_address` migration.
+async fn dual_write(api: &Api, table: &str) {
+    let spec = json!({
+        "name": table,
+        "table": format!("public.{table}"),
+        "columns": [{"legacy": "email", "new": "email_address",
+                     "forward": "lower(email)", "backward": "email_address"}]
+    });
+    let (status, body) = api.call("POST", "/v1/migrations", Some(spec)).await;
+    assert_eq!(status, 201, "{body}");
+    for verb in ["expand", "dual-write"] {
+        let (status, body) = api.verb(table, verb).await;
+        assert_eq!(status, 200, "{verb}: {body}");
+    }
+}
+
+/// Writes rows through `app`, shape after shape, and returns the text the
+/// server ran for each, with whether its literal was the long one.
+async fn write(app: &Client, direct: &Client, table: &str) -> Vec<(bool, String)> {
+    let mut ran = Vec::new();
+    for id in 1..=6 {
+        let long = id % 3 == 2;
+        let value = if long { LONG } else { SHORT };
+        let sql = match id % 2 {
+            0 => format!("insert into {table} (id, email) values ({id}, '{value}')"),
+            _ => format!("insert into {table} (id, email) values ({id}, 'x'); update {table} set email = '{value}' where id = {id}"),
+        };
+        app.simple_query(&sql).await.unwrap();
+        let q: String = direct
+            .query_one(
+                "select q from seen where tab = $1 order by ctid desc limit 1",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        ran.push((long, q));
+    }
+    ran
+}
+
+/// Rows whose new column is not `forward` of the stored legacy value, as
+/// the database resolves it for the `varchar` column.
+async fn mismatches(direct: &Client, table: &str) -> Vec<String> {
+    let sql = format!(
+        "select email || ' -> ' || coalesce(email_address, 'NULL') from {table}
+         where email_address is distinct from lower(email)"
+    );
+    let rows = direct.simple_query(&sql).await.unwrap();
+    rows.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_literal_skips_its_cast_only_where_the_catalog_proves_it_changes_nothing() {
+    let cluster = Cluster::start().unwrap();
+    let direct = switchyard_tests::proxy::connect(&cluster.conn_str("trust_user", "postgres"))
+        .await
+        .unwrap();
+    direct.batch_execute(SCHEMA).await.unwrap();
+    let proxy = TestProxy::start(&cluster, TestProxyOptions::control(TOKEN))
+        .await
+        .unwrap();
+    let api = Api::new(proxy.control_addr, TOKEN);
+    let app = proxy.connect("trust_user").await.unwrap();
+
+    // Proved: short literals go bare, the long one keeps its cast.
+    dual_write(&api, "a").await;
+    for (long, q) in write(&app, &direct, "a").await {
+        let cast = q.contains("::character varying(16)");
+        assert_eq!(cast, long, "{q}");
+        assert!(q.contains("email_address"), "not dual-written: {q}");
+    }
+    assert_eq!(mismatches(&direct, "a").await, Vec::<String>::new());
+    let stored: String = direct
+        .query_one("select email_address from a where id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        stored,
+        LONG.trim_end().to_lowercase(),
+        "truncated, then lowered"
+    );
+
+    // A `lower(varchar)` overload: `forward` over the varchar column is no
+    // longer `lower(text)`, so b's literals keep their casts.
+    direct
+        .batch_execute(
+            "create function public.lower(character varying) returns text
+             language sql immutable as $$ select upper($1::text) $$",
+        )
+        .await
+        .unwrap();
+    dual_write(&api, "b").await;
+    for (_, q) in write(&app, &direct, "b").await {
+        assert!(q.contains("::character varying(16)"), "{q}");
+    }
+    assert_eq!(mismatches(&direct, "b").await, Vec::<String>::new());
+    let overloaded: i64 = direct
+        .query_one(
+            "select count(*) from b where email_address = upper(email::text)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(overloaded, 6);
+}
