@@ -73,8 +73,22 @@ fn shapes(rules: &ActiveRules, sql: &str) {
 }
 
 fn check(phase: Phase, sql: &str) {
+    for bare in [false, true] {
+        check_under(phase, sql, bare);
+    }
+}
+
+/// `check` under the fixture's rules, or (`bare`) with string literals of
+/// up to 4 bytes going into `forward` without their cast.
+fn check_under(phase: Phase, sql: &str, bare: bool) {
     let routing = phase.routing().unwrap();
-    let rules = ActiveRules::compile(users(routing)).unwrap();
+    let mut set = users(routing);
+    if bare {
+        let m = &mut set.tables[0].mappings[0];
+        m.forward_takes_literals = true;
+        m.legacy_type = "character varying(4)".into();
+    }
+    let rules = ActiveRules::compile(set).unwrap();
     shapes(&rules, sql);
     let out = match rules.rewrite(sql, &["public".to_string()]) {
         Rewrite::Rewritten(out, _) => out,
