@@ -148,6 +148,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         SETUP,
         &["users", "users_vc"],
     )?;
+    // Backfilled, as a dual-write mostly runs: every UPDATE then replaces
+    // a value of about its own size, whichever form runs first.
+    cluster.psql_admin(
+        "update users set email_address = lower(email);
+         update users_vc set email_address = lower(email)",
+    )?;
+    cluster.psql_admin("vacuum full users, users_vc")?;
     let proxy = (serve.0.id(), None);
     let scripts = cluster.scratch().join("scripts");
     std::fs::create_dir_all(&scripts)?;
