@@ -12,6 +12,10 @@
 //! ([`crate::ColumnMapping::forward_takes_literals`]): `forward` over the
 //! literal resolves exactly as over the cast value.
 //!
+//! The same holds for a literal in parentheses, which is how pgjdbc's
+//! simple query mode inlines every string parameter (`('..')`), and for
+//! `NULL`: both are unknown-type constants, as the probe was.
+//!
 //! The decision depends on the literal's length, which a cached shape does
 //! not know: in a shape, such a value is written with a mark (a comment,
 //! inert if it ever reached the server) that the splice reads to choose
@@ -50,22 +54,42 @@ fn is_placeholder(value: &str) -> bool {
     matches!(next_placeholder(value), Some(Some(p)) if p.string && p.at == (0..value.len()))
 }
 
-/// Whether `value` is a string literal, or a shape's placeholder for one:
-/// [`forward_arg`] may leave it bare.
+/// `value` without the parentheses around it, if what they hold is a
+/// string literal, a shape's placeholder for one, or `NULL`.
+fn constant(value: &str) -> Option<&str> {
+    let mut inner = value;
+    loop {
+        if is_plain_string(inner) || is_placeholder(inner) || is_null(inner) {
+            return Some(inner);
+        }
+        inner = inner.strip_prefix('(')?.strip_suffix(')')?;
+    }
+}
+
+fn is_null(value: &str) -> bool {
+    value.eq_ignore_ascii_case("null")
+}
+
+/// Whether `value` is a string literal, a shape's placeholder for one or
+/// `NULL`, parenthesised or not: [`forward_arg`] may leave it bare.
 pub(crate) fn is_literal(value: &str) -> bool {
-    is_plain_string(value) || is_placeholder(value)
+    constant(value).is_some()
 }
 
 /// `value` as `forward`'s argument for a legacy column of type `ty`:
-/// bare when it is a string literal within `bound`, marked when it is a
-/// shape's placeholder (the splice decides), cast otherwise.
+/// bare when it is `NULL` or a string literal within `bound`, marked when
+/// it is a shape's placeholder (the splice decides), cast otherwise. The
+/// parentheses around a constant are left out, so that a cold rewrite and
+/// a shape's splice write the same text.
 pub(crate) fn forward_arg(value: &str, ty: &str, bound: Option<usize>) -> String {
-    match bound {
-        Some(bound) if is_placeholder(value) => {
-            format!("{MARK_OPEN}{bound}:{}*/({value})::{ty}", ty.len())
-        }
-        Some(bound) if value.len() <= bound && is_plain_string(value) => value.to_owned(),
-        _ => format!("({value})::{ty}"),
+    let Some(bound) = bound else {
+        return format!("({value})::{ty}");
+    };
+    match constant(value) {
+        Some(c) if is_placeholder(c) => format!("{MARK_OPEN}{bound}:{}*/({c})::{ty}", ty.len()),
+        Some(c) if is_null(c) || c.len() <= bound => c.to_owned(),
+        Some(c) => format!("({c})::{ty}"),
+        None => format!("({value})::{ty}"),
     }
 }
 
@@ -115,9 +139,18 @@ mod tests {
         assert_eq!(arg("'it''s'"), "'it''s'");
         // Longer than the bound: it may be truncated; keep the cast.
         assert_eq!(arg("'abcdefgh'"), "('abcdefgh')::character varying(8)");
+        // pgjdbc's simple mode, and NULL: constants too.
+        assert_eq!(arg("('abc')"), "'abc'");
+        assert_eq!(arg("(('abc'))"), "'abc'");
+        assert_eq!(arg("('abcdefgh')"), "('abcdefgh')::character varying(8)");
+        assert_eq!(arg("NULL"), "NULL");
+        assert_eq!(arg("(null)"), "null");
         for v in [
             "42",
-            "NULL",
+            "('a') || ('b')",
+            "('a'",
+            "()",
+            "(NULL::text)",
             "N'abc'",
             "'a' || 'b'",
             "'a'::text",
@@ -140,5 +173,8 @@ mod tests {
         assert_eq!((mark.bound, mark.type_len), (8, 20));
         assert_eq!(&marked[mark.len..mark.len + 1], "(");
         assert_eq!(read_mark("/*'zzsy00001'*/"), None);
+        // In parentheses: the same mark, around the placeholder alone.
+        let within = forward_arg("(('zzsy00003'))", "character varying(8)", Some(8));
+        assert_eq!(within, marked);
     }
 }

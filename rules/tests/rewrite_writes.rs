@@ -349,6 +349,18 @@ fn a_proved_forward_takes_short_literals_without_the_cast() {
         after.contains("email_address = (lower((('A' || 'b')::character varying(8))))"),
         "{after}"
     );
+    // pgjdbc's simple mode: each value in parentheses; NULL too.
+    let jdbc = bare(
+        DW,
+        "insert into users (email, name) values (('A@b'), ('n')), ((NULL), ('m'))",
+    );
+    assert!(
+        jdbc.contains("((lower(('A@b'))), ('A@b'), ('n'))"),
+        "{jdbc}"
+    );
+    assert!(jdbc.contains("((lower((NULL))), (NULL), ('m'))"), "{jdbc}");
+    let after = bare(Phase::Contracted, "update users set email = (NULL)");
+    assert!(after.contains("email_address = (lower((NULL)))"), "{after}");
     // Not proved: the cast stays.
     let plain = text(DW, "update users set email = 'A@b' where id = 1");
     assert!(plain.contains("::character varying(320)"), "{plain}");

@@ -6,7 +6,8 @@
 //! keeps the cast, so the new column gets `forward` of what the legacy
 //! column stored. What the server ran is read back with `current_query()`
 //! from a trigger; whether the cache spliced a statement or rewrote it
-//! cold, the text is the same.
+//! cold, the text is the same. pgjdbc's simple query mode, which inlines
+//! each parameter in parentheses, gets the same for its strings and NULLs.
 
 use serde_json::json;
 use switchyard_tests::api::Api;
@@ -16,13 +17,15 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 const TOKEN: &str = "literals-token";
 
 const SCHEMA: &str = "
-    create table seen(tab text, q text);
+    create table seen(n bigserial, tab text, q text);
     create function note() returns trigger language plpgsql as
-      $$ begin insert into seen values (tg_table_name, current_query()); return new; end $$;
+      $$ begin insert into seen (tab, q) values (tg_table_name, current_query()); return new; end $$;
     create table a(id int primary key, email varchar(16));
     create table b(id int primary key, email varchar(16));
+    create table c(id int primary key, email varchar(16));
     create trigger note before insert or update on a for each row execute function note();
-    create trigger note before insert or update on b for each row execute function note();";
+    create trigger note before insert or update on b for each row execute function note();
+    create trigger note before insert or update on c for each row execute function note();";
 
 /// `LONG` is 19 bytes: stored as its first 16 (the rest are spaces).
 const SHORT: &str = "Short@X.io";
@@ -58,7 +61,7 @@ async fn write(app: &Client, direct: &Client, table: &str) -> Vec<(bool, String)
         app.simple_query(&sql).await.unwrap();
         let q: String = direct
             .query_one(
-                "select q from seen where tab = $1 order by ctid desc limit 1",
+                "select q from seen where tab = $1 order by n desc limit 1",
                 &[&table],
             )
             .await
@@ -73,7 +76,7 @@ async fn write(app: &Client, direct: &Client, table: &str) -> Vec<(bool, String)
 /// the database resolves it for the `varchar` column.
 async fn mismatches(direct: &Client, table: &str) -> Vec<String> {
     let sql = format!(
-        "select email || ' -> ' || coalesce(email_address, 'NULL') from {table}
+        "select coalesce(email, 'NULL') || ' -> ' || coalesce(email_address, 'NULL') from {table}
          where email_address is distinct from lower(email)"
     );
     let rows = direct.simple_query(&sql).await.unwrap();
@@ -85,8 +88,9 @@ async fn mismatches(direct: &Client, table: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_literal_skips_its_cast_only_where_the_catalog_proves_it_changes_nothing() {
+/// A cluster with [`SCHEMA`], a proxy in front of it, a direct client and
+/// the control API.
+async fn setup() -> (Cluster, TestProxy, Client, Api) {
     let cluster = Cluster::start().unwrap();
     let direct = switchyard_tests::proxy::connect(&cluster.conn_str("trust_user", "postgres"))
         .await
@@ -96,6 +100,12 @@ async fn a_short_literal_skips_its_cast_only_where_the_catalog_proves_it_changes
         .await
         .unwrap();
     let api = Api::new(proxy.control_addr, TOKEN);
+    (cluster, proxy, direct, api)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_literal_skips_its_cast_only_where_the_catalog_proves_it_changes_nothing() {
+    let (_cluster, proxy, direct, api) = setup().await;
     let app = proxy.connect("trust_user").await.unwrap();
 
     // Proved: short literals go bare, the long one keeps its cast.
@@ -140,4 +150,76 @@ async fn a_short_literal_skips_its_cast_only_where_the_catalog_proves_it_changes
         .unwrap()
         .get(0);
     assert_eq!(overloaded, 6);
+}
+
+/// Runs `SimpleModeWrites` (pgjdbc, `preferQueryMode=simple`) with `ops`.
+fn pgjdbc_simple_mode(cluster: &Cluster, port: u16, table: &str, ops: &[String]) {
+    let jar = "/usr/share/java/postgresql.jar";
+    assert!(
+        std::path::Path::new(jar).exists(),
+        "JDBC driver missing: apt-get install libpostgresql-jdbc-java"
+    );
+    let dir = cluster.scratch().join("java");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/SimpleModeWrites.java");
+    let javac = std::process::Command::new("javac")
+        .args(["-cp", jar, "-d"])
+        .arg(&dir)
+        .arg(src)
+        .status()
+        .unwrap();
+    assert!(javac.success(), "javac failed");
+    let url =
+        format!("jdbc:postgresql://127.0.0.1:{port}/postgres?user=trust_user&sslmode=disable");
+    let out = std::process::Command::new("java")
+        .arg("-cp")
+        .arg(format!("{jar}:{}", dir.display()))
+        .arg("SimpleModeWrites")
+        .arg(url)
+        .arg(table)
+        .args(ops)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "SimpleModeWrites: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgjdbc_simple_mode_strings_and_nulls_skip_the_cast_too() {
+    let (cluster, proxy, direct, api) = setup().await;
+    dual_write(&api, "c").await;
+    // `None` is NULL. Inserts then updates: each shape runs cold first,
+    // then spliced from the cache, with short and long values both ways.
+    let values = [Some(SHORT), Some(LONG), None, Some("Other@X.io")];
+    let mut ops = Vec::new();
+    for (kind, shift) in [("i", 0), ("u", 1)] {
+        for id in 1..=values.len() {
+            let value = values[(id - 1 + shift) % values.len()];
+            ops.push((kind, id, value));
+        }
+    }
+    let args: Vec<String> = ops
+        .iter()
+        .map(|(kind, id, v)| format!("{kind}:{id}:{}", v.unwrap_or("\\N")))
+        .collect();
+    tokio::task::block_in_place(|| pgjdbc_simple_mode(&cluster, proxy.port(), "c", &args));
+    let ran: Vec<String> = direct
+        .query("select q from seen where tab = 'c' order by n", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ran.len(), ops.len(), "{ran:#?}");
+    for ((_, _, value), q) in ops.iter().zip(&ran) {
+        assert!(q.contains("email_address"), "not dual-written: {q}");
+        let inlined = match value {
+            Some(v) => format!("('{v}')"),
+            None => "(NULL)".to_string(),
+        };
+        assert!(q.contains(&inlined), "pgjdbc inlined otherwise: {q}");
+        let cast = q.contains("::character varying(16)");
+        assert_eq!(cast, *value == Some(LONG), "{q}");
+    }
+    assert_eq!(mismatches(&direct, "c").await, Vec::<String>::new());
 }
