@@ -12,8 +12,9 @@
 //! column's type, unless it is a literal short enough to be stored
 //! unchanged). For each, one UPDATE per transaction, routed (the proxy
 //! adds the dual-write) or with the dual-write written by hand, both
-//! through the proxy: a literal value in the simple protocol, an
-//! expression in the simple and the prepared protocol; each run twice
+//! through the proxy: a literal value in the simple protocol (also in
+//! parentheses, as pgjdbc's simple query mode sends it), an expression in
+//! the simple and the prepared protocol; each run twice
 //! (`SHORT` and `LONG` transactions per client), the difference divided by
 //! the extra transactions.
 
@@ -46,6 +47,8 @@ const SETUP: &str = "
 /// that inline values send; pgbench fills `:id` in, simple protocol only)
 /// or an expression.
 const LITERAL: &str = "'U:id@X.io'";
+/// A literal as pgjdbc's simple query mode inlines it.
+const PARENTHESISED: &str = "('U:id@X.io')";
 const EXPRESSION: &str = "'U' || :id || '@X.io'";
 
 /// The statements compared for one value: the application's (which the
@@ -165,6 +168,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     for table in ["users", "users_vc"] {
         for (mode, value) in [
             ("simple", LITERAL),
+            ("simple", PARENTHESISED),
             ("simple", EXPRESSION),
             ("prepared", EXPRESSION),
         ] {
@@ -197,10 +201,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 );
                 per_form.push((form, proxy_tx, server_tx));
             }
-            let value = if value == LITERAL {
-                "literal"
-            } else {
-                "expression"
+            let value = match value {
+                LITERAL => "literal",
+                PARENTHESISED => "literal in parentheses",
+                _ => "expression",
             };
             rows.push((table, mode, value, per_form));
         }

@@ -223,3 +223,32 @@ async fn pgjdbc_simple_mode_strings_and_nulls_skip_the_cast_too() {
     }
     assert_eq!(mismatches(&direct, "c").await, Vec::<String>::new());
 }
+
+/// The proof is taken at creation: an overload created later changes what
+/// `forward` means over the column but not over a bare literal. Rows
+/// written bare after it are then not `forward` of their legacy value, and
+/// the parity pass counts each of them: the switch-reads gate stays shut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parity_counts_the_rows_an_overload_created_after_the_proof_leaves_behind() {
+    let (_cluster, proxy, direct, api) = setup().await;
+    let app = proxy.connect("trust_user").await.unwrap();
+    dual_write(&api, "a").await;
+    api.step("a", "backfill", 202).await;
+    direct
+        .batch_execute(
+            "create function public.lower(character varying) returns text
+             language sql immutable as $$ select upper($1::text) $$",
+        )
+        .await
+        .unwrap();
+    let ran = write(&app, &direct, "a").await;
+    let bare = ran.iter().filter(|(long, _)| !long).count();
+    // What a bare write stored is now not forward of the legacy column.
+    let off = mismatches(&direct, "a").await;
+    assert_eq!(off.len(), bare, "{off:?}");
+    let d = api.step("a", "verify", 202).await;
+    assert_eq!(d["state"]["parity"]["mismatches"], bare, "{d}");
+    assert_ne!(d["phase"], "verified", "{d}");
+    let (status, body) = api.verb("a", "switch-reads").await;
+    assert_eq!(status, 409, "{body}");
+}
