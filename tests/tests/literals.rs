@@ -228,12 +228,19 @@ async fn pgjdbc_simple_mode_strings_and_nulls_skip_the_cast_too() {
 /// `forward` means over the column but not over a bare literal. Rows
 /// written bare after it are then not `forward` of their legacy value, and
 /// the parity pass counts each of them: the switch-reads gate stays shut.
+/// The pass takes the proof again first: it withdraws it, audited, and
+/// from then on literals keep their cast.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parity_counts_the_rows_an_overload_created_after_the_proof_leaves_behind() {
     let (_cluster, proxy, direct, api) = setup().await;
     let app = proxy.connect("trust_user").await.unwrap();
+    let proved = |d: &serde_json::Value| d["state"]["pairs"][0]["forward_takes_literals"].clone();
     dual_write(&api, "a").await;
     api.step("a", "backfill", 202).await;
+    // While the catalog is unchanged the proof holds again.
+    let d = api.step("a", "verify", 202).await;
+    assert_eq!(d["phase"], "verified", "{d}");
+    assert_eq!(proved(&d), true, "{d}");
     direct
         .batch_execute(
             "create function public.lower(character varying) returns text
@@ -243,12 +250,41 @@ async fn parity_counts_the_rows_an_overload_created_after_the_proof_leaves_behin
         .unwrap();
     let ran = write(&app, &direct, "a").await;
     let bare = ran.iter().filter(|(long, _)| !long).count();
+    assert!(ran
+        .iter()
+        .any(|(long, q)| !long && !q.contains("::character varying")));
     // What a bare write stored is now not forward of the legacy column.
     let off = mismatches(&direct, "a").await;
     assert_eq!(off.len(), bare, "{off:?}");
     let d = api.step("a", "verify", 202).await;
     assert_eq!(d["state"]["parity"]["mismatches"], bare, "{d}");
-    assert_ne!(d["phase"], "verified", "{d}");
     let (status, body) = api.verb("a", "switch-reads").await;
     assert_eq!(status, 409, "{body}");
+    // The pass withdrew the proof, in the audit log, before it counted.
+    assert_eq!(proved(&d), false, "{d}");
+    let (_, events) = api.call("GET", "/v1/events", None).await;
+    let withdrawn = events.to_string();
+    assert!(withdrawn.contains("literal-proof"), "{withdrawn}");
+    // Every instance acknowledged it before the pass: literals are cast now.
+    direct.batch_execute("delete from a").await.unwrap();
+    for (_, q) in write(&app, &direct, "a").await {
+        assert!(q.contains("::character varying(16)"), "{q}");
+    }
+    assert_eq!(mismatches(&direct, "a").await, Vec::<String>::new());
+    // The runbook's way back from rows written bare: roll back to
+    // dual-write, backfill again (it rewrites the rows that differ), verify.
+    direct
+        .batch_execute("update a set email_address = lower(email::text) where id < 4")
+        .await
+        .unwrap();
+    assert_eq!(mismatches(&direct, "a").await.len(), 3);
+    for phase in ["backfilled", "dual_write"] {
+        let d = api.step("a", "rollback", 200).await;
+        assert_eq!(d["phase"], phase, "{d}");
+    }
+    api.step("a", "backfill", 202).await;
+    let d = api.step("a", "verify", 202).await;
+    assert_eq!(d["phase"], "verified", "{d}");
+    assert_eq!(d["state"]["parity"]["mismatches"], 0, "{d}");
+    assert_eq!(proved(&d), false, "{d}");
 }

@@ -4,6 +4,7 @@
 //! migration's state; this is the holder's working copy.
 
 mod backfill;
+mod reprove;
 mod run;
 mod target;
 mod verify;

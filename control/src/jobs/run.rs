@@ -111,6 +111,9 @@ impl Engine {
         job: &Job,
         reporter: &Reporter,
     ) -> Result<(), ControlError> {
+        if job.kind == JobKind::Verify {
+            self.reprove_literals(m, &job.actor).await?;
+        }
         let version = {
             let client = self.db.session().await?;
             store::rules_version(&*client).await?

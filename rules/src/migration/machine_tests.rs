@@ -388,3 +388,21 @@ fn revert_refuses_where_the_legacy_column_is_gone_or_refilling() {
     s.stage = Stage::Verified;
     assert_eq!(events::revert(&s), Ok(None));
 }
+
+#[test]
+fn withdrawing_the_literal_proof_touches_only_the_named_pairs() {
+    let proved = |legacy: &str| Pair {
+        legacy: legacy.into(),
+        forward_takes_literals: true,
+        ..pair()
+    };
+    let state = MigrationState::planned(vec![proved("email"), proved("name")]);
+    let next = state.with_literal_proof_withdrawn(&["email".to_string()]);
+    let flags: Vec<bool> = next
+        .pairs
+        .iter()
+        .map(|p| p.forward_takes_literals)
+        .collect();
+    assert_eq!(flags, [false, true]);
+    assert_eq!(next.stage, state.stage);
+}

@@ -353,6 +353,16 @@ impl MigrationState {
         self.stage.routing()
     }
 
+    /// The same state with the bare-literal proof of the pairs over the
+    /// `legacy` columns withdrawn: their literals keep the cast from now on.
+    pub fn with_literal_proof_withdrawn(&self, legacy: &[String]) -> Self {
+        let mut next = self.clone();
+        for pair in next.pairs.iter_mut().filter(|p| legacy.contains(&p.legacy)) {
+            pair.forward_takes_literals = false;
+        }
+        next
+    }
+
     /// The running job, if any.
     pub fn running_job(&self) -> Option<&Job> {
         self.job.as_ref().filter(|j| j.is_running())
