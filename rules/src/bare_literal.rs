@@ -83,14 +83,19 @@ pub(crate) fn is_literal(value: &str) -> bool {
 /// a shape's splice write the same text.
 pub(crate) fn forward_arg(value: &str, ty: &str, bound: Option<usize>) -> String {
     let Some(bound) = bound else {
-        return format!("({value})::{ty}");
+        return cast(value, ty);
     };
     match constant(value) {
-        Some(c) if is_placeholder(c) => format!("{MARK_OPEN}{bound}:{}*/({c})::{ty}", ty.len()),
+        Some(c) if is_placeholder(c) => format!("{MARK_OPEN}{bound}:{}*/{}", ty.len(), cast(c, ty)),
         Some(c) if is_null(c) || c.len() <= bound => c.to_owned(),
-        Some(c) => format!("({c})::{ty}"),
-        None => format!("({value})::{ty}"),
+        Some(c) => cast(c, ty),
+        None => cast(value, ty),
     }
+}
+
+/// `value` cast to `ty`, parenthesised so that the cast binds to all of it.
+pub(crate) fn cast(value: &str, ty: &str) -> String {
+    format!("({value})::{ty}")
 }
 
 /// A mark read back: the bound, and the cast's type text.

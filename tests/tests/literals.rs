@@ -27,6 +27,11 @@ const SCHEMA: &str = "
     create trigger note before insert or update on b for each row execute function note();
     create trigger note before insert or update on c for each row execute function note();";
 
+/// A `lower(varchar)` that `forward` over the `varchar` column resolves to
+/// instead of `lower(text)`.
+const OVERLOAD: &str = "create function public.lower(character varying) returns text
+    language sql immutable as $$ select upper($1::text) $$";
+
 /// `LONG` is 19 bytes: stored as its first 16 (the rest are spaces).
 const SHORT: &str = "Short@X.io";
 const LONG: &str = "ABCDEFGHIJKL@XYZ   ";
@@ -129,13 +134,7 @@ async fn a_short_literal_skips_its_cast_only_where_the_catalog_proves_it_changes
 
     // A `lower(varchar)` overload: `forward` over the varchar column is no
     // longer `lower(text)`, so b's literals keep their casts.
-    direct
-        .batch_execute(
-            "create function public.lower(character varying) returns text
-             language sql immutable as $$ select upper($1::text) $$",
-        )
-        .await
-        .unwrap();
+    direct.batch_execute(OVERLOAD).await.unwrap();
     dual_write(&api, "b").await;
     for (_, q) in write(&app, &direct, "b").await {
         assert!(q.contains("::character varying(16)"), "{q}");
@@ -241,13 +240,7 @@ async fn parity_counts_the_rows_an_overload_created_after_the_proof_leaves_behin
     let d = api.step("a", "verify", 202).await;
     assert_eq!(d["phase"], "verified", "{d}");
     assert_eq!(proved(&d), true, "{d}");
-    direct
-        .batch_execute(
-            "create function public.lower(character varying) returns text
-             language sql immutable as $$ select upper($1::text) $$",
-        )
-        .await
-        .unwrap();
+    direct.batch_execute(OVERLOAD).await.unwrap();
     let ran = write(&app, &direct, "a").await;
     let bare = ran.iter().filter(|(long, _)| !long).count();
     assert!(ran

@@ -22,8 +22,10 @@ impl Engine {
         m: &StoredMigration,
         actor: &str,
     ) -> Result<(), ControlError> {
-        let proved = m.state.pairs.iter().filter(|p| p.forward_takes_literals);
-        if proved.clone().next().is_none() {
+        let proved: Vec<_> = (m.state.pairs.iter())
+            .filter(|p| p.forward_takes_literals)
+            .collect();
+        if proved.is_empty() {
             return Ok(());
         }
         let mut client = self.db.dedicated().await?;

@@ -11,9 +11,10 @@ use std::ops::Range;
 
 use sqlparser::ast::{Expr, ObjectName, Spanned};
 
-use super::write::{cast, is_default};
+use super::write::is_default;
 use super::{quoted, Ctx};
 use crate::active::{CompiledMapping, CompiledTable};
+use crate::bare_literal::cast;
 use crate::model::{TypedColumn, WriteRoute};
 
 /// One contracted split or merge that a statement writes by legacy names.

@@ -11,7 +11,7 @@ use sqlparser::ast::{
 
 use super::{column_name, quoted, regroup, Ctx};
 use crate::active::{CompiledMapping, CompiledTable};
-use crate::bare_literal::forward_arg;
+use crate::bare_literal::{cast, forward_arg};
 use crate::model::{TypedColumn, WriteRoute};
 use crate::template::Template;
 
@@ -58,10 +58,6 @@ enum Step<'t> {
     /// A split's or merge's legacy column is gone: the whole group is
     /// rewritten (see [`super::regroup`]).
     Regroup,
-}
-
-pub(super) fn cast(value: &str, ty: &str) -> String {
-    format!("({value})::{ty}")
 }
 
 pub(super) fn is_default(expr: &Expr) -> bool {
